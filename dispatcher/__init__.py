@@ -1,0 +1,1 @@
+"""dispatcher: a transaction dispatcher whose scheduling brain is PostgreSQL."""

@@ -1,0 +1,78 @@
+"""The ``dispatcher`` command line: the only place that knows every part.
+
+Each command group lives in a module of its own in this package; this module
+builds the root group and registers them.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from ..errors import DispatcherError
+from . import db, region, requests, sep, status, tx
+from ._app import App, pass_app
+
+__all__ = ["App", "cli", "main", "pass_app"]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option(
+    "--region",
+    "region_name",
+    envvar="DISPATCHER_REGION",
+    default=None,
+    help="Region to act on [env DISPATCHER_REGION; default: default].",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    envvar="DISPATCHER_LOG_FORMAT",
+    default="text",
+    show_default=True,
+    help="Log lines as key=value text or JSON.",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    envvar="DISPATCHER_LOG_LEVEL",
+    default="info",
+    show_default=True,
+)
+@click.version_option(package_name="dispatcher")
+@click.pass_context
+def cli(ctx: click.Context, region_name: str | None, log_format: str, log_level: str) -> None:
+    """A transaction dispatcher whose scheduling brain is PostgreSQL.
+
+    With no configuration every command uses an embedded PostgreSQL kept in
+    $DISPATCHER_HOME (default ~/.dispatcher); DISPATCHER_DATABASE_URL points
+    everything at an existing server instead.
+    """
+    from ..logs import configure_logging
+
+    configure_logging(log_format, log_level)
+    ctx.obj = App.from_env(region_name)
+    ctx.call_on_close(ctx.obj.close)
+
+
+for _module in (db, region, tx, sep, requests, status):
+    _module.register(cli)
+
+
+def main() -> None:
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except DispatcherError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)

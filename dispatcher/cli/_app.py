@@ -1,0 +1,77 @@
+"""What every command needs: settings, a database URL, a connection, the region."""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import json
+import uuid
+from typing import Any
+
+import click
+import psycopg
+
+from ..config import DEFAULT_REGION, Settings
+from ..database import connect, database_url
+from ..migrate import ensure_schema
+from ..region import Region
+
+__all__ = ["App", "echo_json", "pass_app"]
+
+
+class App:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._url: str | None = None
+        self._conn: psycopg.Connection[dict[str, Any]] | None = None
+        self._checked = False
+
+    @classmethod
+    def from_env(cls, region: str | None = None) -> App:
+        return cls(Settings.from_env().with_region(region))
+
+    @property
+    def url(self) -> str:
+        if self._url is None:
+            self._url = database_url(self.settings)
+        return self._url
+
+    @property
+    def conn(self) -> psycopg.Connection[dict[str, Any]]:
+        if self._conn is None:
+            self._conn = connect(self.url, application_name="dispatcher-cli")
+        return self._conn
+
+    def region(self, ensure: bool = False) -> Region:
+        """The region, migrating an empty database first (a fresh home just works)."""
+        if not self._checked:
+            ensure_schema(self.url)
+            self._checked = True
+        r = Region(self.conn, self.settings.region)
+        if ensure or self.settings.region == DEFAULT_REGION:
+            r.ensure()
+        return r
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+pass_app = click.make_pass_decorator(App)
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, dt.datetime | dt.date):
+        return value.isoformat()
+    if isinstance(value, dt.timedelta):
+        return value.total_seconds()
+    if isinstance(value, decimal.Decimal):
+        return float(value)
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    raise TypeError(f"cannot encode {type(value).__name__}")
+
+
+def echo_json(value: Any) -> None:
+    click.echo(json.dumps(value, default=_default, indent=2, sort_keys=True))

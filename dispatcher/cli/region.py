@@ -1,0 +1,61 @@
+"""``dispatcher region``: a region's limits and settings."""
+
+from __future__ import annotations
+
+import click
+
+from ._app import App, echo_json, pass_app
+
+
+@click.group("region")
+def region() -> None:
+    """Show or change the region (max SEPs, state, aging)."""
+
+
+@region.command("set")
+@click.option("--max-seps", type=click.IntRange(0, 100000), help="Most tasks running at once.")
+@click.option(
+    "--state", type=click.Choice(["running", "stopping"]), help="stopping: no new dispatch."
+)
+@click.option(
+    "--aging-ms", type=click.IntRange(1), help="A waiting request gains 1 priority per interval."
+)
+@click.option("--sep-dead-after", type=click.FloatRange(0.1), help="Seconds without heartbeat.")
+@click.option("--history-retention", type=click.FloatRange(0), help="Seconds to keep outcomes.")
+@pass_app
+def set_(
+    app: App,
+    max_seps: int | None,
+    state: str | None,
+    aging_ms: int | None,
+    sep_dead_after: float | None,
+    history_retention: float | None,
+) -> None:
+    """Create the region if needed and change its settings."""
+    row = app.region(ensure=True).set(
+        max_seps=max_seps,
+        state=state,
+        aging_ms=aging_ms,
+        sep_dead_after_s=sep_dead_after,
+        history_retention_s=history_retention,
+    )
+    click.echo(f"region {row['name']}: max SEPs {row['max_seps']}, {row['state']}")
+
+
+@region.command("show")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_app
+def show(app: App, as_json: bool) -> None:
+    """Show the region's settings."""
+    row = app.region().info()
+    row.pop("busy_seps", None)
+    if as_json:
+        echo_json(row)
+        return
+    for key in ("name", "max_seps", "state", "aging_ms", "sep_dead_after", "history_retention"):
+        click.echo(f"{key:18} {row[key]}")
+
+
+def register(cli: click.Group) -> None:
+    region.commands["set"].name = "set"
+    cli.add_command(region)

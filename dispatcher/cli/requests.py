@@ -1,0 +1,129 @@
+"""``dispatcher start`` and ``dispatcher request``: START a task now, look at a request."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..errors import DispatcherError
+from ._app import App, echo_json, pass_app
+
+FINAL_STATES = ("done", "failed", "cancelled")
+
+
+def parse_json(text: str, what: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"{what} is not valid JSON: {exc}") from None
+
+
+def wait_for(app: App, request_id: int, timeout: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    region = app.region()
+    delay = 0.01
+    while True:
+        row = region.request(request_id)
+        if row["state"] in FINAL_STATES:
+            return row
+        if time.monotonic() > deadline:
+            raise DispatcherError(
+                f"request {request_id} is still {row['state']} after {timeout:g} s"
+            )
+        time.sleep(delay)
+        delay = min(delay * 2, 0.2)
+
+
+@click.command("start")
+@click.argument("transid", required=False)
+@click.option("--data", "data", default=None, help="The task's data, as JSON.")
+@click.option(
+    "--data-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="JSON lines: one task per line, all started in one batch.",
+)
+@click.option("--priority", type=click.IntRange(0, 255), default=0, help="User priority added.")
+@click.option("--reqid", help="Idempotency key: a second START with it starts nothing.")
+@click.option("--wait", is_flag=True, help="Wait for the task and print its result.")
+@click.option("--timeout", type=float, default=60.0, show_default=True, help="For --wait.")
+@pass_app
+def start(
+    app: App,
+    transid: str | None,
+    data: str | None,
+    data_file: Path | None,
+    priority: int,
+    reqid: str | None,
+    wait: bool,
+    timeout: float,
+) -> None:
+    """START transaction TRANSID now; print the request id.
+
+    With --data-file, each line is either a JSON value (data for TRANSID) or an
+    object {"transid": ..., "data": ...}.
+    """
+    region = app.region()
+    if data_file is not None:
+        if data is not None:
+            raise click.UsageError("give --data or --data-file, not both")
+        items: list[tuple[str, Any]] = []
+        for n, line in enumerate(data_file.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            value = parse_json(line, f"line {n} of {data_file}")
+            if isinstance(value, dict) and "transid" in value:
+                items.append((str(value["transid"]), value.get("data")))
+            elif transid is None:
+                raise click.UsageError(f"line {n}: no transid, and no TRANSID argument given")
+            else:
+                items.append((transid, value))
+        results = region.enqueue_many(items, user_priorities=[priority] * len(items))
+        for r in results:
+            click.echo(r.request_id)
+        return
+    if transid is None:
+        raise click.UsageError("missing TRANSID")
+    payload = parse_json(data, "--data") if data is not None else None
+    e = region.enqueue(transid, payload, user_priority=priority, idempotency_key=reqid)
+    if not wait:
+        click.echo(e.request_id)
+        return
+    row = wait_for(app, e.request_id, timeout)
+    if row["state"] == "done":
+        click.echo(json.dumps(row["result"]))
+    else:
+        click.echo(
+            json.dumps({"request_id": e.request_id, "state": row["state"], "error": row["error"]}),
+            err=True,
+        )
+        raise SystemExit(1)
+
+
+@click.group("request")
+def request() -> None:
+    """Look at requests."""
+
+
+@request.command("show")
+@click.argument("request_id", type=int)
+@click.option("--json", "as_json", is_flag=True)
+@pass_app
+def show(app: App, request_id: int, as_json: bool) -> None:
+    """Show a request: state, result or error, attempts, SEP, timings."""
+    row = app.region().request(request_id)
+    if as_json:
+        echo_json(row)
+        return
+    for key, value in row.items():
+        if isinstance(value, dict | list):
+            value = json.dumps(value)
+        click.echo(f"{key:14} {value}")
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(start)
+    cli.add_command(request)

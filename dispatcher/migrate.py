@@ -1,0 +1,99 @@
+"""Alembic migrations of the region database, driven from Python."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import create_engine, pool
+
+from .queries import SQL_DIR
+
+__all__ = [
+    "MIGRATIONS_DIR",
+    "VERSION_TABLE",
+    "alembic_config",
+    "current",
+    "downgrade",
+    "ensure_schema",
+    "head",
+    "run_sql_files",
+    "sqlalchemy_url",
+    "upgrade",
+]
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+VERSION_TABLE = "dispatcher_alembic_version"
+
+
+def sqlalchemy_url(url: str) -> str:
+    """A libpq URL as SQLAlchemy wants it (psycopg 3 driver)."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+def run_sql_files(bind: Any, names: list[str], subdir: str = "schema") -> None:
+    """Run sql/<subdir>/<name> scripts verbatim on an Alembic connection."""
+    raw = bind.connection.dbapi_connection
+    with raw.cursor() as cur:
+        for name in names:
+            cur.execute((SQL_DIR / subdir / name).read_text(encoding="utf-8"))
+
+
+def alembic_config(url: str) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.attributes["database_url"] = url
+    return cfg
+
+
+def upgrade(url: str, revision: str = "head") -> None:
+    command.upgrade(alembic_config(url), revision)
+
+
+def downgrade(url: str, revision: str) -> None:
+    command.downgrade(alembic_config(url), revision)
+
+
+def current(url: str) -> str | None:
+    engine = create_engine(sqlalchemy_url(url), poolclass=pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            ctx = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
+            return ctx.get_current_revision()
+    finally:
+        engine.dispose()
+
+
+def ensure_schema(url: str) -> str:
+    """Migrate an empty database to head; refuse to work on an outdated one."""
+    from .errors import DispatcherError
+
+    rev = current(url)
+    code_head = head()
+    if rev is None:
+        upgrade(url)
+        import structlog
+
+        structlog.get_logger("dispatcher.migrate").info("database_migrated", revision=code_head)
+        return code_head
+    if rev != code_head:
+        raise DispatcherError(
+            f"the database is at revision {rev}, this code expects {code_head}",
+            hint="run: dispatcher db upgrade",
+        )
+    return rev
+
+
+def head() -> str:
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory.from_config(alembic_config(""))
+    found = script.get_current_head()
+    assert found is not None
+    return found

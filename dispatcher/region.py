@@ -1,0 +1,361 @@
+"""The region database's procedures, called from Python.
+
+One method per procedure in ``sql/schema/020_procedures.sql``; the SQL text comes
+from ``sql/queries`` by name. :class:`Region` works on a synchronous psycopg
+connection, :class:`AsyncRegion` on an asyncio one; both share the argument and
+result shapes defined here. Database errors of our own come out as
+:class:`dispatcher.errors.DispatcherError` subclasses.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from .errors import UnknownRequest, translate
+from .queries import QUERIES
+
+__all__ = [
+    "AsyncRegion",
+    "Enqueued",
+    "Region",
+    "Task",
+    "enqueue_params",
+    "jsonb",
+]
+
+Row = dict[str, Any]
+
+
+def jsonb(value: Any) -> Jsonb:
+    return Jsonb(value)
+
+
+@dataclass(frozen=True)
+class Task:
+    """A request handed to a SEP to run."""
+
+    request_id: int
+    attempt: int
+    transid: str
+    program: str | None
+    payload: Any
+    session_id: UUID | None
+    commarea: Any
+    timeout_s: float | None
+    enqueued_at: dt.datetime
+
+    @classmethod
+    def from_row(cls, row: Row) -> Task:
+        return cls(**{k: row[k] for k in cls.__dataclass_fields__})
+
+
+@dataclass(frozen=True)
+class Enqueued:
+    """What the enqueue procedure did with a request.
+
+    ``reason`` is ``dispatched`` (``sep_id`` is the SEP that got it), ``no_idle_sep``,
+    ``max_seps``, ``class_full``, ``region_stopping`` or ``duplicate``.
+    """
+
+    request_id: int
+    sep_id: int | None
+    reason: str
+    duplicate: bool
+
+    @classmethod
+    def from_row(cls, row: Row) -> Enqueued:
+        return cls(row["request_id"], row["sep_id"], row["reason"], row["duplicate"])
+
+
+def enqueue_params(
+    region: str,
+    transid: str,
+    payload: Any = None,
+    *,
+    session: UUID | None = None,
+    user_priority: int = 0,
+    idempotency_key: str | None = None,
+    deadline: dt.datetime | None = None,
+    commarea: Any = None,
+    origin: str = "api",
+    notify: bool = True,
+) -> dict[str, Any]:
+    return {
+        "region": region,
+        "transid": transid,
+        "payload": Jsonb(payload),
+        "session": session,
+        "user_priority": user_priority,
+        "idempotency_key": idempotency_key,
+        "deadline": deadline,
+        "commarea": None if commarea is None else Jsonb(commarea),
+        "origin": origin,
+        "notify": notify,
+    }
+
+
+def enqueue_many_params(
+    region: str,
+    items: Sequence[tuple[str, Any]],
+    *,
+    sessions: Sequence[UUID | None] | None = None,
+    user_priorities: Sequence[int] | None = None,
+    idempotency_keys: Sequence[str | None] | None = None,
+    origin: str = "api",
+    notify: bool = True,
+) -> dict[str, Any]:
+    return {
+        "region": region,
+        "transids": [t for t, _ in items],
+        "payloads": [Jsonb(p) for _, p in items],
+        "sessions": list(sessions) if sessions is not None else None,
+        "user_priorities": list(user_priorities) if user_priorities is not None else None,
+        "idempotency_keys": list(idempotency_keys) if idempotency_keys is not None else None,
+        "origin": origin,
+        "notify": notify,
+    }
+
+
+@contextmanager
+def _translated() -> Iterator[None]:
+    try:
+        yield
+    except psycopg.Error as exc:
+        mine = translate(exc)
+        if mine is None:
+            raise
+        raise mine from exc
+
+
+class Region:
+    """The procedures of one region, on a synchronous connection (dict rows)."""
+
+    def __init__(self, conn: psycopg.Connection[Any], region: str) -> None:
+        self.conn = conn
+        self.name = region
+
+    def rows(self, query: str, **params: Any) -> list[Row]:
+        with _translated(), self.conn.cursor() as cur:
+            cur.execute(QUERIES[query], params)  # type: ignore[arg-type]
+            return [dict(r) for r in cur.fetchall()] if cur.description else []
+
+    def row(self, query: str, **params: Any) -> Row | None:
+        found = self.rows(query, **params)
+        return found[0] if found else None
+
+    def _one(self, query: str, **params: Any) -> Row:
+        found = self.row(query, **params)
+        assert found is not None, f"{query} returned no row"
+        return found
+
+    # regions
+    def ensure(self) -> Row:
+        return self._one("ensure_region", region=self.name)
+
+    def info(self) -> Row:
+        return self._one("get_region", region=self.name)
+
+    def set(
+        self,
+        *,
+        max_seps: int | None = None,
+        state: str | None = None,
+        aging_ms: int | None = None,
+        sep_dead_after_s: float | None = None,
+        history_retention_s: float | None = None,
+    ) -> Row:
+        return self._one(
+            "set_region",
+            region=self.name,
+            max_seps=max_seps,
+            state=state,
+            aging_ms=aging_ms,
+            sep_dead_after_s=sep_dead_after_s,
+            history_retention_s=history_retention_s,
+        )
+
+    def status(self) -> Row:
+        return self._one("region_status", region=self.name)
+
+    def reap(self) -> Row:
+        return self._one("reap", region=self.name)
+
+    # transactions
+    def define_transaction(
+        self,
+        transid: str,
+        program: str,
+        *,
+        priority: int = 0,
+        cls: str | None = None,
+        timeout_s: float | None = None,
+        max_attempts: int = 1,
+        requires: Sequence[str] = (),
+        description: str = "",
+    ) -> Row:
+        return self._one(
+            "define_transaction",
+            region=self.name,
+            transid=transid,
+            program=program,
+            priority=priority,
+            **{"class": cls},
+            timeout_s=timeout_s,
+            max_attempts=max_attempts,
+            requires=list(requires),
+            description=description,
+        )
+
+    def transactions(self) -> list[Row]:
+        return self.rows("list_transactions", region=self.name)
+
+    def set_class(self, cls: str, max_active: int) -> Row:
+        return self._one("set_class", region=self.name, **{"class": cls}, max_active=max_active)
+
+    def classes(self) -> list[Row]:
+        return self.rows("list_classes", region=self.name)
+
+    # requests
+    def enqueue(self, transid: str, payload: Any = None, **kw: Any) -> Enqueued:
+        return Enqueued.from_row(
+            self._one("enqueue", **enqueue_params(self.name, transid, payload, **kw))
+        )
+
+    def enqueue_many(self, items: Sequence[tuple[str, Any]], **kw: Any) -> list[Enqueued]:
+        rows = self.rows("enqueue_many", **enqueue_many_params(self.name, items, **kw))
+        return [Enqueued.from_row(r) for r in rows]
+
+    def request(self, request_id: int) -> Row:
+        found = self.row("show_request", region=self.name, id=request_id)
+        if found is None:
+            raise UnknownRequest(f"unknown request {request_id} in region {self.name!r}")
+        return found
+
+    # SEPs
+    def register_sep(
+        self,
+        host: str,
+        pid: int,
+        capabilities: Sequence[str] = (),
+        *,
+        standby: bool = False,
+        address: str | None = None,
+    ) -> Row:
+        return self._one(
+            "register_sep",
+            region=self.name,
+            host=host,
+            pid=pid,
+            capabilities=list(capabilities),
+            standby=standby,
+            address=address,
+        )
+
+    def claim_next(self, sep: int) -> Task | None:
+        found = self.row("claim_next", sep=sep)
+        return Task.from_row(found) if found else None
+
+    def begin(self, sep: int, request_id: int) -> Task:
+        return Task.from_row(self._one("begin_task", sep=sep, request=request_id))
+
+    def complete(
+        self,
+        sep: int,
+        task: Task,
+        *,
+        ok: bool,
+        result: Any = None,
+        error: Any = None,
+        take_next: bool = True,
+        next_transid: str | None = None,
+        commarea: Any = None,
+    ) -> Task | None:
+        found = self.row(
+            "complete",
+            sep=sep,
+            request=task.request_id,
+            attempt=task.attempt,
+            ok=ok,
+            result=Jsonb(result),
+            error=None if error is None else Jsonb(error),
+            take_next=take_next,
+            next_transid=next_transid,
+            commarea=None if commarea is None else Jsonb(commarea),
+        )
+        return Task.from_row(found) if found else None
+
+    def heartbeat(self, sep: int) -> Row | None:
+        return self.row("heartbeat_sep", sep=sep)
+
+    def leave(self, sep: int) -> int:
+        return int(self._one("leave_sep", sep=sep)["requeued"])
+
+    def control_sep(self, sep: int, action: str) -> Row:
+        return self._one("control_sep", sep=sep, action=action)
+
+    def seps(self) -> list[Row]:
+        return self.rows("list_seps", region=self.name)
+
+    # sessions
+    def register_session(
+        self, listener: UUID | None = None, user: str = "", priority: int = 0
+    ) -> UUID:
+        row = self._one(
+            "register_session", region=self.name, listener=listener, user=user, priority=priority
+        )
+        return UUID(str(row["id"]))
+
+    def end_session(self, session: UUID) -> bool:
+        return bool(self._one("end_session", session=session)["ended"])
+
+
+class AsyncRegion:
+    """The procedures a listener needs, on an asyncio connection (dict rows)."""
+
+    def __init__(self, conn: psycopg.AsyncConnection[Any], region: str) -> None:
+        self.conn = conn
+        self.name = region
+
+    async def rows(self, query: str, **params: Any) -> list[Row]:
+        with _translated():
+            async with self.conn.cursor() as cur:
+                await cur.execute(QUERIES[query], params)  # type: ignore[arg-type]
+                return [dict(r) for r in await cur.fetchall()] if cur.description else []
+
+    async def _one(self, query: str, **params: Any) -> Row:
+        found = await self.rows(query, **params)
+        assert found, f"{query} returned no row"
+        return found[0]
+
+    async def enqueue(self, transid: str, payload: Any = None, **kw: Any) -> Enqueued:
+        row = await self._one("enqueue", **enqueue_params(self.name, transid, payload, **kw))
+        return Enqueued.from_row(row)
+
+    async def enqueue_many(self, items: Sequence[tuple[str, Any]], **kw: Any) -> list[Enqueued]:
+        rows = await self.rows("enqueue_many", **enqueue_many_params(self.name, items, **kw))
+        return [Enqueued.from_row(r) for r in rows]
+
+    async def register_session(
+        self, listener: UUID | None = None, user: str = "", priority: int = 0
+    ) -> UUID:
+        row = await self._one(
+            "register_session", region=self.name, listener=listener, user=user, priority=priority
+        )
+        return UUID(str(row["id"]))
+
+    async def end_session(self, session: UUID) -> bool:
+        return bool((await self._one("end_session", session=session))["ended"])
+
+    async def request(self, request_id: int) -> Row:
+        found = await self.rows("show_request", region=self.name, id=request_id)
+        if not found:
+            raise UnknownRequest(f"unknown request {request_id} in region {self.name!r}")
+        return found[0]

@@ -1,0 +1,5 @@
+"""SEPs: execution processes that run one task at a time, and the program API."""
+
+from .program import AppError, ProgramDef, load_app, program
+
+__all__ = ["AppError", "ProgramDef", "load_app", "program"]

@@ -1,0 +1,146 @@
+"""The program API: ``@program("TRANSID", ...)`` declares a transaction and its program."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "AppError",
+    "ProgramDef",
+    "load_app",
+    "program",
+    "registered",
+    "resolve_program",
+    "sync_app",
+]
+
+
+class AppError(Exception):
+    """An application module or program that cannot be loaded."""
+
+
+@dataclass(frozen=True)
+class ProgramDef:
+    """A transaction as a program declares it (stored by ``dispatcher tx sync``)."""
+
+    transid: str
+    function: Callable[..., Any]
+    priority: int = 0
+    cls: str | None = None
+    timeout: float | None = None
+    max_attempts: int = 1
+    requires: tuple[str, ...] = ()
+    description: str = ""
+    is_async: bool = field(default=False)
+
+    @property
+    def program(self) -> str:
+        return f"{self.function.__module__}:{self.function.__qualname__}"
+
+
+_REGISTRY: dict[str, ProgramDef] = {}
+
+
+def program(
+    transid: str,
+    *,
+    priority: int = 0,
+    cls: str | None = None,
+    timeout: float | None = None,
+    max_attempts: int = 1,
+    requires: Sequence[str] = (),
+    description: str | None = None,
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Declare ``transid`` as a transaction run by the decorated function.
+
+    The function takes a :class:`sep.TaskContext` and returns the task's result (any
+    JSON value). ``def`` and ``async def`` both work.
+    """
+    if not 0 <= priority <= 255:
+        raise ValueError(f"priority of {transid} must be between 0 and 255, not {priority}")
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        _REGISTRY[transid] = ProgramDef(
+            transid=transid,
+            function=fn,
+            priority=priority,
+            cls=cls,
+            timeout=timeout,
+            max_attempts=max_attempts,
+            requires=tuple(requires),
+            description=(description or inspect.getdoc(fn) or "").split("\n")[0],
+            is_async=inspect.iscoroutinefunction(fn),
+        )
+        return fn
+
+    return decorate
+
+
+def registered() -> dict[str, ProgramDef]:
+    return dict(_REGISTRY)
+
+
+def load_app(module: str) -> dict[str, ProgramDef]:
+    """Import an application module and return the transactions it declares."""
+    if "." not in sys.path and "" not in sys.path:
+        sys.path.insert(0, "")
+    before = set(_REGISTRY)
+    try:
+        importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        raise AppError(f"cannot import app module {module!r}: {exc}") from exc
+    except Exception as exc:
+        raise AppError(
+            f"app module {module!r} failed to import: {type(exc).__name__}: {exc}"
+        ) from exc
+    found = {
+        t: d
+        for t, d in _REGISTRY.items()
+        if d.function.__module__ == module
+        or d.function.__module__.startswith(module + ".")
+        or t not in before
+    }
+    if not found:
+        raise AppError(f"app module {module!r} declares no transactions (use @program)")
+    return found
+
+
+def resolve_program(path: str) -> Callable[..., Any]:
+    """The function named by ``module.path:function``."""
+    module_name, _, attr = path.partition(":")
+    if not module_name or not attr:
+        raise AppError(f"invalid program {path!r}: expected module.path:function")
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except Exception as exc:
+        raise AppError(f"program {path!r} is not importable: {type(exc).__name__}: {exc}") from exc
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise AppError(f"program {path!r}: module {module_name!r} has no {attr!r}") from None
+    if not callable(obj):
+        raise AppError(f"program {path!r} is not callable")
+    return obj  # type: ignore[no-any-return]
+
+
+def sync_app(region: Any, module: str) -> list[str]:
+    """Store an app's declared transactions in the region (a dispatcher.region.Region)."""
+    defs = load_app(module)
+    for d in defs.values():
+        region.define_transaction(
+            d.transid,
+            d.program,
+            priority=d.priority,
+            cls=d.cls,
+            timeout_s=d.timeout,
+            max_attempts=d.max_attempts,
+            requires=d.requires,
+            description=d.description,
+        )
+    return list(defs)

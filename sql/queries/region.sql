@@ -1,0 +1,25 @@
+-- name: ensure_region
+SELECT * FROM dispatcher.ensure_region_v1(%(region)s);
+
+-- name: get_region
+SELECT * FROM dispatcher.get_region_v1(%(region)s);
+
+-- name: set_region
+SELECT * FROM dispatcher.set_region_v1(%(region)s, %(max_seps)s, %(state)s, %(aging_ms)s,
+    %(sep_dead_after_s)s, %(history_retention_s)s);
+
+-- name: reap
+SELECT * FROM dispatcher.reap_v1(%(region)s);
+
+-- name: region_status
+SELECT r.name, r.max_seps, r.state, r.busy_seps,
+    (SELECT coalesce(jsonb_object_agg(state, n), '{}') FROM
+        (SELECT state, count(*) AS n FROM dispatcher.sep WHERE region = r.name GROUP BY state) s)
+        AS seps,
+    (SELECT coalesce(jsonb_object_agg(state, n), '{}') FROM
+        (SELECT state, count(*) AS n FROM dispatcher.request WHERE region = r.name GROUP BY state) q)
+        AS requests,
+    (SELECT extract(epoch FROM clock_timestamp() - min(enqueued_at))
+        FROM dispatcher.request WHERE region = r.name AND state = 'queued') AS oldest_queued_s,
+    (SELECT count(*) FROM dispatcher.session WHERE region = r.name) AS sessions
+FROM dispatcher.region r WHERE r.name = %(region)s;

@@ -1,0 +1,20 @@
+-- name: enqueue
+SELECT * FROM dispatcher.enqueue_v1(%(region)s, %(transid)s, %(payload)s, %(session)s,
+    %(user_priority)s, %(idempotency_key)s, %(deadline)s, %(commarea)s, %(origin)s, %(notify)s);
+
+-- name: enqueue_many
+SELECT * FROM dispatcher.enqueue_many_v1(%(region)s, %(transids)s, %(payloads)s, %(sessions)s,
+    %(user_priorities)s, %(idempotency_keys)s, %(origin)s, %(notify)s);
+
+-- name: show_request
+SELECT id, region, transid, state, attempt, sep_id, payload, NULL::jsonb AS result, error,
+    priority, session_id, origin, enqueued_at, dispatched_at, started_at,
+    NULL::timestamptz AS finished_at
+FROM dispatcher.request WHERE id = %(id)s AND region = %(region)s
+UNION ALL
+SELECT id, region, transid, state, attempt, sep_id, payload, result, error,
+    priority, session_id, origin, enqueued_at, dispatched_at, started_at, finished_at
+FROM dispatcher.request_history WHERE id = %(id)s AND region = %(region)s;
+
+-- name: request_outcome
+SELECT state, result, error FROM dispatcher.request_history WHERE id = %(id)s;

@@ -1,0 +1,30 @@
+-- name: register_sep
+SELECT * FROM dispatcher.register_sep_v1(%(region)s, %(host)s, %(pid)s, %(capabilities)s,
+    %(standby)s, %(address)s);
+
+-- name: claim_next
+SELECT * FROM dispatcher.claim_next_v1(%(sep)s);
+
+-- name: begin_task
+SELECT * FROM dispatcher.begin_v1(%(sep)s, %(request)s);
+
+-- name: complete
+SELECT * FROM dispatcher.complete_v1(%(sep)s, %(request)s, %(attempt)s, %(ok)s, %(result)s,
+    %(error)s, %(take_next)s, %(next_transid)s, %(commarea)s);
+
+-- name: heartbeat_sep
+SELECT * FROM dispatcher.heartbeat_sep_v1(%(sep)s);
+
+-- name: leave_sep
+SELECT dispatcher.leave_sep_v1(%(sep)s) AS requeued;
+
+-- name: control_sep
+SELECT * FROM dispatcher.control_sep_v1(%(sep)s, %(action)s);
+
+-- name: list_seps
+SELECT id, host, pid, state, paused, stop_requested, standby, capabilities, current_request,
+    current_attempt, tasks_run, address, started_at, heartbeat_at
+FROM dispatcher.sep WHERE region = %(region)s ORDER BY id;
+
+-- name: live_sep_ids
+SELECT id FROM dispatcher.sep WHERE region = %(region)s AND state <> 'dead' ORDER BY id;

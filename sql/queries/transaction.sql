@@ -1,0 +1,14 @@
+-- name: define_transaction
+SELECT * FROM dispatcher.define_transaction_v1(%(region)s, %(transid)s, %(program)s,
+    %(priority)s, %(class)s, %(timeout_s)s, %(max_attempts)s, %(requires)s, %(description)s);
+
+-- name: list_transactions
+SELECT transid, program, priority, class, timeout_s, max_attempts, retry_backoff_s, requires,
+    description, updated_at
+FROM dispatcher.transaction WHERE region = %(region)s ORDER BY transid;
+
+-- name: set_class
+SELECT * FROM dispatcher.set_class_v1(%(region)s, %(class)s, %(max_active)s);
+
+-- name: list_classes
+SELECT name, max_active, active FROM dispatcher.tx_class WHERE region = %(region)s ORDER BY name;

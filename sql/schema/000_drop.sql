@@ -1,0 +1,2 @@
+-- Downgrade of revision 0001: removes everything the region database holds.
+DROP SCHEMA IF EXISTS dispatcher CASCADE;

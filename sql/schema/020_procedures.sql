@@ -1,0 +1,829 @@
+-- The dispatch procedures. Names carry a version suffix (_v1) so that SEPs and
+-- listeners of two releases can run side by side during an upgrade.
+--
+-- Error codes (SQLSTATE), turned into Python exceptions by dispatcher/errors.py:
+--   DP001 unknown region          DP002 unknown transaction   DP003 value out of range
+--   DP004 completion refused      DP005 unknown SEP           DP006 region has no room
+--   DP007 unknown session         DP009 unknown request
+--
+-- Lost wake-ups (ARCHITECTURE.md invariant 2): a SEP that finds no work takes the
+-- region's advisory lock in exclusive mode and looks once more before it goes idle;
+-- an enqueue that finds no idle SEP takes the same lock in shared mode and looks
+-- once more. Whichever comes second sees what the first committed.
+
+CREATE FUNCTION dispatcher.region_lock_key(p_region text) RETURNS bigint
+LANGUAGE sql IMMUTABLE AS $$ SELECT hashtextextended('dispatcher.region:' || p_region, 0) $$;
+
+CREATE FUNCTION dispatcher.sep_channel(p_sep bigint) RETURNS text
+LANGUAGE sql IMMUTABLE AS $$ SELECT 'dispatcher_sep_' || p_sep $$;
+
+CREATE FUNCTION dispatcher.region_channel(p_region text) RETURNS text
+LANGUAGE sql IMMUTABLE AS $$ SELECT 'dispatcher_region_' || md5(p_region) $$;
+
+-- ---------------------------------------------------------------- regions
+
+CREATE FUNCTION dispatcher.ensure_region_v1(p_region text) RETURNS dispatcher.region
+LANGUAGE plpgsql AS $$
+DECLARE
+    r dispatcher.region;
+BEGIN
+    IF p_region IS NULL OR p_region !~ '^[A-Za-z0-9_.-]{1,40}$' THEN
+        RAISE EXCEPTION USING ERRCODE = 'DP003',
+            MESSAGE = format('invalid region name %L: use 1-40 letters, digits, "_", "." or "-"', p_region);
+    END IF;
+    INSERT INTO dispatcher.region (name) VALUES (p_region) ON CONFLICT (name) DO NOTHING;
+    SELECT * INTO r FROM dispatcher.region WHERE name = p_region;
+    RETURN r;
+END $$;
+
+CREATE FUNCTION dispatcher.get_region_v1(p_region text) RETURNS dispatcher.region
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    r dispatcher.region;
+BEGIN
+    SELECT * INTO r FROM dispatcher.region WHERE name = p_region;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = 'DP001',
+            MESSAGE = format('unknown region %L', p_region),
+            HINT = 'create it with: dispatcher region set';
+    END IF;
+    RETURN r;
+END $$;
+
+CREATE FUNCTION dispatcher.set_region_v1(
+    p_region text, p_max_seps integer, p_state text, p_aging_ms integer,
+    p_sep_dead_after_s double precision, p_history_retention_s double precision
+) RETURNS dispatcher.region
+LANGUAGE plpgsql AS $$
+DECLARE
+    r dispatcher.region;
+BEGIN
+    PERFORM dispatcher.ensure_region_v1(p_region);
+    IF p_max_seps IS NOT NULL AND (p_max_seps < 0 OR p_max_seps > 100000) THEN
+        RAISE EXCEPTION USING ERRCODE = 'DP003',
+            MESSAGE = format('max SEPs must be between 0 and 100000, not %s', p_max_seps);
+    END IF;
+    IF p_state IS NOT NULL AND p_state NOT IN ('running', 'stopping') THEN
+        RAISE EXCEPTION USING ERRCODE = 'DP003',
+            MESSAGE = format('region state must be running or stopping, not %L', p_state);
+    END IF;
+    IF p_aging_ms IS NOT NULL AND p_aging_ms <= 0 THEN
+        RAISE EXCEPTION USING ERRCODE = 'DP003', MESSAGE = 'aging interval must be positive';
+    END IF;
+    IF (p_sep_dead_after_s IS NOT NULL AND p_sep_dead_after_s <= 0)
+       OR (p_history_retention_s IS NOT NULL AND p_history_retention_s < 0) THEN
+        RAISE EXCEPTION USING ERRCODE = 'DP003', MESSAGE = 'durations must be positive';
+    END IF;
+    UPDATE dispatcher.region SET
+        max_seps = coalesce(p_max_seps, max_seps),
+        state = coalesce(p_state, state),
+        aging_ms = coalesce(p_aging_ms, aging_ms),
+        sep_dead_after = coalesce(make_interval(secs => p_sep_dead_after_s), sep_dead_after),
+        history_retention = coalesce(make_interval(secs => p_history_retention_s), history_retention)
+    WHERE name = p_region
+    RETURNING * INTO r;
+    IF p_state = 'running' THEN
+        -- wake idle SEPs: requests may have queued while the region was stopping
+        PERFORM pg_notify(dispatcher.sep_channel(s.id), 'wake')
+        FROM dispatcher.sep s WHERE s.region = p_region AND s.state = 'idle';
+    END IF;
+    RETURN r;
+END $$;
+
+-- ------------------------------------------------------- transactions
+
+CREATE FUNCTION dispatcher.set_class_v1(p_region text, p_class text, p_max_active integer)
+RETURNS dispatcher.tx_class
+LANGUAGE plpgsql AS $$
+DECLARE
+    c dispatcher.tx_class;
+BEGIN
+    PERFORM dispatcher.get_region_v1(p_region);
+    IF p_max_active IS NULL OR p_max_active < 0 THEN
+        RAISE EXCEPTION USING ERRCODE = 'DP003',
+            MESSAGE = format('max active of a class must be 0 or more, not %s', p_max_active);
+    END IF;
+    IF p_class IS NULL OR p_class !~ '^[A-Za-z0-9_.-]{1,40}$' THEN
+        RAISE EXCEPTION USING ERRCODE = 'DP003',
+            MESSAGE = format('invalid class name %L', p_class);
+    END IF;
+    INSERT INTO dispatcher.tx_class (region, name, max_active)
+    VALUES (p_region, p_class, p_max_active)
+    ON CONFLICT (region, name) DO UPDATE SET max_active = excluded.max_active
+    RETURNING * INTO c;
+    RETURN c;
+END $$;
+
+CREATE FUNCTION dispatcher.define_transaction_v1(
+    p_region text, p_transid text, p_program text, p_priority integer, p_class text,
+    p_timeout_s double precision, p_max_attempts integer, p_requires text[], p_description text
+) RETURNS dispatcher.transaction
+LANGUAGE plpgsql AS $$
+DECLARE
+    t dispatcher.transaction;
+BEGIN
+    PERFORM dispatcher.get_region_v1(p_region);
+    IF p_transid IS NULL OR p_transid !~ '^[A-Za-z0-9_.$#@-]{1,32}$' THEN
+        RAISE EXCEPTION USING ERRCODE = 'DP003',
+            MESSAGE = format('invalid transaction id %L: 1-32 letters, digits or _.$#@-', p_transid);
+    END IF;
+    IF p_program IS NULL
+       OR p_program !~ '^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_.]*$' THEN
+        RAISE EXCEPTION USING ERRCODE = 'DP003',
+            MESSAGE = format('invalid program %L: expected module.path:function', p_program);
+    END IF;
+    IF coalesce(p_priority, 0) NOT BETWEEN 0 AND 255 THEN
+        RAISE EXCEPTION USING ERRCODE = 'DP003',
+            MESSAGE = format('priority must be between 0 and 255, not %s', p_priority);
+    END IF;
+    IF p_timeout_s IS NOT NULL AND p_timeout_s <= 0 THEN
+        RAISE EXCEPTION USING ERRCODE = 'DP003', MESSAGE = 'timeout must be positive';
+    END IF;
+    IF coalesce(p_max_attempts, 1) < 1 THEN
+        RAISE EXCEPTION USING ERRCODE = 'DP003', MESSAGE = 'max attempts must be at least 1';
+    END IF;
+    IF p_class IS NOT NULL AND NOT EXISTS (
+        SELECT 1 FROM dispatcher.tx_class WHERE region = p_region AND name = p_class
+    ) THEN
+        -- a class named before it is sized is unlimited until it is set
+        INSERT INTO dispatcher.tx_class (region, name, max_active)
+        VALUES (p_region, p_class, 2147483647)
+        ON CONFLICT DO NOTHING;
+    END IF;
+    INSERT INTO dispatcher.transaction AS x
+        (region, transid, program, priority, class, timeout_s, max_attempts, requires, description)
+    VALUES (p_region, p_transid, p_program, coalesce(p_priority, 0), p_class, p_timeout_s,
+            coalesce(p_max_attempts, 1), coalesce(p_requires, '{}'), coalesce(p_description, ''))
+    ON CONFLICT (region, transid) DO UPDATE SET
+        program = excluded.program, priority = excluded.priority, class = excluded.class,
+        timeout_s = excluded.timeout_s, max_attempts = excluded.max_attempts,
+        requires = excluded.requires, description = excluded.description, updated_at = now()
+    RETURNING * INTO t;
+    RETURN t;
+END $$;
+
+-- ------------------------------------------------------------ picking
+
+-- The next request SEP p_sep may run: highest effective priority first (aging
+-- included in dispatch_key), FIFO within a priority, its capabilities covering what
+-- the request requires, and its class below max active. Locks the request (SKIP
+-- LOCKED) and takes the class slot. Returns NULL when there is none.
+CREATE FUNCTION dispatcher.pick_request(p_region text, p_caps text[]) RETURNS bigint
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_id bigint;
+    v_class text;
+    v_skip bigint[] := '{}';
+BEGIN
+    FOR i IN 1..20 LOOP
+        SELECT r.id, r.class INTO v_id, v_class
+        FROM dispatcher.request r
+        WHERE r.region = p_region AND r.state = 'queued'
+          AND r.requires <@ p_caps
+          AND (r.not_before IS NULL OR r.not_before <= now())
+          AND (r.deadline IS NULL OR r.deadline > now())
+          AND (r.class IS NULL OR EXISTS (
+                SELECT 1 FROM dispatcher.tx_class c
+                WHERE c.region = r.region AND c.name = r.class AND c.active < c.max_active))
+          AND r.id <> ALL (v_skip)
+        ORDER BY r.dispatch_key, r.id
+        LIMIT 1
+        FOR UPDATE OF r SKIP LOCKED;
+        IF NOT FOUND THEN
+            RETURN NULL;
+        END IF;
+        IF v_class IS NULL THEN
+            RETURN v_id;
+        END IF;
+        UPDATE dispatcher.tx_class SET active = active + 1
+        WHERE region = p_region AND name = v_class AND active < max_active;
+        IF FOUND THEN
+            RETURN v_id;
+        END IF;
+        v_skip := v_skip || v_id;   -- the class filled up meanwhile: look further
+    END LOOP;
+    RETURN NULL;
+END $$;
+
+CREATE FUNCTION dispatcher.release_class(p_region text, p_class text) RETURNS void
+LANGUAGE sql AS $$
+    UPDATE dispatcher.tx_class SET active = greatest(active - 1, 0)
+    WHERE p_class IS NOT NULL AND region = p_region AND name = p_class
+$$;
+
+-- Hand request p_request (locked by the caller) to SEP p_sep as running.
+CREATE FUNCTION dispatcher.start_task(p_sep bigint, p_request bigint) RETURNS dispatcher.task
+LANGUAGE plpgsql AS $$
+DECLARE
+    t dispatcher.task;
+BEGIN
+    UPDATE dispatcher.request r SET
+        state = 'running', sep_id = p_sep, attempt = r.attempt + 1,
+        dispatched_at = clock_timestamp(), started_at = clock_timestamp()
+    WHERE r.id = p_request;
+    UPDATE dispatcher.sep SET
+        state = 'busy', current_request = p_request,
+        current_attempt = (SELECT attempt FROM dispatcher.request WHERE id = p_request)
+    WHERE id = p_sep;
+    SELECT r.id, r.attempt, r.transid, x.program, r.payload, r.session_id, r.commarea,
+           x.timeout_s, r.enqueued_at
+    INTO t
+    FROM dispatcher.request r
+    LEFT JOIN dispatcher.transaction x ON x.region = r.region AND x.transid = r.transid
+    WHERE r.id = p_request;
+    RETURN t;
+END $$;
+
+-- The task of a request already handed to SEP p_sep.
+CREATE FUNCTION dispatcher.task_of(p_request bigint) RETURNS dispatcher.task
+LANGUAGE sql STABLE AS $$
+    SELECT r.id, r.attempt, r.transid, x.program, r.payload, r.session_id, r.commarea,
+           x.timeout_s, r.enqueued_at
+    FROM dispatcher.request r
+    LEFT JOIN dispatcher.transaction x ON x.region = r.region AND x.transid = r.transid
+    WHERE r.id = p_request
+$$;
+
+-- ------------------------------------------------------------ enqueue
+
+CREATE FUNCTION dispatcher.enqueue_v1(
+    p_region text,
+    p_transid text,
+    p_payload jsonb DEFAULT 'null',
+    p_session uuid DEFAULT NULL,
+    p_user_priority integer DEFAULT 0,
+    p_idempotency_key text DEFAULT NULL,
+    p_deadline timestamptz DEFAULT NULL,
+    p_commarea jsonb DEFAULT NULL,
+    p_origin text DEFAULT 'api',
+    p_notify boolean DEFAULT true
+) RETURNS dispatcher.enqueued
+LANGUAGE plpgsql AS $$
+DECLARE
+    reg dispatcher.region;
+    tx dispatcher.transaction;
+    v_session_priority integer := 0;
+    v_priority integer;
+    v_id bigint;
+    v_sep bigint;
+    v_caps_ok boolean;
+    res dispatcher.enqueued;
+BEGIN
+    SELECT * INTO reg FROM dispatcher.region WHERE name = p_region;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = 'DP001', MESSAGE = format('unknown region %L', p_region);
+    END IF;
+    SELECT * INTO tx FROM dispatcher.transaction WHERE region = p_region AND transid = p_transid;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = 'DP002',
+            MESSAGE = format('unknown transaction %L in region %L', p_transid, p_region),
+            HINT = 'define it with: dispatcher tx define, or dispatcher tx sync --app MODULE';
+    END IF;
+    IF coalesce(p_user_priority, 0) NOT BETWEEN 0 AND 255 THEN
+        RAISE EXCEPTION USING ERRCODE = 'DP003',
+            MESSAGE = format('priority must be between 0 and 255, not %s', p_user_priority);
+    END IF;
+    IF p_session IS NOT NULL THEN
+        SELECT priority INTO v_session_priority FROM dispatcher.session
+        WHERE id = p_session AND region = p_region;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION USING ERRCODE = 'DP007', MESSAGE = format('unknown session %s', p_session);
+        END IF;
+    END IF;
+    v_priority := least(255, tx.priority + v_session_priority + coalesce(p_user_priority, 0));
+
+    IF p_idempotency_key IS NOT NULL THEN
+        SELECT id INTO v_id FROM dispatcher.request
+        WHERE region = p_region AND idempotency_key = p_idempotency_key;
+        IF NOT FOUND THEN
+            SELECT id INTO v_id FROM dispatcher.request_history
+            WHERE region = p_region AND idempotency_key = p_idempotency_key;
+        END IF;
+        IF v_id IS NOT NULL THEN
+            res := (v_id, NULL, 'duplicate', true);
+            RETURN res;
+        END IF;
+    END IF;
+
+    INSERT INTO dispatcher.request
+        (region, transid, payload, session_id, priority, dispatch_key, max_attempts, class,
+         requires, idempotency_key, deadline, commarea, origin)
+    VALUES
+        (p_region, p_transid, coalesce(p_payload, 'null'::jsonb), p_session, v_priority,
+         clock_timestamp() - make_interval(secs => v_priority * reg.aging_ms / 1000.0),
+         tx.max_attempts, tx.class, tx.requires, p_idempotency_key, p_deadline, p_commarea,
+         coalesce(p_origin, 'api'))
+    ON CONFLICT (region, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+    RETURNING id INTO v_id;
+    IF v_id IS NULL THEN
+        SELECT id INTO v_id FROM dispatcher.request
+        WHERE region = p_region AND idempotency_key = p_idempotency_key;
+        res := (v_id, NULL, 'duplicate', true);
+        RETURN res;
+    END IF;
+
+    IF reg.state <> 'running' THEN
+        res := (v_id, NULL, 'region_stopping', false);
+        RETURN res;
+    END IF;
+
+    -- a free SEP able to run it
+    SELECT s.id INTO v_sep FROM dispatcher.sep s
+    WHERE s.region = p_region AND s.state = 'idle' AND NOT s.paused AND NOT s.stop_requested
+      AND s.capabilities @> tx.requires
+    ORDER BY s.idle_since
+    LIMIT 1
+    FOR UPDATE SKIP LOCKED;
+    IF NOT FOUND THEN
+        PERFORM pg_advisory_xact_lock_shared(dispatcher.region_lock_key(p_region));
+        SELECT s.id INTO v_sep FROM dispatcher.sep s
+        WHERE s.region = p_region AND s.state = 'idle' AND NOT s.paused AND NOT s.stop_requested
+          AND s.capabilities @> tx.requires
+        ORDER BY s.idle_since
+        LIMIT 1
+        FOR UPDATE SKIP LOCKED;
+        IF NOT FOUND THEN
+            res := (v_id, NULL, 'no_idle_sep', false);
+            RETURN res;
+        END IF;
+    END IF;
+
+    UPDATE dispatcher.region SET busy_seps = busy_seps + 1
+    WHERE name = p_region AND busy_seps < max_seps;
+    IF NOT FOUND THEN
+        res := (v_id, NULL, 'max_seps', false);
+        RETURN res;
+    END IF;
+    IF tx.class IS NOT NULL THEN
+        UPDATE dispatcher.tx_class SET active = active + 1
+        WHERE region = p_region AND name = tx.class AND active < max_active;
+        IF NOT FOUND THEN
+            UPDATE dispatcher.region SET busy_seps = busy_seps - 1 WHERE name = p_region;
+            res := (v_id, NULL, 'class_full', false);
+            RETURN res;
+        END IF;
+    END IF;
+
+    UPDATE dispatcher.request SET
+        state = 'dispatched', sep_id = v_sep, attempt = attempt + 1,
+        dispatched_at = clock_timestamp()
+    WHERE id = v_id;
+    UPDATE dispatcher.sep SET state = 'busy', current_request = v_id, current_attempt = 1
+    WHERE id = v_sep;
+    IF p_notify THEN
+        PERFORM pg_notify(dispatcher.sep_channel(v_sep), 'dispatch ' || v_id);
+    END IF;
+    res := (v_id, v_sep, 'dispatched', false);
+    RETURN res;
+END $$;
+
+-- Many requests in one call and one commit (START --data-file, group commit).
+CREATE FUNCTION dispatcher.enqueue_many_v1(
+    p_region text,
+    p_transids text[],
+    p_payloads jsonb[],
+    p_sessions uuid[] DEFAULT NULL,
+    p_user_priorities integer[] DEFAULT NULL,
+    p_idempotency_keys text[] DEFAULT NULL,
+    p_origin text DEFAULT 'api',
+    p_notify boolean DEFAULT true
+) RETURNS TABLE (ordinal integer, request_id bigint, sep_id bigint, reason text, duplicate boolean)
+LANGUAGE plpgsql AS $$
+DECLARE
+    e dispatcher.enqueued;
+BEGIN
+    IF cardinality(p_transids) IS DISTINCT FROM cardinality(p_payloads) THEN
+        RAISE EXCEPTION USING ERRCODE = 'DP003',
+            MESSAGE = 'enqueue_many: transids and payloads differ in length';
+    END IF;
+    FOR i IN 1..coalesce(cardinality(p_transids), 0) LOOP
+        e := dispatcher.enqueue_v1(
+            p_region, p_transids[i], p_payloads[i], p_sessions[i],
+            coalesce(p_user_priorities[i], 0), p_idempotency_keys[i], NULL, NULL,
+            p_origin, p_notify);
+        ordinal := i;
+        request_id := e.request_id;
+        sep_id := e.sep_id;
+        reason := e.reason;
+        duplicate := e.duplicate;
+        RETURN NEXT;
+    END LOOP;
+END $$;
+
+-- --------------------------------------------------------------- SEPs
+
+CREATE FUNCTION dispatcher.register_sep_v1(
+    p_region text, p_host text, p_pid integer, p_capabilities text[], p_standby boolean,
+    p_address text DEFAULT NULL
+) RETURNS dispatcher.sep
+LANGUAGE plpgsql AS $$
+DECLARE
+    reg dispatcher.region;
+    v_live integer;
+    s dispatcher.sep;
+BEGIN
+    SELECT * INTO reg FROM dispatcher.region WHERE name = p_region FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = 'DP001', MESSAGE = format('unknown region %L', p_region);
+    END IF;
+    IF NOT coalesce(p_standby, false) THEN
+        SELECT count(*) INTO v_live FROM dispatcher.sep
+        WHERE region = p_region AND state <> 'dead' AND NOT standby;
+        IF v_live >= reg.max_seps THEN
+            RAISE EXCEPTION USING ERRCODE = 'DP006',
+                MESSAGE = format('region %L has no room for another SEP: %s of max %s running',
+                                 p_region, v_live, reg.max_seps),
+                HINT = 'raise it with: dispatcher region set --max-seps N, or start the SEP with --standby';
+        END IF;
+    END IF;
+    INSERT INTO dispatcher.sep (region, host, pid, capabilities, standby, address)
+    VALUES (p_region, p_host, p_pid, coalesce(p_capabilities, '{}'), coalesce(p_standby, false),
+            p_address)
+    RETURNING * INTO s;
+    RETURN s;
+END $$;
+
+CREATE FUNCTION dispatcher.lock_sep(p_sep bigint) RETURNS dispatcher.sep
+LANGUAGE plpgsql AS $$
+DECLARE
+    s dispatcher.sep;
+BEGIN
+    SELECT * INTO s FROM dispatcher.sep WHERE id = p_sep FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = 'DP005', MESSAGE = format('unknown SEP %s', p_sep);
+    END IF;
+    IF s.state = 'dead' THEN
+        RAISE EXCEPTION USING ERRCODE = 'DP004',
+            MESSAGE = format('SEP %s was declared dead; its work was handed to others', p_sep);
+    END IF;
+    RETURN s;
+END $$;
+
+-- The state a SEP falls to when it has no work.
+CREATE FUNCTION dispatcher.rest_state(s dispatcher.sep) RETURNS text
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE WHEN s.stop_requested THEN 'draining'
+                WHEN s.paused THEN 'unavailable'
+                ELSE 'idle' END
+$$;
+
+-- Look for work for a SEP that is going to rest; rest if there is none.
+-- Called with the SEP row locked. p_was_busy: the SEP counted in region.busy_seps.
+CREATE FUNCTION dispatcher.next_or_rest(s dispatcher.sep, p_was_busy boolean)
+RETURNS SETOF dispatcher.task
+LANGUAGE plpgsql AS $$
+DECLARE
+    reg dispatcher.region;
+    v_next bigint;
+BEGIN
+    SELECT * INTO reg FROM dispatcher.region WHERE name = s.region;
+    IF NOT s.paused AND NOT s.stop_requested AND reg.state = 'running'
+       AND (CASE WHEN p_was_busy THEN reg.busy_seps <= reg.max_seps
+                 ELSE reg.busy_seps < reg.max_seps END) THEN
+        v_next := dispatcher.pick_request(s.region, s.capabilities);
+        IF v_next IS NULL THEN
+            -- the last look, fenced against concurrent enqueues (see the top of this file)
+            PERFORM pg_advisory_xact_lock(dispatcher.region_lock_key(s.region));
+            v_next := dispatcher.pick_request(s.region, s.capabilities);
+        END IF;
+        IF v_next IS NOT NULL AND NOT p_was_busy THEN
+            UPDATE dispatcher.region SET busy_seps = busy_seps + 1
+            WHERE name = s.region AND busy_seps < max_seps;
+            IF NOT FOUND THEN
+                PERFORM dispatcher.release_class(s.region,
+                    (SELECT class FROM dispatcher.request WHERE id = v_next));
+                v_next := NULL;
+            END IF;
+        END IF;
+        IF v_next IS NOT NULL THEN
+            RETURN NEXT dispatcher.start_task(s.id, v_next);
+            RETURN;
+        END IF;
+    END IF;
+    IF p_was_busy THEN
+        UPDATE dispatcher.region SET busy_seps = greatest(busy_seps - 1, 0) WHERE name = s.region;
+    END IF;
+    UPDATE dispatcher.sep SET
+        state = dispatcher.rest_state(s), current_request = NULL, current_attempt = NULL,
+        idle_since = clock_timestamp()
+    WHERE id = s.id;
+END $$;
+
+-- Give an idle SEP work: what was already dispatched to it, else the next request.
+CREATE FUNCTION dispatcher.claim_next_v1(p_sep bigint) RETURNS SETOF dispatcher.task
+LANGUAGE plpgsql AS $$
+DECLARE
+    s dispatcher.sep;
+BEGIN
+    s := dispatcher.lock_sep(p_sep);
+    UPDATE dispatcher.sep SET heartbeat_at = clock_timestamp() WHERE id = p_sep;
+    IF s.state = 'busy' THEN
+        IF s.current_request IS NOT NULL THEN
+            UPDATE dispatcher.request SET state = 'running', started_at = clock_timestamp()
+            WHERE id = s.current_request AND state = 'dispatched';
+            RETURN NEXT dispatcher.task_of(s.current_request);
+        END IF;
+        RETURN;
+    END IF;
+    IF s.state <> 'idle' THEN
+        RETURN;
+    END IF;
+    RETURN QUERY SELECT * FROM dispatcher.next_or_rest(s, false);
+END $$;
+
+-- Start a request that the enqueue procedure dispatched to this SEP.
+CREATE FUNCTION dispatcher.begin_v1(p_sep bigint, p_request bigint) RETURNS dispatcher.task
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_found boolean;
+BEGIN
+    UPDATE dispatcher.request SET state = 'running', started_at = clock_timestamp()
+    WHERE id = p_request AND sep_id = p_sep AND state IN ('dispatched', 'running');
+    v_found := FOUND;
+    IF NOT v_found THEN
+        RAISE EXCEPTION USING ERRCODE = 'DP004',
+            MESSAGE = format('request %s is not dispatched to SEP %s', p_request, p_sep);
+    END IF;
+    RETURN dispatcher.task_of(p_request);
+END $$;
+
+-- A SEP reports the outcome of its request and, in the same round trip, gets its
+-- next one (or rests). Refused (DP004) unless the SEP still holds that attempt.
+CREATE FUNCTION dispatcher.complete_v1(
+    p_sep bigint,
+    p_request bigint,
+    p_attempt integer,
+    p_ok boolean,
+    p_result jsonb DEFAULT NULL,
+    p_error jsonb DEFAULT NULL,
+    p_take_next boolean DEFAULT true,
+    p_next_transid text DEFAULT NULL,
+    p_commarea jsonb DEFAULT NULL
+) RETURNS SETOF dispatcher.task
+LANGUAGE plpgsql AS $$
+DECLARE
+    s dispatcher.sep;
+    r dispatcher.request;
+    v_final boolean;
+    v_freed_class text;
+    t dispatcher.task;
+BEGIN
+    s := dispatcher.lock_sep(p_sep);
+    SELECT * INTO r FROM dispatcher.request WHERE id = p_request FOR UPDATE;
+    IF NOT FOUND OR r.sep_id IS DISTINCT FROM p_sep OR r.attempt <> p_attempt
+       OR r.state = 'queued' THEN
+        RAISE EXCEPTION USING ERRCODE = 'DP004',
+            MESSAGE = format('completion refused: SEP %s no longer holds attempt %s of request %s',
+                             p_sep, p_attempt, p_request);
+    END IF;
+
+    v_final := p_ok OR r.attempt >= r.max_attempts;
+    IF v_final THEN
+        INSERT INTO dispatcher.request_history
+            (id, region, transid, payload, session_id, priority, state, attempt, sep_id, class,
+             idempotency_key, origin, result, error, enqueued_at, dispatched_at, started_at)
+        VALUES
+            (r.id, r.region, r.transid, r.payload, r.session_id, r.priority,
+             CASE WHEN p_ok THEN 'done' ELSE 'failed' END, r.attempt, p_sep, r.class,
+             r.idempotency_key, r.origin, p_result, p_error, r.enqueued_at, r.dispatched_at,
+             coalesce(r.started_at, r.dispatched_at));
+        DELETE FROM dispatcher.request WHERE id = r.id;
+    ELSE
+        -- abend with attempts left: back in the queue, in its old place, after a backoff
+        UPDATE dispatcher.request SET
+            state = 'queued', sep_id = NULL, error = p_error,
+            not_before = clock_timestamp() + make_interval(secs =>
+                coalesce((SELECT retry_backoff_s FROM dispatcher.transaction x
+                          WHERE x.region = r.region AND x.transid = r.transid), 0)
+                * power(2, r.attempt - 1))
+        WHERE id = r.id;
+    END IF;
+
+    IF p_ok AND r.session_id IS NOT NULL THEN
+        UPDATE dispatcher.session SET
+            next_transid = p_next_transid, commarea = p_commarea, bound_sep = NULL,
+            last_active = clock_timestamp()
+        WHERE id = r.session_id;
+    END IF;
+
+    PERFORM dispatcher.release_class(r.region, r.class);
+    v_freed_class := r.class;
+    UPDATE dispatcher.sep SET
+        tasks_run = tasks_run + 1, current_request = NULL, current_attempt = NULL,
+        heartbeat_at = clock_timestamp()
+    WHERE id = p_sep
+    RETURNING * INTO s;
+
+    IF p_take_next THEN
+        SELECT * INTO t FROM dispatcher.next_or_rest(s, true);
+    ELSE
+        UPDATE dispatcher.region SET busy_seps = greatest(busy_seps - 1, 0) WHERE name = s.region;
+        UPDATE dispatcher.sep SET state = dispatcher.rest_state(s), idle_since = clock_timestamp()
+        WHERE id = p_sep;
+    END IF;
+
+    -- a class slot came free and this SEP did not use it: wake an idle SEP to look
+    IF v_freed_class IS NOT NULL AND (t.request_id IS NULL OR
+        (SELECT class FROM dispatcher.request WHERE id = t.request_id) IS DISTINCT FROM v_freed_class)
+       AND EXISTS (SELECT 1 FROM dispatcher.request q
+                   WHERE q.region = r.region AND q.class = v_freed_class AND q.state = 'queued') THEN
+        PERFORM pg_notify(dispatcher.sep_channel(w.id), 'wake')
+        FROM (SELECT id FROM dispatcher.sep
+              WHERE region = r.region AND state = 'idle' AND id <> p_sep
+              ORDER BY idle_since LIMIT 1) w;
+    END IF;
+
+    IF t.request_id IS NOT NULL THEN
+        RETURN NEXT t;
+    END IF;
+END $$;
+
+CREATE FUNCTION dispatcher.heartbeat_sep_v1(p_sep bigint)
+RETURNS TABLE (state text, paused boolean, stop_requested boolean)
+LANGUAGE sql AS $$
+    UPDATE dispatcher.sep s SET heartbeat_at = clock_timestamp()
+    WHERE s.id = p_sep
+    RETURNING s.state, s.paused, s.stop_requested
+$$;
+
+-- Hand back a request a SEP holds (it leaves, stops by force, or is declared dead).
+CREATE FUNCTION dispatcher.requeue_held(s dispatcher.sep, p_why text) RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    r dispatcher.request;
+    v_max integer;
+    n integer := 0;
+BEGIN
+    SELECT max_redispatch INTO v_max FROM dispatcher.region WHERE name = s.region;
+    FOR r IN SELECT * FROM dispatcher.request WHERE sep_id = s.id FOR UPDATE LOOP
+        PERFORM dispatcher.release_class(r.region, r.class);
+        IF r.attempt >= v_max THEN
+            INSERT INTO dispatcher.request_history
+                (id, region, transid, payload, session_id, priority, state, attempt, sep_id,
+                 class, idempotency_key, origin, result, error, enqueued_at, dispatched_at,
+                 started_at)
+            VALUES
+                (r.id, r.region, r.transid, r.payload, r.session_id, r.priority, 'failed',
+                 r.attempt, s.id, r.class, r.idempotency_key, r.origin, NULL,
+                 jsonb_build_object('type', 'SEPLost', 'message',
+                     format('%s; gave up after %s attempts', p_why, r.attempt)),
+                 r.enqueued_at, r.dispatched_at, r.started_at);
+            DELETE FROM dispatcher.request WHERE id = r.id;
+        ELSE
+            UPDATE dispatcher.request SET state = 'queued', sep_id = NULL,
+                error = jsonb_build_object('type', 'SEPLost', 'message', p_why)
+            WHERE id = r.id;
+        END IF;
+        n := n + 1;
+    END LOOP;
+    IF s.state = 'busy' THEN
+        UPDATE dispatcher.region SET busy_seps = greatest(busy_seps - 1, 0) WHERE name = s.region;
+    END IF;
+    IF n > 0 THEN
+        -- wake an idle SEP for the requeued work
+        PERFORM pg_notify(dispatcher.sep_channel(w.id), 'wake')
+        FROM (SELECT id FROM dispatcher.sep
+              WHERE region = s.region AND state = 'idle' AND id <> s.id
+              ORDER BY idle_since LIMIT 1) w;
+    END IF;
+    RETURN n;
+END $$;
+
+-- A SEP leaves the region (graceful stop, or its process is ending).
+CREATE FUNCTION dispatcher.leave_sep_v1(p_sep bigint) RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    s dispatcher.sep;
+    n integer;
+BEGIN
+    SELECT * INTO s FROM dispatcher.sep WHERE id = p_sep FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN 0;
+    END IF;
+    n := CASE WHEN s.state = 'dead' THEN 0
+              ELSE dispatcher.requeue_held(s, format('SEP %s left the region', p_sep)) END;
+    DELETE FROM dispatcher.sep WHERE id = p_sep;
+    RETURN n;
+END $$;
+
+-- Operators: pause, resume, stop (graceful), kill (abandon the task, re-queued).
+CREATE FUNCTION dispatcher.control_sep_v1(p_sep bigint, p_action text) RETURNS dispatcher.sep
+LANGUAGE plpgsql AS $$
+DECLARE
+    s dispatcher.sep;
+BEGIN
+    SELECT * INTO s FROM dispatcher.sep WHERE id = p_sep FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = 'DP005', MESSAGE = format('unknown SEP %s', p_sep);
+    END IF;
+    IF p_action = 'pause' THEN
+        UPDATE dispatcher.sep SET paused = true,
+            state = CASE WHEN state = 'idle' THEN 'unavailable' ELSE state END
+        WHERE id = p_sep RETURNING * INTO s;
+    ELSIF p_action = 'resume' THEN
+        UPDATE dispatcher.sep SET paused = false,
+            state = CASE WHEN state = 'unavailable' THEN 'idle' ELSE state END,
+            idle_since = clock_timestamp()
+        WHERE id = p_sep RETURNING * INTO s;
+    ELSIF p_action = 'stop' THEN
+        UPDATE dispatcher.sep SET stop_requested = true,
+            state = CASE WHEN state IN ('idle', 'unavailable') THEN 'draining' ELSE state END
+        WHERE id = p_sep RETURNING * INTO s;
+    ELSIF p_action = 'kill' THEN
+        IF s.state <> 'dead' THEN
+            PERFORM dispatcher.requeue_held(s, format('SEP %s was stopped by force', p_sep));
+        END IF;
+        UPDATE dispatcher.sep SET state = 'dead', stop_requested = true,
+            current_request = NULL, current_attempt = NULL
+        WHERE id = p_sep RETURNING * INTO s;
+    ELSE
+        RAISE EXCEPTION USING ERRCODE = 'DP003',
+            MESSAGE = format('unknown SEP action %L: pause, resume, stop or kill', p_action);
+    END IF;
+    PERFORM pg_notify(dispatcher.sep_channel(p_sep), p_action);
+    RETURN s;
+END $$;
+
+-- Housekeeping, run by every SEP now and then and by the supervisor: declare SEPs
+-- that stopped beating dead and re-queue their work, fail expired requests, purge
+-- old history. Safe to run from many places at once (SKIP LOCKED).
+CREATE FUNCTION dispatcher.reap_v1(p_region text)
+RETURNS TABLE (dead_seps integer, requeued integer, expired integer, purged integer)
+LANGUAGE plpgsql AS $$
+DECLARE
+    reg dispatcher.region;
+    s dispatcher.sep;
+BEGIN
+    reg := dispatcher.get_region_v1(p_region);
+    dead_seps := 0; requeued := 0; expired := 0; purged := 0;
+    FOR s IN
+        SELECT * FROM dispatcher.sep
+        WHERE region = p_region AND state <> 'dead'
+          AND heartbeat_at < clock_timestamp() - reg.sep_dead_after
+        FOR UPDATE SKIP LOCKED
+    LOOP
+        requeued := requeued + dispatcher.requeue_held(s,
+            format('SEP %s (pid %s on %s) stopped beating and was declared dead',
+                   s.id, s.pid, s.host));
+        UPDATE dispatcher.sep SET state = 'dead', current_request = NULL, current_attempt = NULL
+        WHERE id = s.id;
+        dead_seps := dead_seps + 1;
+    END LOOP;
+
+    WITH gone AS (
+        DELETE FROM dispatcher.request r
+        WHERE r.id IN (SELECT id FROM dispatcher.request
+                       WHERE region = p_region AND state = 'queued'
+                         AND deadline IS NOT NULL AND deadline <= clock_timestamp()
+                       LIMIT 1000 FOR UPDATE SKIP LOCKED)
+        RETURNING r.*
+    )
+    INSERT INTO dispatcher.request_history
+        (id, region, transid, payload, session_id, priority, state, attempt, sep_id, class,
+         idempotency_key, origin, result, error, enqueued_at, dispatched_at, started_at)
+    SELECT id, region, transid, payload, session_id, priority, 'failed', attempt, NULL, class,
+           idempotency_key, origin, NULL,
+           jsonb_build_object('type', 'DeadlineExpired',
+                              'message', format('not started before its deadline %s', deadline)),
+           enqueued_at, NULL, NULL
+    FROM gone;
+    GET DIAGNOSTICS expired = ROW_COUNT;
+
+    DELETE FROM dispatcher.request_history h
+    WHERE h.id IN (SELECT id FROM dispatcher.request_history
+                   WHERE region = p_region
+                     AND finished_at < clock_timestamp() - reg.history_retention
+                   LIMIT 10000);
+    GET DIAGNOSTICS purged = ROW_COUNT;
+
+    DELETE FROM dispatcher.sep
+    WHERE region = p_region AND state = 'dead' AND heartbeat_at < clock_timestamp() - interval '1 hour';
+    RETURN NEXT;
+END $$;
+
+-- ----------------------------------------------------------- sessions
+
+CREATE FUNCTION dispatcher.register_session_v1(
+    p_region text, p_listener uuid, p_user text, p_priority integer
+) RETURNS uuid
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_id uuid;
+BEGIN
+    PERFORM dispatcher.get_region_v1(p_region);
+    IF coalesce(p_priority, 0) NOT BETWEEN 0 AND 255 THEN
+        RAISE EXCEPTION USING ERRCODE = 'DP003',
+            MESSAGE = format('session priority must be between 0 and 255, not %s', p_priority);
+    END IF;
+    INSERT INTO dispatcher.session (region, listener_id, user_name, priority)
+    VALUES (p_region, p_listener, coalesce(p_user, ''), coalesce(p_priority, 0))
+    RETURNING id INTO v_id;
+    RETURN v_id;
+END $$;
+
+CREATE FUNCTION dispatcher.end_session_v1(p_session uuid) RETURNS boolean
+LANGUAGE plpgsql AS $$
+BEGIN
+    DELETE FROM dispatcher.session WHERE id = p_session;
+    RETURN FOUND;
+END $$;
