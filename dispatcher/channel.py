@@ -1,0 +1,191 @@
+"""The internal channel between listeners and SEPs (never exposed to clients).
+
+Each SEP serves a socket whose address it registers (``sep.address``); each listener
+serves one too (``listener.address``). Addresses are ``unix:/path`` or ``tcp:host:port``.
+A frame is a 4-byte big-endian length followed by that many bytes of UTF-8 JSON: one
+object with a ``type``. Messages:
+
+Listener -> SEP
+- ``dispatch``: ``{"type": "dispatch", "task": TASK, "reply_to": ADDRESS}``: run this
+  request, which the enqueue procedure dispatched to you (no database poll needed).
+- ``input``: ``{"type": "input", "request_id": N, "data": ANY}``: the session's next
+  input for a conversational task waiting in ``ctx.receive()``.
+
+SEP -> Listener (the listener owning the task's session)
+- ``output``: ``{"type": "output", "request_id": N, "session_id": S, "data": ANY,
+  "wants_input": BOOL}``: ``ctx.send(data)`` while the task runs; ``wants_input``
+  true when the task then waits in ``ctx.receive()``.
+- ``end``: ``{"type": "end", "request_id": N, "session_id": S, "ok": BOOL,
+  "result": ANY, "error": ERROR|null, "next_transid": STR|null}``: the task ended
+  (sent after its completion committed).
+
+TASK is :func:`task_to_dict` of a :class:`dispatcher.region.Task`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import socket
+import struct
+from typing import Any
+from uuid import UUID
+
+from .region import Task
+
+__all__ = [
+    "MAX_FRAME",
+    "ChannelError",
+    "connect_sync",
+    "decode_frame",
+    "encode_frame",
+    "open_connection",
+    "parse_address",
+    "read_frame",
+    "read_frame_sync",
+    "task_from_dict",
+    "task_to_dict",
+]
+
+MAX_FRAME = 16 * 1024 * 1024
+_HEADER = struct.Struct(">I")
+
+
+class ChannelError(Exception):
+    """A broken frame or address on the internal channel."""
+
+
+def encode_frame(message: dict[str, Any]) -> bytes:
+    body = json.dumps(message, separators=(",", ":"), default=_default).encode()
+    if len(body) > MAX_FRAME:
+        raise ChannelError(f"frame of {len(body)} bytes exceeds {MAX_FRAME}")
+    return _HEADER.pack(len(body)) + body
+
+
+def decode_frame(body: bytes) -> dict[str, Any]:
+    try:
+        message = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ChannelError(f"frame is not JSON: {exc}") from exc
+    if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+        raise ChannelError("frame is not an object with a type")
+    return message
+
+
+async def read_frame(reader: asyncio.StreamReader) -> dict[str, Any] | None:
+    """The next message, or None at a clean end of stream."""
+    try:
+        header = await reader.readexactly(_HEADER.size)
+    except asyncio.IncompleteReadError as exc:
+        if exc.partial:
+            raise ChannelError("stream ended inside a frame header") from exc
+        return None
+    (length,) = _HEADER.unpack(header)
+    if length > MAX_FRAME:
+        raise ChannelError(f"frame of {length} bytes exceeds {MAX_FRAME}")
+    try:
+        body = await reader.readexactly(length)
+    except asyncio.IncompleteReadError as exc:
+        raise ChannelError("stream ended inside a frame") from exc
+    return decode_frame(body)
+
+
+def _recv_exactly(sock: socket.socket, n: int) -> bytes:
+    chunks = bytearray()
+    while len(chunks) < n:
+        chunk = sock.recv(n - len(chunks))
+        if not chunk:
+            if chunks:
+                raise ChannelError("stream ended inside a frame")
+            raise EOFError
+        chunks.extend(chunk)
+    return bytes(chunks)
+
+
+def read_frame_sync(sock: socket.socket) -> dict[str, Any] | None:
+    """Blocking twin of :func:`read_frame`."""
+    try:
+        header = _recv_exactly(sock, _HEADER.size)
+    except EOFError:
+        return None
+    (length,) = _HEADER.unpack(header)
+    if length > MAX_FRAME:
+        raise ChannelError(f"frame of {length} bytes exceeds {MAX_FRAME}")
+    try:
+        return decode_frame(_recv_exactly(sock, length))
+    except EOFError:
+        raise ChannelError("stream ended inside a frame") from None
+
+
+def parse_address(address: str) -> tuple[str, str | tuple[str, int]]:
+    """``unix:/path`` -> ("unix", "/path"); ``tcp:host:port`` -> ("tcp", (host, port))."""
+    kind, _, rest = address.partition(":")
+    if kind == "unix" and rest:
+        return "unix", rest
+    if kind == "tcp":
+        host, _, port = rest.rpartition(":")
+        if host and port.isdigit():
+            return "tcp", (host.strip("[]"), int(port))
+    raise ChannelError(f"invalid channel address {address!r}: use unix:/path or tcp:host:port")
+
+
+async def open_connection(address: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    kind, where = parse_address(address)
+    if kind == "unix":
+        assert isinstance(where, str)
+        return await asyncio.open_unix_connection(where)
+    assert isinstance(where, tuple)
+    return await asyncio.open_connection(where[0], where[1])
+
+
+def connect_sync(address: str, timeout: float = 5.0) -> socket.socket:
+    kind, where = parse_address(address)
+    if kind == "unix":
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    else:
+        sock = socket.socket(socket.AF_INET6 if ":" in where[0] else socket.AF_INET)  # type: ignore[index]
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.settimeout(timeout)
+    sock.connect(where)
+    sock.settimeout(None)
+    return sock
+
+
+def task_to_dict(task: Task) -> dict[str, Any]:
+    return {
+        "request_id": task.request_id,
+        "attempt": task.attempt,
+        "transid": task.transid,
+        "program": task.program,
+        "payload": task.payload,
+        "session_id": None if task.session_id is None else str(task.session_id),
+        "commarea": task.commarea,
+        "timeout_s": task.timeout_s,
+        "enqueued_at": task.enqueued_at.isoformat(),
+    }
+
+
+def task_from_dict(d: dict[str, Any]) -> Task:
+    try:
+        return Task(
+            request_id=int(d["request_id"]),
+            attempt=int(d["attempt"]),
+            transid=str(d["transid"]),
+            program=d.get("program"),
+            payload=d.get("payload"),
+            session_id=None if d.get("session_id") is None else UUID(d["session_id"]),
+            commarea=d.get("commarea"),
+            timeout_s=d.get("timeout_s"),
+            enqueued_at=dt.datetime.fromisoformat(d["enqueued_at"]),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ChannelError(f"invalid task in frame: {exc}") from exc
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, dt.datetime | dt.date):
+        return value.isoformat()
+    if isinstance(value, UUID):
+        return str(value)
+    raise TypeError(f"cannot encode {type(value).__name__} as JSON")
