@@ -12,7 +12,7 @@ SELECT * FROM dispatcher.set_region_v1(%(region)s, %(max_seps)s, %(state)s, %(ag
 SELECT * FROM dispatcher.reap_v1(%(region)s);
 
 -- name: region_status
-SELECT r.name, r.max_seps, r.state, r.busy_seps,
+SELECT r.name, r.max_seps, r.state,
     (SELECT coalesce(jsonb_object_agg(state, n), '{}') FROM
         (SELECT state, count(*) AS n FROM dispatcher.sep WHERE region = r.name GROUP BY state) s)
         AS seps,

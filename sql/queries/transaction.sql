@@ -11,4 +11,7 @@ FROM dispatcher.transaction WHERE region = %(region)s ORDER BY transid;
 SELECT * FROM dispatcher.set_class_v1(%(region)s, %(class)s, %(max_active)s);
 
 -- name: list_classes
-SELECT name, max_active, active FROM dispatcher.tx_class WHERE region = %(region)s ORDER BY name;
+SELECT c.name, c.max_active,
+    (SELECT count(*) FROM dispatcher.request r
+     WHERE r.region = c.region AND r.class = c.name AND r.state <> 'queued') AS active
+FROM dispatcher.tx_class c WHERE c.region = %(region)s ORDER BY c.name;

@@ -8,8 +8,6 @@ CREATE TABLE dispatcher.region (
     name              text PRIMARY KEY CHECK (name ~ '^[A-Za-z0-9_.-]{1,40}$'),
     max_seps          integer NOT NULL DEFAULT 8 CHECK (max_seps BETWEEN 0 AND 100000),
     state             text NOT NULL DEFAULT 'running' CHECK (state IN ('running', 'stopping')),
-    -- SEPs currently busy (maintained only by the procedures, under the row lock)
-    busy_seps         integer NOT NULL DEFAULT 0 CHECK (busy_seps >= 0),
     -- a waiting request gains one priority point per aging interval (CICS PRTYAGE)
     aging_ms          integer NOT NULL DEFAULT 32768 CHECK (aging_ms > 0),
     sep_dead_after    interval NOT NULL DEFAULT '15 seconds',
@@ -24,7 +22,6 @@ CREATE TABLE dispatcher.tx_class (
     region     text NOT NULL REFERENCES dispatcher.region (name) ON DELETE CASCADE,
     name       text NOT NULL CHECK (name ~ '^[A-Za-z0-9_.-]{1,40}$'),
     max_active integer NOT NULL CHECK (max_active >= 0),
-    active     integer NOT NULL DEFAULT 0 CHECK (active >= 0),
     PRIMARY KEY (region, name)
 );
 
@@ -124,6 +121,9 @@ CREATE TABLE dispatcher.request (
 CREATE INDEX request_queue_idx ON dispatcher.request (region, dispatch_key, id)
     WHERE state = 'queued';
 CREATE INDEX request_sep_idx ON dispatcher.request (sep_id) WHERE sep_id IS NOT NULL;
+-- Counting a class's running tasks (its max active is checked by counting, not a counter).
+CREATE INDEX request_class_running_idx ON dispatcher.request (region, class)
+    WHERE state <> 'queued' AND class IS NOT NULL;
 CREATE UNIQUE INDEX request_idempotency_idx ON dispatcher.request (region, idempotency_key)
     WHERE idempotency_key IS NOT NULL;
 

@@ -111,6 +111,9 @@ BEGIN
     VALUES (p_region, p_class, p_max_active)
     ON CONFLICT (region, name) DO UPDATE SET max_active = excluded.max_active
     RETURNING * INTO c;
+    -- a larger class may let queued requests run: wake the idle SEPs to look
+    PERFORM pg_notify(dispatcher.sep_channel(s.id), 'wake')
+    FROM dispatcher.sep s WHERE s.region = p_region AND s.state = 'idle';
     RETURN c;
 END $$;
 
@@ -163,78 +166,99 @@ BEGIN
 END $$;
 
 -- ------------------------------------------------------------ picking
+--
+-- Limits are checked by counting, under a lock taken only by those who add work:
+-- * max SEPs: a SEP registers only if the region has room (standby SEPs wait for a
+--   slot and promote themselves), so busy SEPs can never outnumber max SEPs;
+-- * a class's max active: whoever dispatches a request of the class locks the class
+--   row (SKIP LOCKED, so it never waits) and counts its running requests. A task that
+--   finishes takes no lock at all: it only makes the count smaller.
 
--- The next request SEP p_sep may run: highest effective priority first (aging
--- included in dispatch_key), FIFO within a priority, its capabilities covering what
--- the request requires, and its class below max active. Locks the request (SKIP
--- LOCKED) and takes the class slot. Returns NULL when there is none.
-CREATE FUNCTION dispatcher.pick_request(p_region text, p_caps text[]) RETURNS bigint
+-- 1: the class has room (its row is now locked by the caller); 0: it is full;
+-- -1: another dispatcher holds it right now (look again later).
+CREATE FUNCTION dispatcher.class_room(p_region text, p_class text) RETURNS integer
 LANGUAGE plpgsql AS $$
 DECLARE
-    v_id bigint;
-    v_class text;
-    v_skip bigint[] := '{}';
+    v_max integer;
+    v_running integer;
 BEGIN
-    FOR i IN 1..20 LOOP
-        SELECT r.id, r.class INTO v_id, v_class
+    SELECT max_active INTO v_max FROM dispatcher.tx_class
+    WHERE region = p_region AND name = p_class
+    FOR UPDATE SKIP LOCKED;
+    IF NOT FOUND THEN
+        IF EXISTS (SELECT 1 FROM dispatcher.tx_class WHERE region = p_region AND name = p_class) THEN
+            RETURN -1;
+        END IF;
+        RETURN 1;   -- a class that was never sized has no limit
+    END IF;
+    SELECT count(*) INTO v_running FROM dispatcher.request
+    WHERE region = p_region AND class = p_class AND state <> 'queued' AND class IS NOT NULL;
+    RETURN CASE WHEN v_running < v_max THEN 1 ELSE 0 END;
+END $$;
+
+-- The next request a SEP with capabilities p_caps may run: highest effective
+-- priority first (aging is in dispatch_key), FIFO within a priority, what it
+-- requires covered by p_caps, its class below max active. The request is locked
+-- (SKIP LOCKED). contended: some class was skipped only because another dispatcher
+-- held it, so the caller should look again soon.
+CREATE FUNCTION dispatcher.pick_request(
+    p_region text, p_caps text[], OUT request_id bigint, OUT contended boolean
+)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_class text;
+    v_full text[] := '{}';
+    v_room integer;
+BEGIN
+    contended := false;
+    FOR i IN 1..50 LOOP
+        SELECT r.id, r.class INTO request_id, v_class
         FROM dispatcher.request r
         WHERE r.region = p_region AND r.state = 'queued'
           AND r.requires <@ p_caps
-          AND (r.not_before IS NULL OR r.not_before <= now())
-          AND (r.deadline IS NULL OR r.deadline > now())
-          AND (r.class IS NULL OR EXISTS (
-                SELECT 1 FROM dispatcher.tx_class c
-                WHERE c.region = r.region AND c.name = r.class AND c.active < c.max_active))
-          AND r.id <> ALL (v_skip)
+          AND (r.not_before IS NULL OR r.not_before <= clock_timestamp())
+          AND (r.deadline IS NULL OR r.deadline > clock_timestamp())
+          AND (r.class IS NULL OR r.class <> ALL (v_full))
         ORDER BY r.dispatch_key, r.id
         LIMIT 1
         FOR UPDATE OF r SKIP LOCKED;
         IF NOT FOUND THEN
-            RETURN NULL;
+            request_id := NULL;
+            RETURN;
         END IF;
         IF v_class IS NULL THEN
-            RETURN v_id;
+            RETURN;
         END IF;
-        UPDATE dispatcher.tx_class SET active = active + 1
-        WHERE region = p_region AND name = v_class AND active < max_active;
-        IF FOUND THEN
-            RETURN v_id;
+        v_room := dispatcher.class_room(p_region, v_class);
+        IF v_room = 1 THEN
+            RETURN;
         END IF;
-        v_skip := v_skip || v_id;   -- the class filled up meanwhile: look further
+        IF v_room = -1 THEN
+            contended := true;
+        END IF;
+        v_full := v_full || v_class;   -- pass over the rest of this class
     END LOOP;
-    RETURN NULL;
+    request_id := NULL;
 END $$;
-
-CREATE FUNCTION dispatcher.release_class(p_region text, p_class text) RETURNS void
-LANGUAGE sql AS $$
-    UPDATE dispatcher.tx_class SET active = greatest(active - 1, 0)
-    WHERE p_class IS NOT NULL AND region = p_region AND name = p_class
-$$;
 
 -- Hand request p_request (locked by the caller) to SEP p_sep as running.
 CREATE FUNCTION dispatcher.start_task(p_sep bigint, p_request bigint) RETURNS dispatcher.task
 LANGUAGE plpgsql AS $$
 DECLARE
-    t dispatcher.task;
+    v_attempt integer;
 BEGIN
     UPDATE dispatcher.request r SET
         state = 'running', sep_id = p_sep, attempt = r.attempt + 1,
         dispatched_at = clock_timestamp(), started_at = clock_timestamp()
-    WHERE r.id = p_request;
-    UPDATE dispatcher.sep SET
-        state = 'busy', current_request = p_request,
-        current_attempt = (SELECT attempt FROM dispatcher.request WHERE id = p_request)
+    WHERE r.id = p_request
+    RETURNING r.attempt INTO v_attempt;
+    UPDATE dispatcher.sep SET state = 'busy', current_request = p_request,
+        current_attempt = v_attempt
     WHERE id = p_sep;
-    SELECT r.id, r.attempt, r.transid, x.program, r.payload, r.session_id, r.commarea,
-           x.timeout_s, r.enqueued_at
-    INTO t
-    FROM dispatcher.request r
-    LEFT JOIN dispatcher.transaction x ON x.region = r.region AND x.transid = r.transid
-    WHERE r.id = p_request;
-    RETURN t;
+    RETURN dispatcher.task_of(p_request);
 END $$;
 
--- The task of a request already handed to SEP p_sep.
+-- The task of a request already handed to a SEP.
 CREATE FUNCTION dispatcher.task_of(p_request bigint) RETURNS dispatcher.task
 LANGUAGE sql STABLE AS $$
     SELECT r.id, r.attempt, r.transid, x.program, r.payload, r.session_id, r.commarea,
@@ -242,6 +266,17 @@ LANGUAGE sql STABLE AS $$
     FROM dispatcher.request r
     LEFT JOIN dispatcher.transaction x ON x.region = r.region AND x.transid = r.transid
     WHERE r.id = p_request
+$$;
+
+-- An idle SEP of the region able to run what p_requires, locked (SKIP LOCKED).
+CREATE FUNCTION dispatcher.find_idle_sep(p_region text, p_requires text[]) RETURNS bigint
+LANGUAGE sql AS $$
+    SELECT s.id FROM dispatcher.sep s
+    WHERE s.region = p_region AND s.state = 'idle' AND NOT s.standby
+      AND NOT s.paused AND NOT s.stop_requested AND s.capabilities @> p_requires
+    ORDER BY s.idle_since
+    LIMIT 1
+    FOR UPDATE SKIP LOCKED
 $$;
 
 -- ------------------------------------------------------------ enqueue
@@ -266,7 +301,7 @@ DECLARE
     v_priority integer;
     v_id bigint;
     v_sep bigint;
-    v_caps_ok boolean;
+    v_room integer;
     res dispatcher.enqueued;
 BEGIN
     SELECT * INTO reg FROM dispatcher.region WHERE name = p_region;
@@ -327,39 +362,26 @@ BEGIN
         RETURN res;
     END IF;
 
-    -- a free SEP able to run it
-    SELECT s.id INTO v_sep FROM dispatcher.sep s
-    WHERE s.region = p_region AND s.state = 'idle' AND NOT s.paused AND NOT s.stop_requested
-      AND s.capabilities @> tx.requires
-    ORDER BY s.idle_since
-    LIMIT 1
-    FOR UPDATE SKIP LOCKED;
-    IF NOT FOUND THEN
+    v_sep := dispatcher.find_idle_sep(p_region, tx.requires);
+    IF v_sep IS NULL THEN
+        -- the last look, fenced against SEPs going idle (see the top of this file)
         PERFORM pg_advisory_xact_lock_shared(dispatcher.region_lock_key(p_region));
-        SELECT s.id INTO v_sep FROM dispatcher.sep s
-        WHERE s.region = p_region AND s.state = 'idle' AND NOT s.paused AND NOT s.stop_requested
-          AND s.capabilities @> tx.requires
-        ORDER BY s.idle_since
-        LIMIT 1
-        FOR UPDATE SKIP LOCKED;
-        IF NOT FOUND THEN
+        v_sep := dispatcher.find_idle_sep(p_region, tx.requires);
+        IF v_sep IS NULL THEN
             res := (v_id, NULL, 'no_idle_sep', false);
             RETURN res;
         END IF;
     END IF;
 
-    UPDATE dispatcher.region SET busy_seps = busy_seps + 1
-    WHERE name = p_region AND busy_seps < max_seps;
-    IF NOT FOUND THEN
-        res := (v_id, NULL, 'max_seps', false);
-        RETURN res;
-    END IF;
     IF tx.class IS NOT NULL THEN
-        UPDATE dispatcher.tx_class SET active = active + 1
-        WHERE region = p_region AND name = tx.class AND active < max_active;
-        IF NOT FOUND THEN
-            UPDATE dispatcher.region SET busy_seps = busy_seps - 1 WHERE name = p_region;
+        v_room := dispatcher.class_room(p_region, tx.class);
+        IF v_room = 0 THEN
             res := (v_id, NULL, 'class_full', false);
+            RETURN res;
+        ELSIF v_room = -1 THEN
+            -- the class is being dispatched to right now: let the idle SEP look itself
+            PERFORM pg_notify(dispatcher.sep_channel(v_sep), 'wake');
+            res := (v_id, NULL, 'class_busy', false);
             RETURN res;
         END IF;
     END IF;
@@ -412,6 +434,13 @@ END $$;
 
 -- --------------------------------------------------------------- SEPs
 
+-- The number of SEPs holding a slot of the region (live and not standby).
+CREATE FUNCTION dispatcher.active_seps(p_region text) RETURNS integer
+LANGUAGE sql STABLE AS $$
+    SELECT count(*)::integer FROM dispatcher.sep
+    WHERE region = p_region AND state <> 'dead' AND NOT standby
+$$;
+
 CREATE FUNCTION dispatcher.register_sep_v1(
     p_region text, p_host text, p_pid integer, p_capabilities text[], p_standby boolean,
     p_address text DEFAULT NULL
@@ -420,25 +449,24 @@ LANGUAGE plpgsql AS $$
 DECLARE
     reg dispatcher.region;
     v_live integer;
+    v_standby boolean := coalesce(p_standby, false);
     s dispatcher.sep;
 BEGIN
     SELECT * INTO reg FROM dispatcher.region WHERE name = p_region FOR UPDATE;
     IF NOT FOUND THEN
         RAISE EXCEPTION USING ERRCODE = 'DP001', MESSAGE = format('unknown region %L', p_region);
     END IF;
-    IF NOT coalesce(p_standby, false) THEN
-        SELECT count(*) INTO v_live FROM dispatcher.sep
-        WHERE region = p_region AND state <> 'dead' AND NOT standby;
-        IF v_live >= reg.max_seps THEN
-            RAISE EXCEPTION USING ERRCODE = 'DP006',
-                MESSAGE = format('region %L has no room for another SEP: %s of max %s running',
-                                 p_region, v_live, reg.max_seps),
-                HINT = 'raise it with: dispatcher region set --max-seps N, or start the SEP with --standby';
-        END IF;
+    v_live := dispatcher.active_seps(p_region);
+    IF v_live < reg.max_seps THEN
+        v_standby := false;   -- a standby SEP that finds a free slot takes it at once
+    ELSIF NOT v_standby THEN
+        RAISE EXCEPTION USING ERRCODE = 'DP006',
+            MESSAGE = format('region %L has no room for another SEP: %s of max %s running',
+                             p_region, v_live, reg.max_seps),
+            HINT = 'raise it with: dispatcher region set --max-seps N, or start the SEP with --standby';
     END IF;
     INSERT INTO dispatcher.sep (region, host, pid, capabilities, standby, address)
-    VALUES (p_region, p_host, p_pid, coalesce(p_capabilities, '{}'), coalesce(p_standby, false),
-            p_address)
+    VALUES (p_region, p_host, p_pid, coalesce(p_capabilities, '{}'), v_standby, p_address)
     RETURNING * INTO s;
     RETURN s;
 END $$;
@@ -467,46 +495,44 @@ LANGUAGE sql IMMUTABLE AS $$
                 ELSE 'idle' END
 $$;
 
--- Look for work for a SEP that is going to rest; rest if there is none.
--- Called with the SEP row locked. p_was_busy: the SEP counted in region.busy_seps.
-CREATE FUNCTION dispatcher.next_or_rest(s dispatcher.sep, p_was_busy boolean)
-RETURNS SETOF dispatcher.task
+-- Work for SEP s (its row locked by the caller), or rest if there is none.
+CREATE FUNCTION dispatcher.next_or_rest(s dispatcher.sep) RETURNS SETOF dispatcher.task
 LANGUAGE plpgsql AS $$
 DECLARE
     reg dispatcher.region;
-    v_next bigint;
+    p record;
+    v_contended boolean := false;
 BEGIN
     SELECT * INTO reg FROM dispatcher.region WHERE name = s.region;
-    IF NOT s.paused AND NOT s.stop_requested AND reg.state = 'running'
-       AND (CASE WHEN p_was_busy THEN reg.busy_seps <= reg.max_seps
-                 ELSE reg.busy_seps < reg.max_seps END) THEN
-        v_next := dispatcher.pick_request(s.region, s.capabilities);
-        IF v_next IS NULL THEN
-            -- the last look, fenced against concurrent enqueues (see the top of this file)
-            PERFORM pg_advisory_xact_lock(dispatcher.region_lock_key(s.region));
-            v_next := dispatcher.pick_request(s.region, s.capabilities);
-        END IF;
-        IF v_next IS NOT NULL AND NOT p_was_busy THEN
-            UPDATE dispatcher.region SET busy_seps = busy_seps + 1
-            WHERE name = s.region AND busy_seps < max_seps;
-            IF NOT FOUND THEN
-                PERFORM dispatcher.release_class(s.region,
-                    (SELECT class FROM dispatcher.request WHERE id = v_next));
-                v_next := NULL;
-            END IF;
-        END IF;
-        IF v_next IS NOT NULL THEN
-            RETURN NEXT dispatcher.start_task(s.id, v_next);
-            RETURN;
+    IF s.standby THEN
+        -- a standby SEP takes a slot only when one is free (serialised on the region row)
+        PERFORM 1 FROM dispatcher.region WHERE name = s.region FOR UPDATE;
+        IF dispatcher.active_seps(s.region) < reg.max_seps THEN
+            UPDATE dispatcher.sep SET standby = false WHERE id = s.id;
+            s.standby := false;
         END IF;
     END IF;
-    IF p_was_busy THEN
-        UPDATE dispatcher.region SET busy_seps = greatest(busy_seps - 1, 0) WHERE name = s.region;
+    IF NOT s.standby AND NOT s.paused AND NOT s.stop_requested AND reg.state = 'running' THEN
+        p := dispatcher.pick_request(s.region, s.capabilities);
+        v_contended := p.contended;
+        IF p.request_id IS NULL THEN
+            -- the last look, fenced against concurrent enqueues (see the top of this file)
+            PERFORM pg_advisory_xact_lock(dispatcher.region_lock_key(s.region));
+            p := dispatcher.pick_request(s.region, s.capabilities);
+            v_contended := v_contended OR p.contended;
+        END IF;
+        IF p.request_id IS NOT NULL THEN
+            RETURN NEXT dispatcher.start_task(s.id, p.request_id);
+            RETURN;
+        END IF;
     END IF;
     UPDATE dispatcher.sep SET
         state = dispatcher.rest_state(s), current_request = NULL, current_attempt = NULL,
         idle_since = clock_timestamp()
     WHERE id = s.id;
+    IF v_contended THEN
+        PERFORM pg_notify(dispatcher.sep_channel(s.id), 'wake');   -- look again soon
+    END IF;
 END $$;
 
 -- Give an idle SEP work: what was already dispatched to it, else the next request.
@@ -528,24 +554,36 @@ BEGIN
     IF s.state <> 'idle' THEN
         RETURN;
     END IF;
-    RETURN QUERY SELECT * FROM dispatcher.next_or_rest(s, false);
+    RETURN QUERY SELECT * FROM dispatcher.next_or_rest(s);
 END $$;
 
 -- Start a request that the enqueue procedure dispatched to this SEP.
 CREATE FUNCTION dispatcher.begin_v1(p_sep bigint, p_request bigint) RETURNS dispatcher.task
 LANGUAGE plpgsql AS $$
-DECLARE
-    v_found boolean;
 BEGIN
     UPDATE dispatcher.request SET state = 'running', started_at = clock_timestamp()
     WHERE id = p_request AND sep_id = p_sep AND state IN ('dispatched', 'running');
-    v_found := FOUND;
-    IF NOT v_found THEN
+    IF NOT FOUND THEN
         RAISE EXCEPTION USING ERRCODE = 'DP004',
             MESSAGE = format('request %s is not dispatched to SEP %s', p_request, p_sep);
     END IF;
     RETURN dispatcher.task_of(p_request);
 END $$;
+
+-- Move a request to the history with its outcome.
+CREATE FUNCTION dispatcher.finish_request(
+    r dispatcher.request, p_state text, p_result jsonb, p_error jsonb
+) RETURNS void
+LANGUAGE sql AS $$
+    INSERT INTO dispatcher.request_history
+        (id, region, transid, payload, session_id, priority, state, attempt, sep_id, class,
+         idempotency_key, origin, result, error, enqueued_at, dispatched_at, started_at)
+    VALUES
+        (r.id, r.region, r.transid, r.payload, r.session_id, r.priority, p_state, r.attempt,
+         r.sep_id, r.class, r.idempotency_key, r.origin, p_result, p_error, r.enqueued_at,
+         r.dispatched_at, coalesce(r.started_at, r.dispatched_at));
+    DELETE FROM dispatcher.request WHERE id = r.id;
+$$;
 
 -- A SEP reports the outcome of its request and, in the same round trip, gets its
 -- next one (or rests). Refused (DP004) unless the SEP still holds that attempt.
@@ -564,8 +602,6 @@ LANGUAGE plpgsql AS $$
 DECLARE
     s dispatcher.sep;
     r dispatcher.request;
-    v_final boolean;
-    v_freed_class text;
     t dispatcher.task;
 BEGIN
     s := dispatcher.lock_sep(p_sep);
@@ -577,17 +613,9 @@ BEGIN
                              p_sep, p_attempt, p_request);
     END IF;
 
-    v_final := p_ok OR r.attempt >= r.max_attempts;
-    IF v_final THEN
-        INSERT INTO dispatcher.request_history
-            (id, region, transid, payload, session_id, priority, state, attempt, sep_id, class,
-             idempotency_key, origin, result, error, enqueued_at, dispatched_at, started_at)
-        VALUES
-            (r.id, r.region, r.transid, r.payload, r.session_id, r.priority,
-             CASE WHEN p_ok THEN 'done' ELSE 'failed' END, r.attempt, p_sep, r.class,
-             r.idempotency_key, r.origin, p_result, p_error, r.enqueued_at, r.dispatched_at,
-             coalesce(r.started_at, r.dispatched_at));
-        DELETE FROM dispatcher.request WHERE id = r.id;
+    IF p_ok OR r.attempt >= r.max_attempts THEN
+        PERFORM dispatcher.finish_request(r, CASE WHEN p_ok THEN 'done' ELSE 'failed' END,
+                                          p_result, p_error);
     ELSE
         -- abend with attempts left: back in the queue, in its old place, after a backoff
         UPDATE dispatcher.request SET
@@ -606,8 +634,6 @@ BEGIN
         WHERE id = r.session_id;
     END IF;
 
-    PERFORM dispatcher.release_class(r.region, r.class);
-    v_freed_class := r.class;
     UPDATE dispatcher.sep SET
         tasks_run = tasks_run + 1, current_request = NULL, current_attempt = NULL,
         heartbeat_at = clock_timestamp()
@@ -615,18 +641,17 @@ BEGIN
     RETURNING * INTO s;
 
     IF p_take_next THEN
-        SELECT * INTO t FROM dispatcher.next_or_rest(s, true);
+        SELECT * INTO t FROM dispatcher.next_or_rest(s);
     ELSE
-        UPDATE dispatcher.region SET busy_seps = greatest(busy_seps - 1, 0) WHERE name = s.region;
         UPDATE dispatcher.sep SET state = dispatcher.rest_state(s), idle_since = clock_timestamp()
         WHERE id = p_sep;
     END IF;
 
     -- a class slot came free and this SEP did not use it: wake an idle SEP to look
-    IF v_freed_class IS NOT NULL AND (t.request_id IS NULL OR
-        (SELECT class FROM dispatcher.request WHERE id = t.request_id) IS DISTINCT FROM v_freed_class)
+    IF r.class IS NOT NULL AND (t.request_id IS NULL OR
+        (SELECT class FROM dispatcher.request WHERE id = t.request_id) IS DISTINCT FROM r.class)
        AND EXISTS (SELECT 1 FROM dispatcher.request q
-                   WHERE q.region = r.region AND q.class = v_freed_class AND q.state = 'queued') THEN
+                   WHERE q.region = r.region AND q.class = r.class AND q.state = 'queued') THEN
         PERFORM pg_notify(dispatcher.sep_channel(w.id), 'wake')
         FROM (SELECT id FROM dispatcher.sep
               WHERE region = r.region AND state = 'idle' AND id <> p_sep
@@ -638,13 +663,32 @@ BEGIN
     END IF;
 END $$;
 
+-- A SEP's heartbeat. It also applies a lowered max SEPs: while the region has more
+-- active SEPs than slots, the newest of them turns standby (it finishes its task).
 CREATE FUNCTION dispatcher.heartbeat_sep_v1(p_sep bigint)
-RETURNS TABLE (state text, paused boolean, stop_requested boolean)
-LANGUAGE sql AS $$
-    UPDATE dispatcher.sep s SET heartbeat_at = clock_timestamp()
-    WHERE s.id = p_sep
-    RETURNING s.state, s.paused, s.stop_requested
-$$;
+RETURNS TABLE (state text, paused boolean, stop_requested boolean, standby boolean)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    s dispatcher.sep;
+BEGIN
+    UPDATE dispatcher.sep x SET heartbeat_at = clock_timestamp()
+    WHERE x.id = p_sep
+    RETURNING * INTO s;
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    IF s.state <> 'dead' AND NOT s.standby
+       AND dispatcher.active_seps(s.region) >
+           (SELECT max_seps FROM dispatcher.region WHERE name = s.region)
+       AND s.id = (SELECT max(id) FROM dispatcher.sep
+                   WHERE region = s.region AND state <> 'dead' AND NOT standby) THEN
+        UPDATE dispatcher.sep x SET standby = true WHERE x.id = p_sep RETURNING * INTO s;
+    END IF;
+    state := s.state; paused := s.paused; stop_requested := s.stop_requested;
+    standby := s.standby;
+    RETURN NEXT;
+END $$;
 
 -- Hand back a request a SEP holds (it leaves, stops by force, or is declared dead).
 CREATE FUNCTION dispatcher.requeue_held(s dispatcher.sep, p_why text) RETURNS integer
@@ -656,19 +700,10 @@ DECLARE
 BEGIN
     SELECT max_redispatch INTO v_max FROM dispatcher.region WHERE name = s.region;
     FOR r IN SELECT * FROM dispatcher.request WHERE sep_id = s.id FOR UPDATE LOOP
-        PERFORM dispatcher.release_class(r.region, r.class);
         IF r.attempt >= v_max THEN
-            INSERT INTO dispatcher.request_history
-                (id, region, transid, payload, session_id, priority, state, attempt, sep_id,
-                 class, idempotency_key, origin, result, error, enqueued_at, dispatched_at,
-                 started_at)
-            VALUES
-                (r.id, r.region, r.transid, r.payload, r.session_id, r.priority, 'failed',
-                 r.attempt, s.id, r.class, r.idempotency_key, r.origin, NULL,
-                 jsonb_build_object('type', 'SEPLost', 'message',
-                     format('%s; gave up after %s attempts', p_why, r.attempt)),
-                 r.enqueued_at, r.dispatched_at, r.started_at);
-            DELETE FROM dispatcher.request WHERE id = r.id;
+            PERFORM dispatcher.finish_request(r, 'failed', NULL,
+                jsonb_build_object('type', 'SEPLost', 'message',
+                    format('%s; gave up after %s attempts', p_why, r.attempt)));
         ELSE
             UPDATE dispatcher.request SET state = 'queued', sep_id = NULL,
                 error = jsonb_build_object('type', 'SEPLost', 'message', p_why)
@@ -676,9 +711,6 @@ BEGIN
         END IF;
         n := n + 1;
     END LOOP;
-    IF s.state = 'busy' THEN
-        UPDATE dispatcher.region SET busy_seps = greatest(busy_seps - 1, 0) WHERE name = s.region;
-    END IF;
     IF n > 0 THEN
         -- wake an idle SEP for the requeued work
         PERFORM pg_notify(dispatcher.sep_channel(w.id), 'wake')
