@@ -144,7 +144,7 @@ def connect_sync(address: str, timeout: float = 5.0) -> socket.socket:
     if kind == "unix":
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     else:
-        sock = socket.socket(socket.AF_INET6 if ":" in where[0] else socket.AF_INET)  # type: ignore[index]
+        sock = socket.socket(socket.AF_INET6 if ":" in where[0] else socket.AF_INET)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.settimeout(timeout)
     sock.connect(where)

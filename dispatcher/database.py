@@ -111,7 +111,7 @@ class Backoff:
         self.attempt = 0
 
     def next_delay(self) -> float:
-        delay = min(self.max_delay, self.first * (2**self.attempt))
+        delay = min(self.max_delay, self.first * 2.0**self.attempt)
         self.attempt += 1
         return delay
 

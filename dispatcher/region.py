@@ -144,7 +144,7 @@ class Region:
 
     def rows(self, query: str, **params: Any) -> list[Row]:
         with _translated(), self.conn.cursor() as cur:
-            cur.execute(QUERIES[query], params)  # type: ignore[arg-type]
+            cur.execute(QUERIES[query], params)
             return [dict(r) for r in cur.fetchall()] if cur.description else []
 
     def row(self, query: str, **params: Any) -> Row | None:
@@ -327,7 +327,7 @@ class AsyncRegion:
     async def rows(self, query: str, **params: Any) -> list[Row]:
         with _translated():
             async with self.conn.cursor() as cur:
-                await cur.execute(QUERIES[query], params)  # type: ignore[arg-type]
+                await cur.execute(QUERIES[query], params)
                 return [dict(r) for r in await cur.fetchall()] if cur.description else []
 
     async def _one(self, query: str, **params: Any) -> Row:

@@ -209,11 +209,11 @@ def test_no_lost_wakeup_when_sep_goes_idle_during_enqueue(db_url: str) -> None:
         barrier = threading.Barrier(2)
         out: dict[str, Any] = {}
 
-        def complete() -> None:
+        def complete(barrier: Any = barrier, out: Any = out, task: Any = task) -> None:
             barrier.wait()
             out["next"] = sep_region.complete(sep_id, task, ok=True)
 
-        def enqueue() -> None:
+        def enqueue(barrier: Any = barrier, out: Any = out, i: int = i) -> None:
             barrier.wait()
             out["enq"] = enq_region.enqueue("T", -i)
 
