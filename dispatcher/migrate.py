@@ -7,8 +7,6 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from sqlalchemy import create_engine, pool
 
 from .queries import SQL_DIR
 
@@ -61,13 +59,16 @@ def downgrade(url: str, revision: str) -> None:
 
 
 def current(url: str) -> str | None:
-    engine = create_engine(sqlalchemy_url(url), poolclass=pool.NullPool)
-    try:
-        with engine.connect() as conn:
-            ctx = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
-            return ctx.get_current_revision()
-    finally:
-        engine.dispose()
+    """The database's revision (None: not migrated); DatabaseUnavailable if unreachable."""
+    from .database import connect
+    from .queries import QUERIES
+
+    with connect(url, application_name="dispatcher-migrate") as conn:
+        row = conn.execute(QUERIES["version_table_present"]).fetchone()
+        if not row or not row["present"]:
+            return None
+        found = conn.execute(QUERIES["alembic_revision"]).fetchone()
+        return None if found is None else str(found["version_num"])
 
 
 def ensure_schema(url: str) -> str:

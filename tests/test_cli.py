@@ -1,0 +1,140 @@
+"""The command line, with click's CliRunner and as a real subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from dispatcher.cli import cli
+
+
+@pytest.fixture
+def run(db_url: str, tmp_path: Path):  # type: ignore[no-untyped-def]
+    env = {
+        "DISPATCHER_DATABASE_URL": db_url,
+        "DISPATCHER_REGION": "clitest",
+        "DISPATCHER_HOME": str(tmp_path / "home"),
+    }
+
+    def invoke(*args: str) -> tuple[int, str, str]:
+        runner = CliRunner()
+        result = runner.invoke(cli, list(args), env=env, catch_exceptions=False)
+        return result.exit_code, result.stdout, result.stderr
+
+    return invoke
+
+
+def test_region_set_and_show_json(run) -> None:  # type: ignore[no-untyped-def]
+    """region set creates the region; region show --json prints its settings."""
+    code, out, _ = run("region", "set", "--max-seps", "3")
+    assert code == 0 and "max SEPs 3" in out
+    code, out, _ = run("region", "show", "--json")
+    assert code == 0 and json.loads(out)["max_seps"] == 3
+
+
+def test_bad_arguments_are_clear(run) -> None:  # type: ignore[no-untyped-def]
+    """Out-of-range values are usage errors (exit 2) naming the option."""
+    code, _, err = run("region", "set", "--max-seps", "-4")
+    assert code == 2 and "--max-seps" in err
+    code, _, err = run("tx", "define", "T", "--program", "m:f", "--priority", "999")
+    assert code == 2 and "--priority" in err
+
+
+def test_tx_define_list_and_class(run) -> None:  # type: ignore[no-untyped-def]
+    """tx define / tx list --json / tx class set."""
+    run("region", "set")
+    code, out, _ = run(
+        "tx",
+        "define",
+        "PAY",
+        "--program",
+        "app:pay",
+        "--priority",
+        "9",
+        "--class",
+        "payments",
+        "--requires",
+        "ledger",
+    )
+    assert code == 0, out
+    code, out, _ = run("tx", "list", "--json")
+    rows = json.loads(out)
+    assert rows[0]["transid"] == "PAY" and rows[0]["requires"] == ["ledger"]
+    code, out, _ = run("tx", "class", "set", "payments", "--max-active", "2")
+    assert code == 0 and "max active 2" in out
+
+
+def test_start_and_request_show(run) -> None:  # type: ignore[no-untyped-def]
+    """start prints a request id; request show --json shows it queued."""
+    run("region", "set")
+    run("tx", "define", "ECHO", "--program", "app:echo")
+    code, out, _ = run("start", "ECHO", "--data", '{"a": 1}')
+    assert code == 0
+    rid = int(out.strip())
+    code, out, _ = run("request", "show", str(rid), "--json")
+    row = json.loads(out)
+    assert row["state"] == "queued" and row["payload"] == {"a": 1}
+
+
+def test_start_from_data_file(run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """--data-file starts one task per JSON line, in one batch."""
+    run("region", "set")
+    run("tx", "define", "ECHO", "--program", "app:echo")
+    f = tmp_path / "tasks.jsonl"
+    f.write_text('{"n": 1}\n{"n": 2}\n\n{"transid": "ECHO", "data": 3}\n')
+    code, out, _ = run("start", "ECHO", "--data-file", str(f))
+    assert code == 0 and len(out.split()) == 3
+
+
+def test_status_json(run) -> None:  # type: ignore[no-untyped-def]
+    """status --json reports the region, its SEPs and requests."""
+    run("region", "set", "--max-seps", "2")
+    code, out, _ = run("status", "--json")
+    assert code == 0
+    row = json.loads(out)
+    assert row["max_seps"] == 2 and row["requests"] == {}
+
+
+def _subprocess(db_url: str, tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "DISPATCHER_DATABASE_URL": db_url,
+        "DISPATCHER_REGION": "sub",
+        "DISPATCHER_HOME": str(tmp_path / "home"),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "dispatcher", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_cli_as_subprocess(db_url: str, tmp_path: Path) -> None:
+    """The real `dispatcher` program: exit codes and messages of success and errors."""
+    out = _subprocess(db_url, tmp_path, "region", "set", "--max-seps", "2")
+    assert out.returncode == 0, out.stderr
+    out = _subprocess(db_url, tmp_path, "start", "NOPE", "--data", "1")
+    assert out.returncode == 1
+    assert "unknown transaction 'NOPE'" in out.stderr
+    out = _subprocess(db_url, tmp_path, "start", "NOPE", "--data", "{bad")
+    assert out.returncode == 2 and "not valid JSON" in out.stderr
+    out = _subprocess(db_url, tmp_path, "request", "show", "999999")
+    assert out.returncode == 1 and "unknown request 999999" in out.stderr
+    out = _subprocess(db_url, tmp_path, "--log-format", "json", "db", "current")
+    assert out.returncode == 0 and "head" in out.stdout
+
+
+def test_database_down_is_a_clear_error(tmp_path: Path) -> None:
+    """A database that cannot be reached gives one clear line and exit 1."""
+    out = _subprocess("postgresql://nobody@127.0.0.1:1/none?connect_timeout=2", tmp_path, "status")
+    assert out.returncode == 1
+    assert "database unavailable" in out.stderr
+    assert "Traceback" not in out.stderr
