@@ -1,0 +1,196 @@
+"""``dispatcher up``: a whole region on this machine, in one command.
+
+Starts (or reuses) the database, migrates it, then runs a listener, an event
+monitor and a SEP supervisor as child processes, prints where to connect, and on
+Ctrl-C or SIGTERM stops them all (SEPs finish their tasks first) and, if it
+started the embedded PostgreSQL, stops that too.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+import click
+
+from ..database import embedded_running, stop_embedded
+from ..logs import get_logger
+from ..migrate import ensure_schema
+from ._app import App, pass_app
+
+log = get_logger("dispatcher.up")
+
+SAMPLE_APP = "dispatcher.sample.app"
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    proc: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+    next_start: float = 0.0
+    started: list[float] = field(default_factory=list)
+
+    def start(self, env: dict[str, str]) -> None:
+        self.proc = subprocess.Popen(self.argv, env=env, start_new_session=True)
+        self.started.append(time.monotonic())
+        log.info("process_started", process=self.name, pid=self.proc.pid)
+
+
+def _wait_for_port(host: str, port: int, timeout: float, children: list[Child]) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for c in children:
+            if c.proc is not None and c.proc.poll() is not None:
+                return False
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return True
+        except OSError:
+            time.sleep(0.1)
+    return False
+
+
+@click.command("up")
+@click.option(
+    "--app",
+    "app_module",
+    default=SAMPLE_APP,
+    show_default=True,
+    help="Module whose @program transactions the SEPs run.",
+)
+@click.option(
+    "--seps",
+    type=click.IntRange(1, 1000),
+    default=None,
+    help="SEP processes [default: one per core, at least 2].",
+)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Listener address.")
+@click.option("--port", type=click.IntRange(1, 65535), default=7300, show_default=True)
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="Serve Prometheus metrics of the listener here (monitor: +1, SEPs: +2).",
+)
+@click.option("--no-monitor", is_flag=True, help="Do not run an event monitor.")
+@pass_app
+def up(
+    app: App,
+    app_module: str,
+    seps: int | None,
+    host: str,
+    port: int,
+    metrics_port: int | None,
+    no_monitor: bool,
+) -> None:
+    """Start a complete region here: database, listener, event monitor and SEPs."""
+    settings = app.settings
+    we_started_db = not settings.database_url and not embedded_running(settings)
+    url = app.url
+    ensure_schema(url)
+    region = app.region(ensure=True)
+    count = seps or max(2, os.cpu_count() or 2)
+    info = region.info()
+    if info["max_seps"] < count:
+        region.set(max_seps=count)
+    env = {
+        **os.environ,
+        "DISPATCHER_DATABASE_URL": url,
+        "DISPATCHER_REGION": settings.region,
+        "DISPATCHER_HOME": str(settings.home),
+    }
+    py = [sys.executable, "-m", "dispatcher"]
+
+    def metrics(offset: int) -> list[str]:
+        return [] if metrics_port is None else ["--metrics-port", str(metrics_port + offset)]
+
+    children = [
+        Child(
+            "seps", [*py, "sep", "start", "--app", app_module, "--count", str(count), *metrics(2)]
+        ),
+        Child("listener", [*py, "listener", "--host", host, "--port", str(port), *metrics(0)]),
+    ]
+    if not no_monitor:
+        children.append(Child("monitor", [*py, "monitor", *metrics(1)]))
+
+    stopping = False
+
+    def on_signal(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    old_int = signal.signal(signal.SIGINT, on_signal)
+    old_term = signal.signal(signal.SIGTERM, on_signal)
+    try:
+        for c in children:
+            c.start(env)
+        if not _wait_for_port(host, port, 60, children):
+            stopping = True
+            click.echo("error: the region did not come up (see the log above)", err=True)
+        else:
+            click.echo(
+                f"\nregion {settings.region!r} is up: {count} SEPs running {app_module}\n"
+                f"  listener   {host}:{port}\n"
+                f"  database   {url}\n"
+                f"try, from another terminal:\n"
+                f'  dispatcher call ECHO --data \'{{"hello": "world"}}\''
+                f" --address {host}:{port}\n"
+                f"  dispatcher status\n"
+                f"Ctrl-C stops everything.\n",
+                err=True,
+            )
+        while not stopping:
+            time.sleep(0.2)
+            for c in children:
+                assert c.proc is not None
+                rc = c.proc.poll()
+                if rc is None:
+                    continue
+                now = time.monotonic()
+                if c.next_start == 0.0:
+                    c.restarts += 1
+                    delay = min(30.0, 0.5 * 2 ** min(c.restarts, 6))
+                    c.next_start = now + delay
+                    log.warning("process_exited", process=c.name, returncode=rc, restart_in_s=delay)
+                elif now >= c.next_start:
+                    c.next_start = 0.0
+                    c.start(env)
+    finally:
+        signal.signal(signal.SIGINT, old_int)
+        signal.signal(signal.SIGTERM, old_term)
+        _stop_all(children)
+        if we_started_db:
+            app.close()
+            stop_embedded(settings)
+            log.info("database_stopped", pgdata=str(settings.pgdata))
+        click.echo("region stopped", err=True)
+
+
+def _stop_all(children: list[Child], grace: float = 60.0) -> None:
+    """SIGTERM every child (listener first, SEPs finish their task), then SIGKILL."""
+    order = sorted(children, key=lambda c: {"listener": 0, "monitor": 1}.get(c.name, 2))
+    for c in order:
+        if c.proc is not None and c.proc.poll() is None:
+            c.proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for c in order:
+        if c.proc is None:
+            continue
+        try:
+            c.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            log.warning("process_killed", process=c.name, pid=c.proc.pid)
+            os.killpg(c.proc.pid, signal.SIGKILL)
+            c.proc.wait()
+        log.info("process_stopped", process=c.name, returncode=c.proc.returncode)
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(up)
