@@ -11,7 +11,7 @@ import sys
 import click
 
 from ..errors import DispatcherError
-from . import db, region, requests, sep, status, tx, up
+from . import db, region, requests, sep, stats, status, tx, up
 from ._app import App, pass_app
 
 __all__ = ["App", "cli", "main", "pass_app"]
@@ -56,7 +56,7 @@ def cli(ctx: click.Context, region_name: str | None, log_format: str, log_level:
     ctx.call_on_close(ctx.obj.close)
 
 
-for _module in (db, region, tx, sep, requests, status, up):
+for _module in (db, region, tx, sep, requests, status, stats, up):
     _module.register(cli)
 
 
