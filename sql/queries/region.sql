@@ -19,7 +19,15 @@ SELECT r.name, r.max_seps, r.state,
     (SELECT coalesce(jsonb_object_agg(state, n), '{}') FROM
         (SELECT state, count(*) AS n FROM dispatcher.request WHERE region = r.name GROUP BY state) q)
         AS requests,
-    (SELECT extract(epoch FROM clock_timestamp() - min(enqueued_at))
-        FROM dispatcher.request WHERE region = r.name AND state = 'queued') AS oldest_queued_s,
+    (SELECT coalesce(jsonb_object_agg(band, n), '{}') FROM
+        (SELECT (priority / 64) * 64 || '-' || ((priority / 64) * 64 + 63) AS band,
+                count(*) AS n
+         FROM dispatcher.request WHERE region = r.name AND state = 'queued' GROUP BY 1) b)
+        AS queued_by_band,
+    (SELECT jsonb_build_object('id', id, 'transid', transid, 'priority', priority,
+                               'age_s', extract(epoch FROM clock_timestamp() - enqueued_at))
+     FROM dispatcher.request WHERE region = r.name AND state = 'queued'
+     ORDER BY enqueued_at LIMIT 1) AS oldest_queued,
+    (SELECT count(*) FROM dispatcher.listener WHERE region = r.name) AS listeners,
     (SELECT count(*) FROM dispatcher.session WHERE region = r.name) AS sessions
 FROM dispatcher.region r WHERE r.name = %(region)s;
