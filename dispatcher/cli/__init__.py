@@ -9,6 +9,8 @@ from __future__ import annotations
 import sys
 
 import click
+import psycopg
+import sqlalchemy.exc
 
 from ..errors import DispatcherError
 from . import db, region, requests, sep, stats, status, tx, up
@@ -73,6 +75,12 @@ def main() -> None:
         sys.exit(exc.exit_code)
     except DispatcherError as exc:
         click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    except psycopg.OperationalError as exc:
+        click.echo(f"error: database unavailable: {str(exc).strip()}", err=True)
+        sys.exit(1)
+    except sqlalchemy.exc.OperationalError as exc:
+        click.echo(f"error: database unavailable: {str(exc.orig).strip()}", err=True)
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)
