@@ -120,7 +120,6 @@ CREATE TABLE dispatcher.request (
 -- The dispatch order: one B-tree scan gives the next request (see docs/dispatch.md).
 CREATE INDEX request_queue_idx ON dispatcher.request (region, dispatch_key, id)
     WHERE state = 'queued';
-CREATE INDEX request_sep_idx ON dispatcher.request (sep_id) WHERE sep_id IS NOT NULL;
 -- Counting a class's running tasks (its max active is checked by counting, not a counter).
 CREATE INDEX request_class_running_idx ON dispatcher.request (region, class)
     WHERE state <> 'queued' AND class IS NOT NULL;

@@ -241,21 +241,31 @@ BEGIN
     request_id := NULL;
 END $$;
 
--- Hand request p_request (locked by the caller) to SEP p_sep as running.
-CREATE FUNCTION dispatcher.start_task(p_sep bigint, p_request bigint) RETURNS dispatcher.task
+-- Hand request p_request (locked by the caller) to SEP p_sep as running; p_done is
+-- how many tasks the SEP just finished (counted in sep.tasks_run in the same update).
+CREATE FUNCTION dispatcher.start_task(p_sep bigint, p_request bigint, p_done integer DEFAULT 0)
+RETURNS dispatcher.task
 LANGUAGE plpgsql AS $$
 DECLARE
-    v_attempt integer;
+    t dispatcher.task;
 BEGIN
-    UPDATE dispatcher.request r SET
-        state = 'running', sep_id = p_sep, attempt = r.attempt + 1,
-        dispatched_at = clock_timestamp(), started_at = clock_timestamp()
-    WHERE r.id = p_request
-    RETURNING r.attempt INTO v_attempt;
+    WITH u AS (
+        UPDATE dispatcher.request r SET
+            state = 'running', sep_id = p_sep, attempt = r.attempt + 1,
+            dispatched_at = clock_timestamp(), started_at = clock_timestamp()
+        WHERE r.id = p_request
+        RETURNING r.id, r.attempt, r.transid, r.payload, r.session_id, r.commarea,
+                  r.enqueued_at, r.region
+    )
+    SELECT u.id, u.attempt, u.transid, x.program, u.payload, u.session_id, u.commarea,
+           x.timeout_s, u.enqueued_at
+    INTO t
+    FROM u LEFT JOIN dispatcher.transaction x ON x.region = u.region AND x.transid = u.transid;
     UPDATE dispatcher.sep SET state = 'busy', current_request = p_request,
-        current_attempt = v_attempt
+        current_attempt = t.attempt, tasks_run = tasks_run + p_done,
+        heartbeat_at = clock_timestamp()
     WHERE id = p_sep;
-    RETURN dispatcher.task_of(p_request);
+    RETURN t;
 END $$;
 
 -- The task of a request already handed to a SEP.
@@ -495,8 +505,10 @@ LANGUAGE sql IMMUTABLE AS $$
                 ELSE 'idle' END
 $$;
 
--- Work for SEP s (its row locked by the caller), or rest if there is none.
-CREATE FUNCTION dispatcher.next_or_rest(s dispatcher.sep) RETURNS SETOF dispatcher.task
+-- Work for SEP s (its row locked by the caller), or rest if there is none (NULL).
+-- p_done: tasks the SEP just finished, added to its tasks_run in the same update.
+CREATE FUNCTION dispatcher.next_or_rest(s dispatcher.sep, p_done integer DEFAULT 0)
+RETURNS dispatcher.task
 LANGUAGE plpgsql AS $$
 DECLARE
     reg dispatcher.region;
@@ -522,17 +534,18 @@ BEGIN
             v_contended := v_contended OR p.contended;
         END IF;
         IF p.request_id IS NOT NULL THEN
-            RETURN NEXT dispatcher.start_task(s.id, p.request_id);
-            RETURN;
+            RETURN dispatcher.start_task(s.id, p.request_id, p_done);
         END IF;
     END IF;
     UPDATE dispatcher.sep SET
         state = dispatcher.rest_state(s), current_request = NULL, current_attempt = NULL,
-        idle_since = clock_timestamp()
+        idle_since = clock_timestamp(), tasks_run = tasks_run + p_done,
+        heartbeat_at = clock_timestamp()
     WHERE id = s.id;
     IF v_contended THEN
         PERFORM pg_notify(dispatcher.sep_channel(s.id), 'wake');   -- look again soon
     END IF;
+    RETURN NULL;
 END $$;
 
 -- Give an idle SEP work: what was already dispatched to it, else the next request.
@@ -540,6 +553,7 @@ CREATE FUNCTION dispatcher.claim_next_v1(p_sep bigint) RETURNS SETOF dispatcher.
 LANGUAGE plpgsql AS $$
 DECLARE
     s dispatcher.sep;
+    t dispatcher.task;
 BEGIN
     s := dispatcher.lock_sep(p_sep);
     UPDATE dispatcher.sep SET heartbeat_at = clock_timestamp() WHERE id = p_sep;
@@ -554,7 +568,10 @@ BEGIN
     IF s.state <> 'idle' THEN
         RETURN;
     END IF;
-    RETURN QUERY SELECT * FROM dispatcher.next_or_rest(s);
+    t := dispatcher.next_or_rest(s, 0);
+    IF t.request_id IS NOT NULL THEN
+        RETURN NEXT t;
+    END IF;
 END $$;
 
 -- Start a request that the enqueue procedure dispatched to this SEP.
@@ -587,6 +604,7 @@ $$;
 
 -- A SEP reports the outcome of its request and, in the same round trip, gets its
 -- next one (or rests). Refused (DP004) unless the SEP still holds that attempt.
+-- This is the hot path: one statement per step, no helper where SQL will do.
 CREATE FUNCTION dispatcher.complete_v1(
     p_sep bigint,
     p_request bigint,
@@ -602,60 +620,85 @@ LANGUAGE plpgsql AS $$
 DECLARE
     s dispatcher.sep;
     r dispatcher.request;
+    v_session uuid;
+    v_class text;
+    v_region text;
     t dispatcher.task;
 BEGIN
-    s := dispatcher.lock_sep(p_sep);
-    SELECT * INTO r FROM dispatcher.request WHERE id = p_request FOR UPDATE;
-    IF NOT FOUND OR r.sep_id IS DISTINCT FROM p_sep OR r.attempt <> p_attempt
-       OR r.state = 'queued' THEN
-        RAISE EXCEPTION USING ERRCODE = 'DP004',
-            MESSAGE = format('completion refused: SEP %s no longer holds attempt %s of request %s',
-                             p_sep, p_attempt, p_request);
+    SELECT * INTO s FROM dispatcher.sep WHERE id = p_sep FOR UPDATE;
+    IF NOT FOUND OR s.state = 'dead' THEN
+        s := dispatcher.lock_sep(p_sep);   -- raises the right error
     END IF;
 
-    IF p_ok OR r.attempt >= r.max_attempts THEN
-        PERFORM dispatcher.finish_request(r, CASE WHEN p_ok THEN 'done' ELSE 'failed' END,
-                                          p_result, p_error);
+    IF p_ok THEN
+        WITH gone AS (
+            DELETE FROM dispatcher.request
+            WHERE id = p_request AND sep_id = p_sep AND attempt = p_attempt AND state <> 'queued'
+            RETURNING *
+        )
+        INSERT INTO dispatcher.request_history
+            (id, region, transid, payload, session_id, priority, state, attempt, sep_id, class,
+             idempotency_key, origin, result, error, enqueued_at, dispatched_at, started_at)
+        SELECT id, region, transid, payload, session_id, priority, 'done', attempt, sep_id, class,
+               idempotency_key, origin, p_result, p_error, enqueued_at, dispatched_at,
+               coalesce(started_at, dispatched_at)
+        FROM gone
+        RETURNING session_id, class, region INTO v_session, v_class, v_region;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION USING ERRCODE = 'DP004',
+                MESSAGE = format('completion refused: SEP %s no longer holds attempt %s of request %s',
+                                 p_sep, p_attempt, p_request);
+        END IF;
+        IF v_session IS NOT NULL THEN
+            UPDATE dispatcher.session SET
+                next_transid = p_next_transid, commarea = p_commarea, bound_sep = NULL,
+                last_active = clock_timestamp()
+            WHERE id = v_session;
+        END IF;
     ELSE
-        -- abend with attempts left: back in the queue, in its old place, after a backoff
-        UPDATE dispatcher.request SET
-            state = 'queued', sep_id = NULL, error = p_error,
-            not_before = clock_timestamp() + make_interval(secs =>
-                coalesce((SELECT retry_backoff_s FROM dispatcher.transaction x
-                          WHERE x.region = r.region AND x.transid = r.transid), 0)
-                * power(2, r.attempt - 1))
-        WHERE id = r.id;
+        SELECT * INTO r FROM dispatcher.request WHERE id = p_request FOR UPDATE;
+        IF NOT FOUND OR r.sep_id IS DISTINCT FROM p_sep OR r.attempt <> p_attempt
+           OR r.state = 'queued' THEN
+            RAISE EXCEPTION USING ERRCODE = 'DP004',
+                MESSAGE = format('completion refused: SEP %s no longer holds attempt %s of request %s',
+                                 p_sep, p_attempt, p_request);
+        END IF;
+        v_class := r.class;
+        v_region := r.region;
+        IF r.attempt >= r.max_attempts THEN
+            PERFORM dispatcher.finish_request(r, 'failed', p_result, p_error);
+        ELSE
+            -- abend with attempts left: back in the queue, in its old place, after a backoff
+            UPDATE dispatcher.request SET
+                state = 'queued', sep_id = NULL, error = p_error,
+                not_before = clock_timestamp() + make_interval(secs =>
+                    coalesce((SELECT retry_backoff_s FROM dispatcher.transaction x
+                              WHERE x.region = r.region AND x.transid = r.transid), 0)
+                    * power(2, r.attempt - 1))
+            WHERE id = r.id;
+        END IF;
     END IF;
-
-    IF p_ok AND r.session_id IS NOT NULL THEN
-        UPDATE dispatcher.session SET
-            next_transid = p_next_transid, commarea = p_commarea, bound_sep = NULL,
-            last_active = clock_timestamp()
-        WHERE id = r.session_id;
-    END IF;
-
-    UPDATE dispatcher.sep SET
-        tasks_run = tasks_run + 1, current_request = NULL, current_attempt = NULL,
-        heartbeat_at = clock_timestamp()
-    WHERE id = p_sep
-    RETURNING * INTO s;
 
     IF p_take_next THEN
-        SELECT * INTO t FROM dispatcher.next_or_rest(s);
+        t := dispatcher.next_or_rest(s, 1);
     ELSE
-        UPDATE dispatcher.sep SET state = dispatcher.rest_state(s), idle_since = clock_timestamp()
+        UPDATE dispatcher.sep SET state = dispatcher.rest_state(s), idle_since = clock_timestamp(),
+            current_request = NULL, current_attempt = NULL, tasks_run = tasks_run + 1,
+            heartbeat_at = clock_timestamp()
         WHERE id = p_sep;
     END IF;
 
     -- a class slot came free and this SEP did not use it: wake an idle SEP to look
-    IF r.class IS NOT NULL AND (t.request_id IS NULL OR
-        (SELECT class FROM dispatcher.request WHERE id = t.request_id) IS DISTINCT FROM r.class)
-       AND EXISTS (SELECT 1 FROM dispatcher.request q
-                   WHERE q.region = r.region AND q.class = r.class AND q.state = 'queued') THEN
-        PERFORM pg_notify(dispatcher.sep_channel(w.id), 'wake')
-        FROM (SELECT id FROM dispatcher.sep
-              WHERE region = r.region AND state = 'idle' AND id <> p_sep
-              ORDER BY idle_since LIMIT 1) w;
+    IF v_class IS NOT NULL THEN
+        IF (t.request_id IS NULL OR
+            (SELECT class FROM dispatcher.request WHERE id = t.request_id) IS DISTINCT FROM v_class)
+           AND EXISTS (SELECT 1 FROM dispatcher.request q
+                       WHERE q.region = v_region AND q.class = v_class AND q.state = 'queued') THEN
+            PERFORM pg_notify(dispatcher.sep_channel(w.id), 'wake')
+            FROM (SELECT id FROM dispatcher.sep
+                  WHERE region = v_region AND state = 'idle' AND id <> p_sep
+                  ORDER BY idle_since LIMIT 1) w;
+        END IF;
     END IF;
 
     IF t.request_id IS NOT NULL THEN
@@ -699,7 +742,9 @@ DECLARE
     n integer := 0;
 BEGIN
     SELECT max_redispatch INTO v_max FROM dispatcher.region WHERE name = s.region;
-    FOR r IN SELECT * FROM dispatcher.request WHERE sep_id = s.id FOR UPDATE LOOP
+    -- a SEP holds at most one request: the one it names (no index on sep_id needed)
+    FOR r IN SELECT * FROM dispatcher.request
+             WHERE id = s.current_request AND sep_id = s.id FOR UPDATE LOOP
         IF r.attempt >= v_max THEN
             PERFORM dispatcher.finish_request(r, 'failed', NULL,
                 jsonb_build_object('type', 'SEPLost', 'message',
