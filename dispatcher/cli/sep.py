@@ -1,8 +1,16 @@
-"""``dispatcher sep``: start, list, stop, pause and resume SEPs."""
+"""``dispatcher sep``: start, list, stop, pause and resume SEPs.
+
+The CLI is the one place that knows every part, so it may import ``sep``. Operator
+actions go through the database (state + NOTIFY), so they work for SEPs on any host.
+"""
 
 from __future__ import annotations
 
+import os
+
 import click
+
+from ._app import App, echo_json, pass_app
 
 
 @click.group("sep")
@@ -10,5 +18,141 @@ def sep() -> None:
     """SEPs: the processes that run tasks."""
 
 
+@sep.command("start")
+@click.option("--app", "app_module", required=True, help="Module whose @program functions run.")
+@click.option(
+    "--count",
+    type=click.IntRange(1, 1000),
+    default=None,
+    help="SEP processes [default: one per core].",
+)
+@click.option("--capability", "capabilities", multiple=True, help="Capability (repeatable).")
+@click.option(
+    "--standby",
+    is_flag=True,
+    help="Start even when the region is full; take a slot when one frees.",
+)
+@click.option(
+    "--poll",
+    type=click.FloatRange(0.05),
+    default=1.0,
+    show_default=True,
+    help="Safety poll interval of idle SEPs (s).",
+)
+@click.option(
+    "--heartbeat",
+    type=click.FloatRange(0.05),
+    default=2.0,
+    show_default=True,
+    help="Heartbeat interval (s).",
+)
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="Serve Prometheus metrics of the region here.",
+)
+@pass_app
+def start(
+    app: App,
+    app_module: str,
+    count: int | None,
+    capabilities: tuple[str, ...],
+    standby: bool,
+    poll: float,
+    heartbeat: float,
+    metrics_port: int | None,
+) -> None:
+    """Start SEP processes and supervise them in the foreground (Ctrl-C stops them
+    gracefully: each finishes its task first)."""
+    from sep.program import AppError, sync_app
+    from sep.supervisor import Supervisor
+
+    region = app.region(ensure=True)
+    try:
+        names = sync_app(region, app_module)
+    except AppError as exc:
+        raise click.UsageError(str(exc)) from None
+    click.echo(f"synced {len(names)} transaction(s): {', '.join(sorted(names))}", err=True)
+    supervisor = Supervisor(
+        app.url,
+        app.settings.region,
+        app_module,
+        count or os.cpu_count() or 1,
+        capabilities=capabilities,
+        standby=standby,
+        poll_interval=poll,
+        heartbeat_interval=heartbeat,
+    )
+    supervisor.check_room()
+    app.close()
+    if metrics_port is not None:
+        from ..metrics import serve_metrics
+
+        serve_metrics(metrics_port, app.url, app.settings.region)
+    raise SystemExit(supervisor.run())
+
+
+@sep.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@pass_app
+def list_(app: App, as_json: bool) -> None:
+    """List the region's SEPs: id, host, pid, state, current request, heartbeat, tasks run."""
+    rows = app.region().seps()
+    if as_json:
+        echo_json(rows)
+        return
+    if not rows:
+        click.echo("no SEPs (start some with: dispatcher sep start --app MODULE)")
+        return
+    click.echo(
+        f"{'ID':>5} {'HOST':16} {'PID':>7} {'STATE':12} {'REQUEST':>9} {'TASKS':>8}  HEARTBEAT"
+    )
+    for r in rows:
+        state = r["state"] + (" (standby)" if r["standby"] else "")
+        click.echo(
+            f"{r['id']:>5} {r['host'][:16]:16} {r['pid']:>7} {state:12} "
+            f"{r['current_request'] or '-':>9} {r['tasks_run']:>8}  {r['heartbeat_at']:%H:%M:%S}"
+        )
+
+
+def _control(app: App, action: str, sep_ids: tuple[int, ...], all_: bool) -> None:
+    region = app.region()
+    if all_:
+        sep_ids = tuple(int(r["id"]) for r in region.seps() if r["state"] != "dead")
+    if not sep_ids:
+        raise click.UsageError("name a SEP id, or --all")
+    for sep_id in sep_ids:
+        row = region.control_sep(sep_id, action)
+        click.echo(f"SEP {sep_id}: {action} ({row['state']})")
+
+
+@sep.command("stop")
+@click.argument("sep_ids", nargs=-1, type=int)
+@click.option("--all", "all_", is_flag=True, help="Every SEP of the region.")
+@click.option("--force", is_flag=True, help="Abandon the task (it is re-queued).")
+@pass_app
+def stop(app: App, sep_ids: tuple[int, ...], all_: bool, force: bool) -> None:
+    """Stop SEPs: gracefully (finish the task, take no new one), or --force."""
+    _control(app, "kill" if force else "stop", sep_ids, all_)
+
+
+@sep.command("pause")
+@click.argument("sep_ids", nargs=-1, type=int, required=True)
+@pass_app
+def pause(app: App, sep_ids: tuple[int, ...]) -> None:
+    """Make SEPs unavailable for new work (the running task finishes)."""
+    _control(app, "pause", sep_ids, False)
+
+
+@sep.command("resume")
+@click.argument("sep_ids", nargs=-1, type=int, required=True)
+@pass_app
+def resume(app: App, sep_ids: tuple[int, ...]) -> None:
+    """Make paused SEPs available again."""
+    _control(app, "resume", sep_ids, False)
+
+
 def register(cli: click.Group) -> None:
+    sep.commands["list"].name = "list"
     cli.add_command(sep)

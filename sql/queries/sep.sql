@@ -28,3 +28,18 @@ FROM dispatcher.sep WHERE region = %(region)s ORDER BY id;
 
 -- name: live_sep_ids
 SELECT id FROM dispatcher.sep WHERE region = %(region)s AND state <> 'dead' ORDER BY id;
+
+-- name: session_listener_address
+SELECT l.address FROM dispatcher.session s JOIN dispatcher.listener l ON l.id = s.listener_id
+WHERE s.id = %(session)s;
+
+-- name: sep_state
+SELECT state, paused, stop_requested, standby FROM dispatcher.sep WHERE id = %(sep)s;
+
+-- name: active_seps
+SELECT dispatcher.active_seps(%(region)s) AS n;
+
+-- name: sample_done_count
+-- Used by the bundled sample app (dispatcher/sample/app.py): finished requests of a transaction.
+SELECT count(*) AS n FROM dispatcher.request_history
+WHERE region = %(region)s AND transid = %(transid)s AND state = 'done';

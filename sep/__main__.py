@@ -1,0 +1,55 @@
+"""One SEP process: ``python -m sep --app MODULE [--capability CAP ...] [--standby]``.
+
+The database and region come from the environment (DISPATCHER_DATABASE_URL or the
+embedded server of DISPATCHER_HOME, DISPATCHER_REGION). Exit codes: 0 stopped,
+2 bad arguments or app, 3 no room in the region, 1 other errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from dispatcher.config import Settings
+from dispatcher.database import database_url
+from dispatcher.errors import DispatcherError, NoRoom
+from dispatcher.logs import configure_logging
+
+from .program import AppError
+from .worker import SEPConfig, Worker
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sep", description=__doc__)
+    parser.add_argument("--app", help="module whose @program transactions to run")
+    parser.add_argument("--capability", action="append", default=[], dest="capabilities")
+    parser.add_argument("--standby", action="store_true")
+    parser.add_argument("--poll", type=float, default=1.0, help="safety poll interval (s)")
+    parser.add_argument("--heartbeat", type=float, default=2.0, help="heartbeat interval (s)")
+    args = parser.parse_args(argv)
+    configure_logging()
+    settings = Settings.from_env()
+    try:
+        config = SEPConfig(
+            url=database_url(settings),
+            region=settings.region,
+            app=args.app,
+            capabilities=tuple(args.capabilities),
+            standby=args.standby,
+            poll_interval=args.poll,
+            heartbeat_interval=args.heartbeat,
+        )
+        return Worker(config).run()
+    except AppError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except NoRoom as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
+    except DispatcherError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,121 @@
+"""A task's link to the listener of its session: output out, input in (dispatcher.channel)."""
+
+from __future__ import annotations
+
+import queue
+import socket
+import threading
+from typing import Any
+from uuid import UUID
+
+from dispatcher.channel import ChannelError, connect_sync, encode_frame
+
+__all__ = ["Conversation", "ConversationError", "ListenerLinks"]
+
+
+class ConversationError(Exception):
+    """The session's listener cannot be reached, or no input came in time."""
+
+
+class ListenerLinks:
+    """One socket per listener address, reused across tasks; reopened when broken."""
+
+    def __init__(self) -> None:
+        self._socks: dict[str, socket.socket] = {}
+        self._lock = threading.Lock()
+
+    def send(self, address: str, message: dict[str, Any]) -> None:
+        frame = encode_frame(message)
+        with self._lock:
+            for attempt in (1, 2):
+                sock = self._socks.get(address)
+                try:
+                    if sock is None:
+                        sock = connect_sync(address)
+                        self._socks[address] = sock
+                    sock.sendall(frame)
+                    return
+                except (OSError, ChannelError) as exc:
+                    self._drop(address)
+                    if attempt == 2:
+                        raise ConversationError(
+                            f"listener at {address} unreachable: {exc}"
+                        ) from exc
+
+    def _drop(self, address: str) -> None:
+        sock = self._socks.pop(address, None)
+        if sock is not None:
+            try:
+                sock.close()
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        with self._lock:
+            for address in list(self._socks):
+                self._drop(address)
+
+
+class Conversation:
+    """Output and input of one running task with a client session."""
+
+    def __init__(
+        self,
+        links: ListenerLinks,
+        address: str,
+        request_id: int,
+        session_id: UUID,
+        sep_id: int,
+        inputs: queue.Queue[Any],
+    ) -> None:
+        self.links = links
+        self.address = address
+        self.request_id = request_id
+        self.session_id = session_id
+        self.sep_id = sep_id
+        self.inputs = inputs
+
+    def send(self, data: Any, *, wants_input: bool) -> None:
+        self.links.send(
+            self.address,
+            {
+                "type": "output",
+                "request_id": self.request_id,
+                "session_id": str(self.session_id),
+                "sep_id": self.sep_id,
+                "data": data,
+                "wants_input": wants_input,
+            },
+        )
+
+    def receive(self, timeout: float | None, announce: bool = True) -> Any:
+        if announce:
+            self.links.send(
+                self.address,
+                {
+                    "type": "await_input",
+                    "request_id": self.request_id,
+                    "session_id": str(self.session_id),
+                    "sep_id": self.sep_id,
+                },
+            )
+        try:
+            return self.inputs.get(timeout=timeout)
+        except queue.Empty:
+            raise ConversationError(
+                f"no input for request {self.request_id} within {timeout} s"
+            ) from None
+
+    def end(self, ok: bool, result: Any, error: Any, next_transid: str | None) -> None:
+        self.links.send(
+            self.address,
+            {
+                "type": "end",
+                "request_id": self.request_id,
+                "session_id": str(self.session_id),
+                "ok": ok,
+                "result": result,
+                "error": error,
+                "next_transid": next_transid,
+            },
+        )

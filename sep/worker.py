@@ -1,0 +1,458 @@
+"""One SEP: an OS process that runs one task at a time.
+
+The loop: register, LISTEN on its channel, then claim work; run a task inside its own
+database transaction; report the outcome with ``complete_v1``, which returns the next
+task in the same round trip; when there is none, wait for a NOTIFY, a task handed
+over by a listener on the SEP's channel socket, or the slow safety poll.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import queue
+import signal
+import socket
+import tempfile
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import psycopg
+
+from dispatcher.channel import ChannelError, read_frame_sync, task_from_dict
+from dispatcher.database import Backoff, connect, connect_with_retry
+from dispatcher.errors import CompletionRefused, DatabaseUnavailable, DispatcherError, UnknownSEP
+from dispatcher.logs import get_logger
+from dispatcher.region import Region, Task
+
+from .context import ReturnTransid, TaskContext, TaskTimeout
+from .conversation import Conversation, ConversationError, ListenerLinks
+from .program import AppError, ProgramDef, load_app, resolve_program
+
+__all__ = ["SEPConfig", "Worker"]
+
+_DB_LOST = (psycopg.OperationalError, DatabaseUnavailable)
+T = TypeVar("T")
+
+
+@dataclass
+class SEPConfig:
+    url: str
+    region: str
+    app: str | None = None
+    capabilities: tuple[str, ...] = ()
+    standby: bool = False
+    poll_interval: float = 1.0
+    heartbeat_interval: float = 2.0
+    reap_every: int = 5
+
+
+class _Stop(Exception):
+    pass
+
+
+class Worker:
+    def __init__(self, config: SEPConfig) -> None:
+        self.config = config
+        self.log = get_logger("sep", region=config.region, pid=os.getpid())
+        self.events: queue.Queue[tuple[str, Any]] = queue.Queue()
+        self.inputs: dict[int, queue.Queue[Any]] = {}
+        self.inputs_lock = threading.Lock()
+        self.links = ListenerLinks()
+        self.programs: dict[str, ProgramDef] = {}
+        self.sep_id = 0
+        self.stopping = False
+        self.dead = False
+        self.conn: psycopg.Connection[Any] | None = None
+        self.loop = asyncio.new_event_loop()
+        self._sockdir = Path(tempfile.mkdtemp(prefix="dispatcher-sep-"))
+        self.address = ""
+        self._server: socket.socket | None = None
+
+    # ------------------------------------------------------------------ setup
+    def run(self) -> int:
+        if self.config.app:
+            self.programs = load_app(self.config.app)
+        signal.signal(signal.SIGTERM, self._on_term)
+        signal.signal(signal.SIGINT, self._on_term)
+        self._serve_channel()
+        conn = connect_with_retry(
+            self.config.url, application_name="dispatcher-sep", should_stop=lambda: self.stopping
+        )
+        if conn is None:
+            return 0
+        self.conn = conn
+        region = Region(conn, self.config.region)
+        row = region.register_sep(
+            socket.gethostname(),
+            os.getpid(),
+            self.config.capabilities,
+            standby=self.config.standby,
+            address=self.address,
+        )
+        self.sep_id = int(row["id"])
+        self.log = self.log.bind(sep=self.sep_id)
+        self.log.info(
+            "sep_started",
+            address=self.address,
+            standby=row["standby"],
+            capabilities=list(self.config.capabilities),
+        )
+        listening = threading.Event()
+        threading.Thread(target=self._listen, args=(listening,), daemon=True).start()
+        listening.wait(30)
+        threading.Thread(target=self._heartbeat, daemon=True).start()
+        try:
+            self._loop()
+        finally:
+            self._leave()
+        return 0
+
+    def _on_term(self, signum: int, _frame: Any) -> None:
+        if not self.stopping:
+            self.stopping = True
+            self.log.info("sep_stopping", signal=signum)
+            self.events.put(("stop", None))
+
+    def _serve_channel(self) -> None:
+        path = self._sockdir / "sep.sock"
+        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        server.bind(str(path))
+        os.chmod(path, 0o666)
+        server.listen(64)
+        self._server = server
+        self.address = f"unix:{path}"
+        threading.Thread(target=self._accept, args=(server,), daemon=True).start()
+
+    def _accept(self, server: socket.socket) -> None:
+        while True:
+            try:
+                sock, _ = server.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._read_channel, args=(sock,), daemon=True).start()
+
+    def _read_channel(self, sock: socket.socket) -> None:
+        with sock:
+            while True:
+                try:
+                    msg = read_frame_sync(sock)
+                except (ChannelError, OSError) as exc:
+                    self.log.warning("channel_frame_refused", error=str(exc))
+                    return
+                if msg is None:
+                    return
+                if msg["type"] == "dispatch":
+                    try:
+                        self.events.put(("task", task_from_dict(msg["task"])))
+                    except (ChannelError, KeyError) as exc:
+                        self.log.warning("channel_frame_refused", error=str(exc))
+                elif msg["type"] == "input":
+                    with self.inputs_lock:
+                        q = self.inputs.get(int(msg.get("request_id", 0)))
+                    if q is not None:
+                        q.put(msg.get("data"))
+                    else:
+                        self.log.warning("input_without_task", request_id=msg.get("request_id"))
+
+    def _listen(self, ready: threading.Event) -> None:
+        """NOTIFY on the SEP's channel -> events. Reconnects with backoff."""
+        channel = f"dispatcher_sep_{self.sep_id}"
+        while not self.stopping:
+            conn = connect_with_retry(
+                self.config.url,
+                application_name="dispatcher-sep-listen",
+                should_stop=lambda: self.stopping,
+            )
+            if conn is None:
+                return
+            try:
+                with conn:
+                    conn.execute(f'LISTEN "{channel}"')
+                    ready.set()
+                    self.events.put(("wake", None))  # look once after (re)listening
+                    for note in conn.notifies():
+                        self.events.put(("notify", note.payload))
+                        if self.stopping:
+                            return
+            except psycopg.Error as exc:
+                self.log.warning("listen_lost", error=str(exc).strip())
+                time.sleep(0.2)
+
+    def _heartbeat(self) -> None:
+        beats = 0
+        conn: psycopg.Connection[Any] | None = None
+        while not self.stopping and not self.dead:
+            try:
+                if conn is None or conn.closed:
+                    conn = connect(self.config.url, application_name="dispatcher-sep-heartbeat")
+                region = Region(conn, self.config.region)
+                row = region.heartbeat(self.sep_id)
+                if row is None or row["state"] == "dead":
+                    self.log.error("sep_declared_dead")
+                    self.dead = True
+                    self.events.put(("dead", None))
+                    return
+                if row["stop_requested"]:
+                    self.events.put(("notify", "stop"))
+                beats += 1
+                if beats % self.config.reap_every == 0:
+                    out = region.reap()
+                    if out["dead_seps"] or out["expired"]:
+                        self.log.warning("reaped", **out)
+            except (psycopg.Error, DispatcherError) as exc:
+                self.log.warning("heartbeat_failed", error=str(exc).strip())
+                if conn is not None:
+                    conn.close()
+                conn = None
+            time.sleep(self.config.heartbeat_interval)
+
+    # ------------------------------------------------------------------ loop
+    def _region(self) -> Region:
+        assert self.conn is not None
+        return Region(self.conn, self.config.region)
+
+    def _reconnect(self) -> None:
+        if self.conn is not None:
+            try:
+                self.conn.close()
+            except psycopg.Error:
+                pass
+        self.log.warning("database_lost")
+        conn = connect_with_retry(
+            self.config.url, application_name="dispatcher-sep", should_stop=lambda: self.stopping
+        )
+        if conn is None:
+            raise _Stop
+        self.conn = conn
+
+    def _db(self, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
+        """Call a procedure, riding out a database restart (reconnect with backoff)."""
+        backoff = Backoff()
+        while True:
+            try:
+                return fn(self._region(), *args, **kw)
+            except _DB_LOST as exc:
+                self.log.warning(
+                    "database_unavailable", error=str(exc).strip(), retry_in_s=backoff.first
+                )
+                time.sleep(backoff.next_delay())
+                self._reconnect()
+
+    def _loop(self) -> None:
+        task: Task | None = self._db(Region.claim_next, self.sep_id)
+        while not self.stopping and not self.dead:
+            if task is not None:
+                task = self._execute(task)
+                continue
+            try:
+                kind, value = self.events.get(timeout=self.config.poll_interval)
+            except queue.Empty:
+                kind, value = "poll", None
+            if kind == "task":
+                task = value
+            elif kind == "notify":
+                task = self._on_notify(str(value))
+            elif kind in ("wake", "poll"):
+                task = self._db(Region.claim_next, self.sep_id)
+            elif kind in ("stop", "dead"):
+                break
+
+    def _on_notify(self, payload: str) -> Task | None:
+        if payload.startswith("dispatch "):
+            try:
+                return self._db(Region.begin, self.sep_id, int(payload.split()[1]))
+            except CompletionRefused:
+                return self._db(Region.claim_next, self.sep_id)  # already taken (handed over)
+        if payload == "kill":
+            self.log.warning("sep_killed_by_operator")
+            os._exit(1)
+        if payload == "stop":
+            self.stopping = True
+            return None
+        return self._db(Region.claim_next, self.sep_id)
+
+    def _program(self, task: Task) -> Any:
+        d = self.programs.get(task.transid)
+        if d is not None:
+            return d.function
+        if not task.program:
+            raise AppError(f"transaction {task.transid} has no program")
+        return resolve_program(task.program)
+
+    def _conversation(self, task: Task) -> Conversation | None:
+        if task.session_id is None:
+            return None
+        row = self._region().row("session_listener_address", session=task.session_id)
+        if not row or not row["address"]:
+            return None
+        q: queue.Queue[Any] = queue.Queue()
+        with self.inputs_lock:
+            self.inputs[task.request_id] = q
+        return Conversation(
+            self.links, row["address"], task.request_id, task.session_id, self.sep_id, q
+        )
+
+    def _execute(self, task: Task) -> Task | None:
+        """Run one task and complete it; return the next task (same round trip)."""
+        log = self.log.bind(request_id=task.request_id, transid=task.transid, attempt=task.attempt)
+        log.info("request_running")
+        assert self.conn is not None
+        conn = self.conn
+        tx: list[Any] = []
+
+        def begin() -> None:
+            t = conn.transaction()
+            t.__enter__()
+            tx.append(t)
+
+        try:
+            conversation = self._conversation(task)
+        except _DB_LOST:
+            self._reconnect()
+            return self._db(Region.claim_next, self.sep_id)
+        ctx = TaskContext(task, self.config.region, conn, log, conversation, begin)
+        ok, result, error, next_transid, commarea = True, None, None, None, None
+        started = time.monotonic()
+        try:
+            value = self._run_program(task, ctx)
+            if isinstance(value, ReturnTransid):
+                result, next_transid, commarea = value.output, value.transid, value.commarea
+            else:
+                result = value
+        except _DB_LOST as exc:
+            log.warning("database_lost_during_task", error=str(exc).strip())
+            self._drop_inputs(task)
+            self._reconnect()
+            return self._db(Region.claim_next, self.sep_id)  # re-runs the task we hold
+        except BaseException as exc:
+            if isinstance(exc, KeyboardInterrupt | SystemExit):
+                raise
+            ok = False
+            error = {
+                "type": type(exc).__name__,
+                "message": str(exc),
+                "traceback": traceback.format_exc(),
+            }
+            if tx:
+                try:
+                    tx.pop().__exit__(type(exc), exc, exc.__traceback__)
+                except psycopg.Error:
+                    pass
+        self._drop_inputs(task)
+        try:
+            if ok:
+                nxt = self._region().complete(
+                    self.sep_id,
+                    task,
+                    ok=True,
+                    result=result,
+                    take_next=not self.stopping,
+                    next_transid=next_transid,
+                    commarea=commarea,
+                )
+                if tx:
+                    tx.pop().__exit__(None, None, None)
+            else:
+                nxt = self._db(
+                    Region.complete,
+                    self.sep_id,
+                    task,
+                    ok=False,
+                    error=error,
+                    take_next=not self.stopping,
+                )
+        except CompletionRefused as exc:
+            log.error("completion_refused", error=str(exc))
+            if tx:
+                self._rollback(tx)
+            state = self._db(Region.row, "sep_state", sep=self.sep_id)
+            if state is None or state["state"] == "dead":
+                self.dead = True
+                return None
+            return self._db(Region.claim_next, self.sep_id)
+        except _DB_LOST as exc:
+            log.warning("database_lost_at_completion", error=str(exc).strip())
+            self._reconnect()
+            return self._db(Region.claim_next, self.sep_id)  # the task runs again
+        except (psycopg.Error, DispatcherError) as exc:
+            # e.g. the result is not JSON-serialisable, or the program broke its transaction
+            if tx:
+                self._rollback(tx)
+            log.error("completion_failed", error=str(exc))
+            bad = {"type": type(exc).__name__, "message": str(exc), "traceback": ""}
+            nxt = self._db(
+                Region.complete, self.sep_id, task, ok=False, error=bad, take_next=not self.stopping
+            )
+            ok, error = False, bad
+        elapsed_ms = round((time.monotonic() - started) * 1000, 3)
+        if ok:
+            log.info("request_done", ms=elapsed_ms)
+        else:
+            log.warning(
+                "request_abended",
+                ms=elapsed_ms,
+                error_type=error and error["type"],
+                error=error and error["message"],
+            )
+        if conversation is not None:
+            try:
+                conversation.end(ok, result, error, next_transid)
+            except ConversationError as exc:
+                log.warning("listener_unreachable", error=str(exc))
+        return nxt
+
+    def _rollback(self, tx: list[Any]) -> None:
+        while tx:
+            try:
+                tx.pop().__exit__(RuntimeError, RuntimeError("rolled back"), None)
+            except (psycopg.Error, RuntimeError):
+                pass
+
+    def _drop_inputs(self, task: Task) -> None:
+        with self.inputs_lock:
+            self.inputs.pop(task.request_id, None)
+
+    def _run_program(self, task: Task, ctx: TaskContext) -> Any:
+        fn = self._program(task)
+        timeout = task.timeout_s
+        d = self.programs.get(task.transid)
+        if asyncio.iscoroutinefunction(fn) or (d is not None and d.is_async):
+            coro = fn(ctx)
+            if timeout:
+                coro = asyncio.wait_for(coro, timeout)
+            try:
+                return self.loop.run_until_complete(coro)
+            except TimeoutError:
+                raise TaskTimeout(f"task ran longer than its timeout of {timeout} s") from None
+        if not timeout:
+            return fn(ctx)
+
+        def on_alarm(_signum: int, _frame: Any) -> None:
+            raise TaskTimeout(f"task ran longer than its timeout of {timeout} s")
+
+        previous = signal.signal(signal.SIGALRM, on_alarm)
+        signal.setitimer(signal.ITIMER_REAL, timeout)
+        try:
+            return fn(ctx)
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+
+    def _leave(self) -> None:
+        self.stopping = True
+        self.links.close()
+        if self._server is not None:
+            self._server.close()
+        if self.dead or self.conn is None:
+            return
+        try:
+            requeued = self._region().leave(self.sep_id)
+            self.log.info("sep_left", requeued=requeued)
+        except (psycopg.Error, UnknownSEP, DispatcherError) as exc:
+            self.log.warning("sep_leave_failed", error=str(exc).strip())
