@@ -1,0 +1,73 @@
+"""A test app for real SEP processes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from typing import Any
+
+from sep import program
+
+
+@program("ECHO")
+def echo(ctx: Any) -> Any:
+    return ctx.data
+
+
+@program("AECHO")
+async def aecho(ctx: Any) -> Any:
+    await asyncio.sleep(0.01)
+    return {"async": ctx.data}
+
+
+@program("BOOM")
+def boom(ctx: Any) -> Any:
+    ctx.db.execute("INSERT INTO app_effect (request_id, n) VALUES (%s, %s)", [ctx.request_id, 1])
+    raise ValueError("boom")
+
+
+@program("FLAKY", max_attempts=3)
+def flaky(ctx: Any) -> Any:
+    if ctx.attempt < 3:
+        raise RuntimeError(f"attempt {ctx.attempt} fails")
+    return {"attempt": ctx.attempt}
+
+
+@program("WRITE")
+def write(ctx: Any) -> Any:
+    """Writes one row per request; the unique key proves exactly-once effects."""
+    ctx.db.execute(
+        "INSERT INTO app_effect (request_id, n) VALUES (%s, %s)",
+        [ctx.request_id, (ctx.data or {}).get("n", 0)],
+    )
+    delay = (ctx.data or {}).get("sleep", 0)
+    if delay:
+        time.sleep(delay)
+    return {"pid": os.getpid()}
+
+
+@program("STARTER")
+def starter(ctx: Any) -> Any:
+    rid = ctx.start("ECHO", {"from": ctx.request_id})
+    if (ctx.data or {}).get("fail"):
+        raise RuntimeError("abend after START")
+    return {"started": rid}
+
+
+@program("SLEEPY", timeout=0.3)
+def sleepy(ctx: Any) -> Any:
+    time.sleep(5)
+    return "never"
+
+
+@program("ASLEEPY", timeout=0.3)
+async def asleepy(ctx: Any) -> Any:
+    await asyncio.sleep(5)
+    return "never"
+
+
+@program("HOLD")
+def hold(ctx: Any) -> Any:
+    time.sleep(float((ctx.data or {}).get("seconds", 1)))
+    return "held"

@@ -1,0 +1,80 @@
+"""Helpers to run real SEP processes in tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from dispatcher.database import connect
+from dispatcher.region import Region
+
+ROOT = Path(__file__).resolve().parent.parent
+FINAL = ("done", "failed", "cancelled")
+
+
+def sep_env(db_url: str, region: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        "DISPATCHER_DATABASE_URL": db_url,
+        "DISPATCHER_REGION": region,
+        "PYTHONPATH": str(ROOT),
+        "DISPATCHER_LOG_LEVEL": os.environ.get("DISPATCHER_LOG_LEVEL", "warning"),
+    }
+
+
+def start_sep(
+    db_url: str, region: str, app: str = "tests.apps.basic", *extra: str
+) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "sep", "--app", app, *extra],
+        env=sep_env(db_url, region),
+        cwd=ROOT,
+    )
+
+
+def wait_registered(db_url: str, region: str, n: int, timeout: float = 30) -> None:
+    with connect(db_url) as conn:
+        r = Region(conn, region)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if len([s for s in r.seps() if s["state"] != "dead"]) >= n:
+                return
+            time.sleep(0.05)
+    raise AssertionError(f"{n} SEPs did not register in {timeout} s")
+
+
+@contextmanager
+def running_seps(
+    db_url: str, region: str, count: int, *extra: str, app: str = "tests.apps.basic"
+) -> Iterator[list[subprocess.Popen[bytes]]]:
+    procs = [start_sep(db_url, region, app, *extra) for _ in range(count)]
+    try:
+        wait_registered(db_url, region, count)
+        yield procs
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+def wait_final(region: Region, request_id: int, timeout: float = 30) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        row = region.request(request_id)
+        if row["state"] in FINAL:
+            return row
+        time.sleep(0.01)
+    raise AssertionError(f"request {request_id} not finished in {timeout} s: {row}")
