@@ -1,0 +1,121 @@
+"""`dispatcher sep ...` commands: CliRunner and real subprocesses."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+from click.testing import CliRunner
+
+from dispatcher.cli import cli
+from dispatcher.region import Region
+from sep.program import sync_app
+
+from .seps import ROOT, running_seps, sep_env, wait_final, wait_registered
+
+
+def _run(db_url: str, *args: str) -> Any:
+    return CliRunner().invoke(
+        cli, list(args), env={"DISPATCHER_DATABASE_URL": db_url, "DISPATCHER_REGION": "test"}
+    )
+
+
+def test_sep_start_stops_gracefully_on_sigterm(region: Region, db_url: str) -> None:
+    """`dispatcher sep start` as a process: SIGTERM lets the running task finish."""
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "dispatcher",
+            "sep",
+            "start",
+            "--app",
+            "tests.apps.basic",
+            "--count",
+            "2",
+        ],
+        env=sep_env(db_url, "test"),
+        cwd=ROOT,
+    )
+    try:
+        wait_registered(db_url, "test", 2)
+        e = region.enqueue("HOLD", {"seconds": 1.0})
+        deadline = time.monotonic() + 10
+        while region.request(e.request_id)["state"] == "queued" and time.monotonic() < deadline:
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+        row = wait_final(region, e.request_id, timeout=1)
+        assert row["state"] == "done" and row["result"] == "held"
+        assert region.seps() == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_sep_start_refuses_without_room(region: Region, db_url: str) -> None:
+    """More SEPs than the region has room for is a clear error, not a hang."""
+    region.set(max_seps=1)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dispatcher",
+            "sep",
+            "start",
+            "--app",
+            "tests.apps.basic",
+            "--count",
+            "3",
+        ],
+        env=sep_env(db_url, "test"),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 1
+    assert "has room for 1 more SEP(s)" in out.stderr and "--standby" in out.stderr
+
+
+def test_sep_start_unknown_app_is_a_usage_error(region: Region, db_url: str) -> None:
+    """An --app that cannot be imported is named in the error."""
+    result = _run(db_url, "sep", "start", "--app", "no.such.app")
+    assert result.exit_code == 2 and "cannot import app module 'no.such.app'" in result.stderr
+
+
+def test_sep_list_pause_resume_stop(region: Region, db_url: str) -> None:
+    """list --json, pause/resume and stop act through the database on live SEPs."""
+    sync_app(region, "tests.apps.basic")
+    with running_seps(db_url, "test", 1) as procs:
+        rows = json.loads(_run(db_url, "sep", "list", "--json").stdout)
+        assert len(rows) == 1 and rows[0]["pid"] == procs[0].pid
+        sep_id = str(rows[0]["id"])
+        assert "pause" in _run(db_url, "sep", "pause", sep_id).stdout
+        e = region.enqueue("ECHO", 1)
+        time.sleep(0.5)
+        assert region.request(e.request_id)["state"] == "queued"
+        _run(db_url, "sep", "resume", sep_id)
+        assert wait_final(region, e.request_id)["state"] == "done"
+        assert _run(db_url, "sep", "stop", "--all").exit_code == 0
+        assert procs[0].wait(timeout=30) == 0
+    assert _run(db_url, "sep", "stop", "99999").exit_code != 0
+    assert _run(db_url, "sep", "stop").exit_code == 2
+
+
+def test_sep_stop_force_requeues_the_task(region: Region, db_url: str) -> None:
+    """stop --force abandons the running task; it is re-queued and runs elsewhere."""
+    sync_app(region, "tests.apps.basic")
+    with running_seps(db_url, "test", 2):
+        e = region.enqueue("HOLD", {"seconds": 1.0})
+        deadline = time.monotonic() + 10
+        while region.request(e.request_id)["sep_id"] is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        victim = region.request(e.request_id)["sep_id"]
+        assert _run(db_url, "sep", "stop", "--force", str(victim)).exit_code == 0
+        row = wait_final(region, e.request_id, timeout=30)
+        assert row["state"] == "done" and row["attempt"] == 2 and row["sep_id"] != victim

@@ -1,0 +1,64 @@
+"""Wake-ups and round trips of real SEP processes (invariant 2)."""
+
+from __future__ import annotations
+
+import random
+import signal
+import time
+from typing import Any
+
+import psycopg
+
+from dispatcher.region import Region
+from sep.program import sync_app
+
+from .seps import running_seps, start_sep, wait_final, wait_registered
+
+
+def test_no_lost_wakeup_with_real_seps(region: Region, db_url: str) -> None:
+    """200 requests, each enqueued just as the SEPs go idle, all run promptly, though
+    the safety poll is 30 s: the wake-up, not the poll, ran them."""
+    sync_app(region, "tests.apps.basic")
+    rnd = random.Random(1)
+    slow = []
+    with running_seps(db_url, "test", 2, "--poll", "30"):
+        for i in range(200):
+            t0 = time.monotonic()
+            e = region.enqueue("ECHO", i)
+            wait_final(region, e.request_id, timeout=10)
+            took = time.monotonic() - t0
+            if took > 1.0:
+                slow.append((i, took))
+            time.sleep(rnd.choice((0, 0, 0.0005, 0.001, 0.002)))
+    assert not slow, slow
+
+
+def test_one_commit_per_task(
+    region: Region, db_url: str, conn: psycopg.Connection[dict[str, Any]]
+) -> None:
+    """Complete-and-pull-next: a SEP draining 300 tasks commits about once per task."""
+    sync_app(region, "tests.apps.basic")
+    n = 300
+    region.enqueue_many([("ECHO", i) for i in range(n)])
+
+    def commits() -> int:
+        row = conn.execute(
+            "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"
+        ).fetchone()
+        return int(row["xact_commit"]) if row else 0
+
+    conn.execute("SELECT pg_stat_clear_snapshot()")
+    before = commits()
+    proc = start_sep(db_url, "test", "tests.apps.basic", "--poll", "60", "--heartbeat", "60")
+    wait_registered(db_url, "test", 1)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if not conn.execute("SELECT 1 FROM dispatcher.request LIMIT 1").fetchone():
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0
+    time.sleep(1.5)  # backends flush their statistics on exit
+    conn.execute("SELECT pg_stat_clear_snapshot()")
+    delta = commits() - before
+    assert n <= delta <= n + 60, delta
