@@ -109,6 +109,8 @@ class Worker:
         threading.Thread(target=self._heartbeat, daemon=True).start()
         try:
             self._loop()
+        except _Stop:
+            pass
         finally:
             self._leave()
         return 0

