@@ -12,9 +12,11 @@ Listener -> SEP
   input for a conversational task waiting in ``ctx.receive()``.
 
 SEP -> Listener (the listener owning the task's session)
-- ``output``: ``{"type": "output", "request_id": N, "session_id": S, "data": ANY,
-  "wants_input": BOOL}``: ``ctx.send(data)`` while the task runs; ``wants_input``
-  true when the task then waits in ``ctx.receive()``.
+- ``output``: ``{"type": "output", "request_id": N, "session_id": S, "sep_id": N,
+  "data": ANY, "wants_input": BOOL}``: ``ctx.send(data)`` while the task runs;
+  ``wants_input`` true when the task then waits for input (``ctx.converse``).
+- ``await_input``: ``{"type": "await_input", "request_id": N, "session_id": S,
+  "sep_id": N}``: the task waits in ``ctx.receive()``.
 - ``end``: ``{"type": "end", "request_id": N, "session_id": S, "ok": BOOL,
   "result": ANY, "error": ERROR|null, "next_transid": STR|null}``: the task ended
   (sent after its completion committed).
@@ -37,6 +39,7 @@ from .region import Task
 __all__ = [
     "MAX_FRAME",
     "ChannelError",
+    "FrameTooLarge",
     "connect_sync",
     "decode_frame",
     "encode_frame",
@@ -56,10 +59,10 @@ class ChannelError(Exception):
     """A broken frame or address on the internal channel."""
 
 
-def encode_frame(message: dict[str, Any]) -> bytes:
+def encode_frame(message: dict[str, Any], max_frame: int = MAX_FRAME) -> bytes:
     body = json.dumps(message, separators=(",", ":"), default=_default).encode()
-    if len(body) > MAX_FRAME:
-        raise ChannelError(f"frame of {len(body)} bytes exceeds {MAX_FRAME}")
+    if len(body) > max_frame:
+        raise ChannelError(f"frame of {len(body)} bytes exceeds the maximum of {max_frame}")
     return _HEADER.pack(len(body)) + body
 
 
@@ -73,7 +76,13 @@ def decode_frame(body: bytes) -> dict[str, Any]:
     return message
 
 
-async def read_frame(reader: asyncio.StreamReader) -> dict[str, Any] | None:
+class FrameTooLarge(ChannelError):
+    """A frame header announced more bytes than allowed (the stream cannot resync)."""
+
+
+async def read_frame(
+    reader: asyncio.StreamReader, max_frame: int = MAX_FRAME
+) -> dict[str, Any] | None:
     """The next message, or None at a clean end of stream."""
     try:
         header = await reader.readexactly(_HEADER.size)
@@ -82,8 +91,8 @@ async def read_frame(reader: asyncio.StreamReader) -> dict[str, Any] | None:
             raise ChannelError("stream ended inside a frame header") from exc
         return None
     (length,) = _HEADER.unpack(header)
-    if length > MAX_FRAME:
-        raise ChannelError(f"frame of {length} bytes exceeds {MAX_FRAME}")
+    if length > max_frame:
+        raise FrameTooLarge(f"frame of {length} bytes exceeds the maximum of {max_frame}")
     try:
         body = await reader.readexactly(length)
     except asyncio.IncompleteReadError as exc:
@@ -103,15 +112,15 @@ def _recv_exactly(sock: socket.socket, n: int) -> bytes:
     return bytes(chunks)
 
 
-def read_frame_sync(sock: socket.socket) -> dict[str, Any] | None:
+def read_frame_sync(sock: socket.socket, max_frame: int = MAX_FRAME) -> dict[str, Any] | None:
     """Blocking twin of :func:`read_frame`."""
     try:
         header = _recv_exactly(sock, _HEADER.size)
     except EOFError:
         return None
     (length,) = _HEADER.unpack(header)
-    if length > MAX_FRAME:
-        raise ChannelError(f"frame of {length} bytes exceeds {MAX_FRAME}")
+    if length > max_frame:
+        raise FrameTooLarge(f"frame of {length} bytes exceeds the maximum of {max_frame}")
     try:
         return decode_frame(_recv_exactly(sock, length))
     except EOFError:

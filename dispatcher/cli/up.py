@@ -117,7 +117,8 @@ def up(
         ),
         Child("listener", [*py, "listener", "--host", host, "--port", str(port), *metrics(0)]),
     ]
-    if not no_monitor:
+    root = click.get_current_context().find_root().command
+    if not no_monitor and isinstance(root, click.Group) and "monitor" in root.commands:
         children.append(Child("monitor", [*py, "monitor", *metrics(1)]))
 
     stopping = False

@@ -1,0 +1,225 @@
+"""``dispatcher listener``, ``call``, ``connect`` and ``token``: clients and their sessions."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import ssl
+import sys
+from typing import Any
+
+import click
+
+from ..protocol import DEFAULT_PORT
+from ..tokens import create_token, local_token
+from ._app import App, echo_json, pass_app
+
+DEFAULT_ADDRESS = f"127.0.0.1:{DEFAULT_PORT}"
+
+
+@click.command("listener")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(0, 65535), default=DEFAULT_PORT, show_default=True)
+@click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False), help="PEM certificate.")
+@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), help="PEM private key.")
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="Serve Prometheus metrics of the region here.",
+)
+@pass_app
+def listener(
+    app: App,
+    host: str,
+    port: int,
+    tls_cert: str | None,
+    tls_key: str | None,
+    metrics_port: int | None,
+) -> None:
+    """Serve client sessions on HOST:PORT until Ctrl-C or SIGTERM."""
+    from listener.server import Listener
+
+    if bool(tls_cert) != bool(tls_key):
+        raise click.UsageError("--tls-cert and --tls-key go together")
+    tls = None
+    if tls_cert and tls_key:
+        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        tls.load_cert_chain(tls_cert, tls_key)
+    app.region(ensure=True)
+    url = app.url
+    app.close()
+    if metrics_port is not None:
+        from ..metrics import serve_metrics
+
+        serve_metrics(metrics_port, url, app.settings.region)
+
+    async def main() -> None:
+        server = Listener(url, app.settings.region, host, port, tls=tls)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, server.stopping.set)
+        await server.start()
+        click.echo(f"listening on {host}:{server.port}", err=True)
+        await server.stopping.wait()
+        await server.close()
+
+    asyncio.run(main())
+
+
+def _token(app: App, token: str | None) -> str:
+    return token or local_token(app.region(), app.settings.home)
+
+
+@click.command("call")
+@click.argument("transid")
+@click.option("--data", default="null", help="The request's data, as JSON.")
+@click.option("--address", default=DEFAULT_ADDRESS, show_default=True, help="HOST:PORT")
+@click.option("--token", envvar="DISPATCHER_TOKEN", help="[env DISPATCHER_TOKEN; default: local]")
+@click.option("--tls", is_flag=True, help="Connect with TLS.")
+@click.option("--cafile", type=click.Path(exists=True, dir_okay=False))
+@click.option("--timeout", type=float, default=300.0, show_default=True)
+@pass_app
+def call(
+    app: App,
+    transid: str,
+    data: str,
+    address: str,
+    token: str | None,
+    tls: bool,
+    cafile: str | None,
+    timeout: float,
+) -> None:
+    """Call TRANSID through a listener and print its result as JSON (exit 1 on an error
+    reply). Output a conversational program sends is printed to stderr; when it asks for
+    input, a line is read from standard input (as JSON, else as a string)."""
+    from listener.client import CallError, connect
+
+    try:
+        payload = json.loads(data)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"--data is not valid JSON: {exc}") from None
+
+    def on_output(value: Any, wants_input: bool) -> Any:
+        if value is not None:
+            click.echo(json.dumps(value), err=True)
+        if wants_input:
+            return _parse_line(sys.stdin.readline())
+        return None
+
+    try:
+        with connect(address, _token(app, token), tls=tls, cafile=cafile) as session:
+            result = session.call(transid, payload, on_output=on_output, timeout=timeout)
+    except CallError as exc:
+        click.echo(
+            json.dumps(
+                {
+                    "error": exc.code,
+                    "message": exc.message,
+                    "retryable": exc.retryable,
+                    "request_id": exc.request_id,
+                    "detail": exc.detail,
+                }
+            ),
+            err=True,
+        )
+        raise SystemExit(1) from None
+    except OSError as exc:
+        click.echo(f"error: cannot reach the listener at {address}: {exc}", err=True)
+        raise SystemExit(1) from None
+    click.echo(json.dumps(result))
+
+
+def _parse_line(line: str) -> Any:
+    text = line.strip()
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+@click.command("connect")
+@click.option("--address", default=DEFAULT_ADDRESS, show_default=True)
+@click.option("--token", envvar="DISPATCHER_TOKEN")
+@click.option("--tls", is_flag=True)
+@click.option("--cafile", type=click.Path(exists=True, dir_okay=False))
+@pass_app
+def connect_(app: App, address: str, token: str | None, tls: bool, cafile: str | None) -> None:
+    """An interactive session: type `TRANSID [JSON]`, see outputs, answer prompts.
+    After a task ends with RETURN TRANSID, a line without a TRANSID is its input."""
+    from listener.client import CallError, connect
+
+    def on_output(value: Any, wants_input: bool) -> Any:
+        if value is not None:
+            click.echo(f"< {json.dumps(value)}")
+        if wants_input:
+            return _parse_line(click.prompt("?", prompt_suffix=" ", default="", show_default=False))
+        return None
+
+    with connect(address, _token(app, token), tls=tls, cafile=cafile) as session:
+        click.echo(f"session {session.session_id}; type TRANSID [JSON], or quit")
+        while True:
+            try:
+                line = input(
+                    "> " if not session.next_transid else f"({session.next_transid})> "
+                ).strip()
+            except EOFError:
+                return
+            if line in ("quit", "exit"):
+                return
+            if not line:
+                continue
+            head, _, rest = line.partition(" ")
+            try:
+                if session.next_transid and not head.isupper():
+                    result = session.input(_parse_line(line), on_output=on_output)
+                else:
+                    data = _parse_line(rest) if rest else None
+                    result = session.call(head, data, on_output=on_output)
+                click.echo(json.dumps(result))
+            except CallError as exc:
+                click.echo(f"error {exc.code}: {exc.message}")
+
+
+@click.group("token")
+def token() -> None:
+    """Client tokens (stored hashed)."""
+
+
+@token.command("create")
+@click.argument("name")
+@click.option(
+    "--allow", multiple=True, help="A transaction the token may run (repeatable); default: all."
+)
+@click.option(
+    "--priority", type=click.IntRange(0, 255), default=0, help="Session priority of its sessions."
+)
+@pass_app
+def token_create(app: App, name: str, allow: tuple[str, ...], priority: int) -> None:
+    """Create (or replace) token NAME and print it (it is shown only once)."""
+    click.echo(create_token(app.region(), name, allow or None, priority))
+
+
+@token.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@pass_app
+def token_list(app: App, as_json: bool) -> None:
+    """List tokens (names and rights, never the tokens)."""
+    rows = app.region().rows("list_tokens", region=app.settings.region)
+    if as_json:
+        echo_json(rows)
+        return
+    for r in rows:
+        click.echo(
+            f"{r['name']:20} priority {r['priority']:>3}  allow "
+            f"{', '.join(r['allow']) if r['allow'] else 'all'}"
+        )
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(listener)
+    cli.add_command(call)
+    connect_.name = "connect"
+    cli.add_command(connect_)
+    cli.add_command(token)

@@ -1,0 +1,647 @@
+"""The listener: client sessions over a socket (docs/protocol.md, docs/listener.md).
+
+Each client connection is a session registered in the region database. A call goes
+through the enqueue procedure; when it returns a SEP, the listener hands the task to
+that SEP over the internal channel (no database poll); else a SEP takes it itself.
+SEPs send a task's output and its end straight back to the listener's own channel
+socket, and the listener routes them to the session. A slow poll of outcomes is the
+safety net for an end frame that never came (a SEP that died after its commit).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import os
+import socket
+import ssl
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from dispatcher.channel import (
+    ChannelError,
+    FrameTooLarge,
+    encode_frame,
+    open_connection,
+    read_frame,
+    task_to_dict,
+)
+from dispatcher.database import Backoff
+from dispatcher.errors import DispatcherError
+from dispatcher.logs import get_logger
+from dispatcher.protocol import MAX_FRAME, PROTOCOL_VERSION, encode, error
+from dispatcher.region import AsyncRegion, Task
+from dispatcher.tokens import hash_token
+
+__all__ = ["Listener"]
+
+HELLO_TIMEOUT = 10.0
+_DB_ERRORS = (psycopg.OperationalError, PoolTimeout)
+
+
+@dataclass
+class Call:
+    id: Any
+    request_id: int
+    transid: str
+    started: float
+    sep_id: int | None = None
+    waiting: bool = False
+
+
+@dataclass
+class Session:
+    id: UUID
+    user: str
+    priority: int
+    allow: list[str] | None
+    writer: asyncio.StreamWriter
+    call: Call | None = None
+    next_transid: str | None = None
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    async def send(self, message: dict[str, Any]) -> None:
+        async with self.lock:
+            try:
+                self.writer.write(encode(message))
+                await self.writer.drain()
+            except (ConnectionError, RuntimeError):
+                pass  # the client went away; its session ends with the connection
+
+
+class Listener:
+    def __init__(
+        self,
+        url: str,
+        region: str,
+        host: str = "127.0.0.1",
+        port: int = 7300,
+        tls: ssl.SSLContext | None = None,
+        heartbeat_interval: float = 2.0,
+        dead_after: float = 10.0,
+        poll_interval: float = 1.0,
+    ) -> None:
+        self.url = url
+        self.region = region
+        self.host = host
+        self.port = port
+        self.tls = tls
+        self.heartbeat_interval = heartbeat_interval
+        self.dead_after = dead_after
+        self.poll_interval = poll_interval
+        self.log = get_logger("listener", region=region, pid=os.getpid())
+        self.sessions: dict[UUID, Session] = {}
+        self.listener_id: UUID | None = None
+        self.address = ""
+        self.stopping = asyncio.Event()
+        self._sockdir = Path(tempfile.mkdtemp(prefix="dispatcher-listener-"))
+        self._sep_links: dict[int, tuple[asyncio.StreamWriter, str]] = {}
+        self._tx_cache: dict[str, tuple[str | None, float | None]] = {}
+        self._tasks: list[asyncio.Task[Any]] = []
+        self.pool = AsyncConnectionPool(
+            url,
+            min_size=2,
+            max_size=16,
+            open=False,
+            timeout=5.0,
+            kwargs={
+                "autocommit": True,
+                "row_factory": dict_row,
+                "application_name": "dispatcher-listener",
+            },
+        )
+        self._client_server: asyncio.Server | None = None
+        self._channel_server: asyncio.Server | None = None
+
+    # ---------------------------------------------------------------- life
+    async def start(self) -> None:
+        await self.pool.open(wait=False)
+        path = self._sockdir / "listener.sock"
+        self._channel_server = await asyncio.start_unix_server(self._channel_client, str(path))
+        os.chmod(path, 0o666)
+        self.address = f"unix:{path}"
+        await self._register()
+        self._client_server = await asyncio.start_server(
+            self._client, self.host, self.port, ssl=self.tls, limit=MAX_FRAME + 8
+        )
+        sock = self._client_server.sockets[0]
+        self.port = int(sock.getsockname()[1])
+        self._tasks = [
+            asyncio.create_task(self._heartbeat()),
+            asyncio.create_task(self._poll_outcomes()),
+        ]
+        self.log.info(
+            "listener_started",
+            host=self.host,
+            port=self.port,
+            listener=str(self.listener_id),
+            tls=self.tls is not None,
+        )
+
+    async def _register(self) -> None:
+        backoff = Backoff()
+        while True:
+            try:
+                async with self.pool.connection() as conn:
+                    r = AsyncRegion(conn, self.region)
+                    row = (
+                        await r.rows(
+                            "register_listener",
+                            region=self.region,
+                            host=socket.gethostname(),
+                            port=self.port,
+                            pid=os.getpid(),
+                            address=self.address,
+                        )
+                    )[0]
+                self.listener_id = UUID(str(row["id"]))
+                return
+            except _DB_ERRORS as exc:
+                delay = backoff.next_delay()
+                self.log.warning("database_unavailable", error=str(exc).strip(), retry_in_s=delay)
+                await asyncio.sleep(delay)
+
+    async def serve(self) -> None:
+        await self.start()
+        await self.stopping.wait()
+        await self.close()
+
+    async def close(self, grace: float = 10.0) -> None:
+        self.stopping.set()
+        if self._client_server is not None:
+            self._client_server.close()
+        deadline = asyncio.get_running_loop().time() + grace
+        while any(s.call for s in self.sessions.values()):
+            if asyncio.get_running_loop().time() > deadline:
+                break
+            await asyncio.sleep(0.05)
+        for s in list(self.sessions.values()):
+            if s.call is not None:
+                await s.send(
+                    error(
+                        "shutting_down",
+                        "the listener is stopping; fetch the result later with result_of",
+                        id=s.call.id,
+                        request_id=s.call.request_id,
+                    )
+                )
+            s.writer.close()
+        for t in self._tasks:
+            t.cancel()
+        if self.listener_id is not None:
+            with contextlib.suppress(Exception):
+                async with self.pool.connection(timeout=2) as conn:
+                    await AsyncRegion(conn, self.region).rows(
+                        "leave_listener", listener=self.listener_id
+                    )
+        if self._channel_server is not None:
+            self._channel_server.close()
+        for writer, _ in self._sep_links.values():
+            writer.close()
+        await self.pool.close()
+        self.log.info("listener_stopped")
+
+    async def _heartbeat(self) -> None:
+        beats = 0
+        while not self.stopping.is_set():
+            await asyncio.sleep(self.heartbeat_interval)
+            try:
+                async with self.pool.connection() as conn:
+                    r = AsyncRegion(conn, self.region)
+                    alive = (await r.rows("heartbeat_listener", listener=self.listener_id))[0]
+                    if not alive["alive"]:
+                        self.log.error("listener_was_declared_dead")
+                        await self._register()
+                        for old, s in list(self.sessions.items()):
+                            s.id = await r.register_session(self.listener_id, s.user, s.priority)
+                            self.sessions[s.id] = self.sessions.pop(old)
+                    beats += 1
+                    if beats % 5 == 0:
+                        n = (
+                            await r.rows(
+                                "reap_listeners", region=self.region, dead_after_s=self.dead_after
+                            )
+                        )[0]["reaped"]
+                        if n:
+                            self.log.warning("listeners_reaped", count=n)
+            except (*_DB_ERRORS, DispatcherError) as exc:
+                self.log.warning("heartbeat_failed", error=str(exc).strip())
+
+    async def _poll_outcomes(self) -> None:
+        """Safety net: deliver outcomes whose end frame never arrived."""
+        while not self.stopping.is_set():
+            await asyncio.sleep(self.poll_interval)
+            now = asyncio.get_running_loop().time()
+            calls = {
+                s.call.request_id: s
+                for s in list(self.sessions.values())
+                if s.call is not None and now - s.call.started > self.poll_interval
+            }
+            if not calls:
+                continue
+            try:
+                async with self.pool.connection() as conn:
+                    rows = await AsyncRegion(conn, self.region).rows("outcomes", ids=list(calls))
+            except (*_DB_ERRORS, DispatcherError):
+                continue
+            for row in rows:
+                s = calls[row["id"]]
+                if s.call is not None and s.call.request_id == row["id"]:
+                    nxt = None
+                    if row["state"] == "done":
+                        async with self.pool.connection() as conn:
+                            found = await AsyncRegion(conn, self.region).rows(
+                                "session_next", session=s.id
+                            )
+                        nxt = found[0]["next_transid"] if found else None
+                    await self._finish(
+                        s, row["id"], row["state"] == "done", row["result"], row["error"], nxt
+                    )
+
+    # ------------------------------------------------------------- clients
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        session: Session | None = None
+        try:
+            session = await self._hello(reader, writer)
+            if session is None:
+                return
+            while not self.stopping.is_set():
+                try:
+                    msg = await read_frame(reader, MAX_FRAME)
+                except FrameTooLarge as exc:
+                    await session.send(error("frame_too_large", str(exc)))
+                    return
+                except ChannelError as exc:
+                    if "ended inside" in str(exc):
+                        return  # truncated: the client went away mid-frame
+                    await session.send(error("bad_frame", str(exc)))
+                    continue
+                if msg is None:
+                    return
+                await self._handle(session, msg)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            if session is not None:
+                self.sessions.pop(session.id, None)
+                with contextlib.suppress(Exception):
+                    async with self.pool.connection(timeout=2) as conn:
+                        await AsyncRegion(conn, self.region).end_session(session.id)
+            writer.close()
+
+    async def _reply(self, writer: asyncio.StreamWriter, message: dict[str, Any]) -> None:
+        with contextlib.suppress(ConnectionError):
+            writer.write(encode(message))
+            await writer.drain()
+
+    async def _hello(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> Session | None:
+        try:
+            msg = await asyncio.wait_for(read_frame(reader, MAX_FRAME), HELLO_TIMEOUT)
+        except TimeoutError:
+            await self._reply(writer, error("bad_hello", "no hello within 10 s"))
+            return None
+        except FrameTooLarge as exc:
+            await self._reply(writer, error("frame_too_large", str(exc)))
+            return None
+        except ChannelError as exc:
+            await self._reply(writer, error("bad_frame", str(exc)))
+            return None
+        if msg is None:
+            return None
+        if msg.get("type") != "hello":
+            await self._reply(writer, error("bad_hello", "the first frame must be a hello"))
+            return None
+        if msg.get("version") != PROTOCOL_VERSION:
+            await self._reply(
+                writer,
+                error(
+                    "bad_hello",
+                    f"unsupported protocol version {msg.get('version')!r}; "
+                    f"this listener speaks {PROTOCOL_VERSION}",
+                ),
+            )
+            return None
+        token = msg.get("token")
+        if not isinstance(token, str) or not token:
+            await self._reply(writer, error("unauthorized", "a token is required"))
+            return None
+        try:
+            async with self.pool.connection() as conn:
+                r = AsyncRegion(conn, self.region)
+                found = await r.rows("find_token", region=self.region, hash=hash_token(token))
+                if not found:
+                    await self._reply(writer, error("unauthorized", "unknown token"))
+                    return None
+                tok = found[0]
+                sid = await r.register_session(self.listener_id, tok["name"], tok["priority"])
+        except _DB_ERRORS as exc:
+            await self._reply(writer, error("database_unavailable", str(exc).strip()))
+            return None
+        session = Session(sid, tok["name"], tok["priority"], tok["allow"], writer)
+        self.sessions[sid] = session
+        await session.send(
+            {
+                "type": "welcome",
+                "version": PROTOCOL_VERSION,
+                "session_id": str(sid),
+                "user": tok["name"],
+                "region": self.region,
+                "max_frame": MAX_FRAME,
+            }
+        )
+        self.log.info("session_started", session=str(sid), user=tok["name"])
+        return session
+
+    async def _handle(self, s: Session, msg: dict[str, Any]) -> None:
+        kind = msg["type"]
+        cid = msg.get("id")
+        if kind == "call":
+            transid, data = msg.get("transid"), msg.get("data")
+            if not isinstance(transid, str):
+                await s.send(error("bad_frame", "call needs a transid (string)", id=cid))
+                return
+            await self._start_call(s, cid, transid, data, None)
+        elif kind == "input":
+            await self._input(s, cid, msg.get("data"))
+        elif kind == "result_of":
+            await self._result_of(s, cid, msg.get("request_id"))
+        elif kind == "ping":
+            await s.send({"type": "pong", "id": cid})
+        elif kind == "bye":
+            s.writer.close()
+        else:
+            await s.send(error("bad_frame", f"unknown message type {kind!r}", id=cid))
+
+    async def _start_call(
+        self, s: Session, cid: Any, transid: str, data: Any, commarea: Any
+    ) -> None:
+        if s.call is not None:
+            await s.send(
+                error(
+                    "busy", f"request {s.call.request_id} is still running in this session", id=cid
+                )
+            )
+            return
+        if s.allow is not None and transid not in s.allow:
+            await s.send(error("forbidden", f"this token may not run {transid}", id=cid))
+            return
+        try:
+            async with self.pool.connection() as conn:
+                r = AsyncRegion(conn, self.region)
+                e = await r.enqueue(
+                    transid, data, session=s.id, commarea=commarea, origin="listener", notify=False
+                )
+                program = await self._program(r, transid)
+        except DispatcherError as exc:
+            await s.send(error(_code(exc), exc.message, id=cid))
+            return
+        except _DB_ERRORS as exc:
+            await s.send(
+                error(
+                    "database_unavailable",
+                    f"the region database is unavailable: {str(exc).strip()}",
+                    id=cid,
+                )
+            )
+            return
+        s.call = Call(cid, e.request_id, transid, asyncio.get_running_loop().time(), e.sep_id)
+        s.next_transid = None
+        await s.send({"type": "accepted", "id": cid, "request_id": e.request_id})
+        self.log.info(
+            "request_accepted",
+            session=str(s.id),
+            request_id=e.request_id,
+            transid=transid,
+            reason=e.reason,
+        )
+        if e.sep_id is not None:
+            task = Task(
+                e.request_id,
+                1,
+                transid,
+                program[0],
+                data,
+                s.id,
+                commarea,
+                program[1],
+                dt.datetime.now(dt.UTC),
+            )
+            await self._hand_over(
+                e.sep_id, {"type": "dispatch", "task": task_to_dict(task), "reply_to": self.address}
+            )
+
+    async def _program(self, r: AsyncRegion, transid: str) -> tuple[str | None, float | None]:
+        if transid not in self._tx_cache:
+            for row in await r.rows("list_transactions", region=self.region):
+                self._tx_cache[row["transid"]] = (row["program"], row["timeout_s"])
+        return self._tx_cache.get(transid, (None, None))
+
+    async def _sep_writer(self, sep_id: int) -> asyncio.StreamWriter:
+        link = self._sep_links.get(sep_id)
+        if link is not None and not link[0].is_closing():
+            return link[0]
+        async with self.pool.connection() as conn:
+            rows = await AsyncRegion(conn, self.region).rows("sep_address", sep=sep_id)
+        if not rows or not rows[0]["address"]:
+            raise ChannelError(f"SEP {sep_id} has no channel address")
+        _, writer = await open_connection(rows[0]["address"])
+        self._sep_links[sep_id] = (writer, rows[0]["address"])
+        return writer
+
+    async def _hand_over(self, sep_id: int, message: dict[str, Any]) -> bool:
+        """Send a frame to a SEP; for a dispatch that fails, fall back to NOTIFY."""
+        try:
+            writer = await self._sep_writer(sep_id)
+            writer.write(encode_frame(message))
+            await writer.drain()
+            return True
+        except (OSError, ChannelError, *_DB_ERRORS) as exc:
+            self._sep_links.pop(sep_id, None)
+            self.log.warning("sep_unreachable", sep=sep_id, error=str(exc))
+            if message["type"] == "dispatch":
+                with contextlib.suppress(Exception):
+                    async with self.pool.connection() as conn:
+                        await AsyncRegion(conn, self.region).rows(
+                            "notify_sep_dispatch", sep=sep_id, request=message["task"]["request_id"]
+                        )
+            return False
+
+    async def _input(self, s: Session, cid: Any, data: Any) -> None:
+        call = s.call
+        if call is not None and call.waiting and call.sep_id is not None:
+            call.waiting = False
+            ok = await self._hand_over(
+                call.sep_id, {"type": "input", "request_id": call.request_id, "data": data}
+            )
+            if not ok:
+                await s.send(
+                    error(
+                        "sep_lost",
+                        "the SEP running this task cannot be reached",
+                        id=cid,
+                        request_id=call.request_id,
+                    )
+                )
+            return
+        if call is None and s.next_transid:
+            try:
+                async with self.pool.connection() as conn:
+                    rows = await AsyncRegion(conn, self.region).rows("session_next", session=s.id)
+            except _DB_ERRORS as exc:
+                await s.send(error("database_unavailable", str(exc).strip(), id=cid))
+                return
+            nxt = rows[0] if rows else {"next_transid": None, "commarea": None}
+            if nxt["next_transid"]:
+                await self._start_call(s, cid, nxt["next_transid"], data, nxt["commarea"])
+                return
+        await s.send(
+            error(
+                "no_task_waiting",
+                "no task waits for input in this session, and no RETURN TRANSID is pending",
+                id=cid,
+            )
+        )
+
+    async def _result_of(self, s: Session, cid: Any, request_id: Any) -> None:
+        if not isinstance(request_id, int):
+            await s.send(error("bad_frame", "result_of needs a request_id (integer)", id=cid))
+            return
+        try:
+            async with self.pool.connection() as conn:
+                row = await AsyncRegion(conn, self.region).request(request_id)
+        except DispatcherError as exc:
+            await s.send(error(_code(exc), exc.message, id=cid))
+            return
+        except _DB_ERRORS as exc:
+            await s.send(error("database_unavailable", str(exc).strip(), id=cid))
+            return
+        if row["state"] == "done":
+            await s.send(
+                {"type": "result", "id": cid, "request_id": request_id, "data": row["result"]}
+            )
+        elif row["state"] in ("failed", "cancelled"):
+            await s.send(
+                error(
+                    "abend",
+                    str((row["error"] or {}).get("message", row["state"])),
+                    id=cid,
+                    request_id=request_id,
+                    detail=row["error"] or {},
+                )
+            )
+        else:
+            await s.send(
+                {"type": "pending", "id": cid, "request_id": request_id, "state": row["state"]}
+            )
+
+    async def _finish(
+        self,
+        s: Session,
+        request_id: int,
+        ok: bool,
+        result: Any,
+        err: Any,
+        next_transid: str | None,
+    ) -> None:
+        call = s.call
+        if call is None or call.request_id != request_id:
+            return
+        s.call = None
+        s.next_transid = next_transid if ok else None
+        if ok:
+            reply: dict[str, Any] = {
+                "type": "result",
+                "id": call.id,
+                "request_id": request_id,
+                "data": result,
+            }
+            if next_transid:
+                reply["next_transid"] = next_transid
+        else:
+            detail = err if isinstance(err, dict) else {"message": str(err)}
+            code = "sep_lost" if detail.get("type") == "SEPLost" else "abend"
+            reply = error(
+                code,
+                str(detail.get("message", "the task failed")),
+                id=call.id,
+                request_id=request_id,
+                detail=detail,
+            )
+        await s.send(reply)
+        self.log.info("request_answered", session=str(s.id), request_id=request_id, ok=ok)
+
+    # ------------------------------------------------------- SEP channel
+    async def _channel_client(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        try:
+            while True:
+                try:
+                    msg = await read_frame(reader)
+                except ChannelError as exc:
+                    self.log.warning("channel_frame_refused", error=str(exc))
+                    return
+                if msg is None:
+                    return
+                await self._from_sep(msg)
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    async def _from_sep(self, msg: dict[str, Any]) -> None:
+        try:
+            s = self.sessions.get(UUID(str(msg.get("session_id"))))
+        except ValueError:
+            return
+        if s is None:
+            return
+        rid = msg.get("request_id")
+        call = s.call
+        if call is None or call.request_id != rid:
+            return
+        kind = msg["type"]
+        if kind == "output":
+            call.sep_id = msg.get("sep_id", call.sep_id)
+            call.waiting = bool(msg.get("wants_input"))
+            await s.send(
+                {
+                    "type": "output",
+                    "id": call.id,
+                    "request_id": rid,
+                    "data": msg.get("data"),
+                    "wants_input": call.waiting,
+                }
+            )
+        elif kind == "await_input":
+            call.sep_id = msg.get("sep_id", call.sep_id)
+            call.waiting = True
+            await s.send({"type": "waiting", "id": call.id, "request_id": rid})
+        elif kind == "end":
+            await self._finish(
+                s,
+                int(rid),
+                bool(msg.get("ok")),
+                msg.get("result"),
+                msg.get("error"),
+                msg.get("next_transid"),
+            )
+
+
+def _code(exc: DispatcherError) -> str:
+    return {
+        "unknown_transaction": "unknown_transaction",
+        "invalid_value": "invalid_value",
+        "unknown_request": "unknown_request",
+        "database_unavailable": "database_unavailable",
+    }.get(exc.code, "invalid_value")

@@ -1,0 +1,39 @@
+-- name: create_token
+SELECT * FROM dispatcher.create_token_v1(%(region)s, %(name)s, %(hash)s, %(allow)s, %(priority)s);
+
+-- name: find_token
+SELECT name, allow, priority FROM dispatcher.token WHERE region = %(region)s AND hash = %(hash)s;
+
+-- name: list_tokens
+SELECT name, allow, priority, created_at FROM dispatcher.token
+WHERE region = %(region)s ORDER BY name;
+
+-- name: register_listener
+SELECT dispatcher.register_listener_v1(%(region)s, %(host)s, %(port)s, %(pid)s, %(address)s) AS id;
+
+-- name: heartbeat_listener
+SELECT dispatcher.heartbeat_listener_v1(%(listener)s) AS alive;
+
+-- name: leave_listener
+SELECT dispatcher.leave_listener_v1(%(listener)s) AS sessions;
+
+-- name: reap_listeners
+SELECT dispatcher.reap_listeners_v1(%(region)s, %(dead_after_s)s) AS reaped;
+
+-- name: sep_address
+SELECT address FROM dispatcher.sep WHERE id = %(sep)s AND state <> 'dead';
+
+-- name: notify_sep_dispatch
+SELECT pg_notify(dispatcher.sep_channel(%(sep)s), 'dispatch ' || %(request)s);
+
+-- name: session_next
+SELECT next_transid, commarea FROM dispatcher.session WHERE id = %(session)s;
+
+-- name: outcomes
+SELECT id, state, result, error FROM dispatcher.request_history WHERE id = ANY(%(ids)s);
+
+-- name: held_by_dead_sep
+-- In-flight requests whose SEP is gone (dead or left) while the request still names it.
+SELECT r.id FROM dispatcher.request r
+LEFT JOIN dispatcher.sep s ON s.id = r.sep_id
+WHERE r.id = ANY(%(ids)s) AND r.sep_id IS NOT NULL AND (s.id IS NULL OR s.state = 'dead');
