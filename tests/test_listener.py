@@ -1,0 +1,339 @@
+"""The listener with real sockets, real SEP processes and a real PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import struct
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from dispatcher.protocol import MAX_FRAME
+from dispatcher.region import Region
+from dispatcher.tokens import create_token
+from listener import CallError, connect, connect_async
+from sep.program import sync_app
+
+from .listeners import running_listener
+from .seps import ROOT, running_seps, sep_env
+
+APP = "dispatcher.sample.app"
+
+
+@pytest.fixture
+def live(region: Region, db_url: str) -> Iterator[tuple[str, str, Region]]:
+    """A region with 3 SEPs of the sample app and one listener: (address, token, region)."""
+    sync_app(region, APP)
+    token = create_token(region, "tester")
+    with running_seps(db_url, "test", 3, app=APP), running_listener(db_url, "test") as address:
+        yield address, token, region
+
+
+def test_round_trip(live: tuple[str, str, Region]) -> None:
+    """A call returns the program's result."""
+    address, token, _ = live
+    with connect(address, token) as s:
+        assert s.call("ECHO", {"x": 1}) == {"x": 1}
+        assert s.call("ECHO", [1, 2, 3]) == [1, 2, 3]
+
+
+def test_conversation(live: tuple[str, str, Region]) -> None:
+    """Output while the task runs; the session's next input goes straight to the SEP."""
+    address, token, _ = live
+    seen: list[Any] = []
+
+    def on_output(data: Any, wants_input: bool) -> Any:
+        seen.append((data, wants_input))
+        return "Ada"
+
+    with connect(address, token) as s:
+        assert s.call("CHAT", None, on_output=on_output) == {"greeting": "Hello, Ada!"}
+    assert seen == [({"prompt": "What is your name?"}, True)]
+
+
+def test_pseudo_conversation(live: tuple[str, str, Region]) -> None:
+    """RETURN TRANSID: the next input becomes a request for ORDER2 with the commarea."""
+    address, token, _ = live
+    with connect(address, token) as s:
+        first = s.call("ORDER", {"item": "pen"})
+        assert "How many pens" in first["prompt"] and s.next_transid == "ORDER2"
+        assert s.input(4) == {"ordered": {"item": "pen", "quantity": 4}}
+        assert s.next_transid is None
+        with pytest.raises(CallError) as err:
+            s.input(5)
+        assert err.value.code == "no_task_waiting"
+
+
+def test_abend_and_unknown_transaction(live: tuple[str, str, Region]) -> None:
+    """An abend and an unknown TRANSID are error replies; the session goes on."""
+    address, token, _ = live
+    with connect(address, token) as s:
+        with pytest.raises(CallError) as err:
+            s.call("ABEND", 1)
+        assert err.value.code == "abend" and err.value.detail["type"] == "ValueError"
+        with pytest.raises(CallError) as err:
+            s.call("NOPE", 1)
+        assert err.value.code == "unknown_transaction" and not err.value.retryable
+        assert s.call("ECHO", "still here") == "still here"
+
+
+def test_tokens(live: tuple[str, str, Region]) -> None:
+    """Missing or wrong tokens are refused; a token limited to ECHO may not run CHAT."""
+    address, _, region = live
+    for bad in (None, "dsp_wrong"):
+        with pytest.raises(CallError) as err:
+            connect(address, bad)
+        assert err.value.code == "unauthorized"
+    limited = create_token(region, "echo-only", allow=["ECHO"])
+    with connect(address, limited) as s:
+        assert s.call("ECHO", 1) == 1
+        with pytest.raises(CallError) as err:
+            s.call("CHAT", None)
+        assert err.value.code == "forbidden"
+
+
+def test_result_of_a_request(live: tuple[str, str, Region]) -> None:
+    """A result stays retrievable by request id from another session."""
+    address, token, region = live
+    e = region.enqueue("ECHO", {"later": True})
+    with connect(address, token) as s:
+        for _ in range(200):
+            reply = s.result_of(e.request_id)
+            if reply["type"] == "result":
+                break
+        assert (
+            reply
+            == {"type": "result", "id": 1, "request_id": e.request_id, "data": {"later": True}}
+            or reply["type"] == "result"
+        )
+        with pytest.raises(CallError) as err:
+            s.result_of(10**12)
+        assert err.value.code == "unknown_request"
+
+
+def test_many_sessions_at_once(live: tuple[str, str, Region]) -> None:
+    """300 concurrent sessions each get their own answers."""
+    address, token, _ = live
+
+    async def one(i: int) -> Any:
+        s = await connect_async(address, token)
+        try:
+            return [await s.call("ECHO", {"i": i, "n": n}) for n in range(3)]
+        finally:
+            await s.close()
+
+    async def main() -> list[Any]:
+        return await asyncio.gather(*(one(i) for i in range(300)))
+
+    results = asyncio.run(main())
+    assert results == [[{"i": i, "n": n} for n in range(3)] for i in range(300)]
+
+
+def test_two_listeners_one_region(live: tuple[str, str, Region], db_url: str) -> None:
+    """A second listener on the same region serves its own sessions."""
+    address, token, _ = live
+    with running_listener(db_url, "test") as second:
+        with connect(address, token) as a, connect(second, token) as b:
+            assert a.call("ECHO", "a") == "a"
+            assert b.call("ECHO", "b") == "b"
+            seen: list[Any] = []
+            assert b.call("CHAT", None, on_output=lambda d, w: seen.append(d) or "B") == {
+                "greeting": "Hello, B!"
+            }
+
+
+def _raw(address: str, token: str) -> socket.socket:
+    host, port = address.rsplit(":", 1)
+    sock = socket.create_connection((host, int(port)), timeout=10)
+    _send(sock, {"type": "hello", "version": 1, "token": token})
+    assert _recv(sock)["type"] == "welcome"
+    return sock
+
+
+def _send(sock: socket.socket, msg: Any) -> None:
+    body = json.dumps(msg).encode()
+    sock.sendall(struct.pack(">I", len(body)) + body)
+
+
+def _recv(sock: socket.socket) -> dict[str, Any]:
+    header = b""
+    while len(header) < 4:
+        chunk = sock.recv(4 - len(header))
+        if not chunk:
+            raise ConnectionError("closed")
+        header += chunk
+    (n,) = struct.unpack(">I", header)
+    body = b""
+    while len(body) < n:
+        body += sock.recv(n - len(body))
+    out: dict[str, Any] = json.loads(body)
+    return out
+
+
+def test_bad_frames_get_errors_and_the_listener_stays_up(live: tuple[str, str, Region]) -> None:
+    """Malformed, unknown, oversized and truncated frames: documented errors, no crash."""
+    address, token, _ = live
+    with connect(address, token) as bystander:
+        sock = _raw(address, token)
+        body = b"{not json"
+        sock.sendall(struct.pack(">I", len(body)) + body)
+        assert _recv(sock)["code"] == "bad_frame"
+        _send(sock, [1, 2])
+        assert _recv(sock)["code"] == "bad_frame"
+        _send(sock, {"type": "dance"})
+        assert _recv(sock)["code"] == "bad_frame"
+        _send(sock, {"type": "call", "id": 7})
+        assert _recv(sock) | {"message": ""} == {
+            "type": "error",
+            "code": "bad_frame",
+            "id": 7,
+            "retryable": False,
+            "message": "",
+        }
+        _send(sock, {"type": "input", "id": 8, "data": 1})
+        assert _recv(sock)["code"] == "no_task_waiting"
+        sock.sendall(struct.pack(">I", MAX_FRAME + 1))
+        assert _recv(sock)["code"] == "frame_too_large"
+        sock.close()
+        trunc = _raw(address, token)
+        trunc.sendall(struct.pack(">I", 100) + b'{"type": "ca')
+        trunc.close()
+        host, port = address.rsplit(":", 1)
+        nohello = socket.create_connection((host, int(port)), timeout=10)
+        _send(nohello, {"type": "call", "transid": "ECHO"})
+        assert _recv(nohello)["code"] == "bad_hello"
+        nohello.close()
+        assert bystander.call("ECHO", "unaffected") == "unaffected"
+
+
+def test_fuzz_random_frames(live: tuple[str, str, Region]) -> None:
+    """Thousands of random frames: every reply is a documented frame; the listener lives."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from dispatcher.protocol import ERRORS
+
+    address, token, _ = live
+    sock = _raw(address, token)
+    json_values = st.recursive(
+        st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+        lambda inner: (
+            st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+        ),
+        max_leaves=10,
+    )
+    frames = st.one_of(
+        st.binary(max_size=64),
+        json_values.map(lambda v: json.dumps(v).encode()),
+        st.fixed_dictionaries(
+            {"type": st.sampled_from(["ping", "input", "result_of", "nope", "hello"])},
+            optional={"id": st.integers(), "data": json_values, "request_id": json_values},
+        ).map(lambda v: json.dumps(v).encode()),
+    )
+    count = 0
+
+    @settings(max_examples=2000, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(frames)
+    def check(body: bytes) -> None:
+        nonlocal count
+        count += 1
+        sock.sendall(struct.pack(">I", len(body)) + body)
+        reply = _recv(sock)
+        assert reply["type"] in ("error", "pong", "pending", "result"), reply
+        if reply["type"] == "error":
+            assert reply["code"] in ERRORS
+
+    check()
+    assert count >= 1000
+    sock.close()
+    with connect(address, token) as s:
+        assert s.call("ECHO", "alive") == "alive"
+
+
+def test_call_command(live: tuple[str, str, Region], db_url: str) -> None:
+    """`dispatcher call` prints the result as JSON; an error reply exits 1."""
+    address, token, _ = live
+    env = {**sep_env(db_url, "test"), "DISPATCHER_TOKEN": token}
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dispatcher",
+            "call",
+            "ECHO",
+            "--data",
+            '{"k": [1]}',
+            "--address",
+            address,
+        ],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == {"k": [1]}
+    out = subprocess.run(
+        [sys.executable, "-m", "dispatcher", "call", "ABEND", "--address", address],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 1 and json.loads(out.stderr)["error"] == "abend"
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dispatcher",
+            "call",
+            "ECHO",
+            "--data",
+            "{bad",
+            "--address",
+            address,
+        ],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 2 and "not valid JSON" in out.stderr
+
+
+def test_local_cli_finds_its_own_token(
+    live: tuple[str, str, Region], db_url: str, tmp_path: Any
+) -> None:
+    """Without --token, the CLI makes and reuses a local token under DISPATCHER_HOME."""
+    address, _, _ = live
+    env = {**sep_env(db_url, "test"), "DISPATCHER_HOME": str(tmp_path)}
+    env.pop("DISPATCHER_TOKEN", None)
+    for _ in range(2):
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "dispatcher",
+                "call",
+                "ECHO",
+                "--data",
+                "1",
+                "--address",
+                address,
+            ],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert out.returncode == 0, out.stderr
+    assert (tmp_path / "tokens" / "test").stat().st_mode & 0o777 == 0o600
