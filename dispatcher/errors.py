@@ -13,12 +13,14 @@ __all__ = [
     "CompletionRefused",
     "DatabaseUnavailable",
     "DispatcherError",
+    "DuplicateTimer",
     "InvalidValue",
     "NoRoom",
     "UnknownRegion",
     "UnknownRequest",
     "UnknownSEP",
     "UnknownSession",
+    "UnknownTimer",
     "UnknownTransaction",
     "translate",
 ]
@@ -70,6 +72,14 @@ class UnknownRequest(DispatcherError):
     code = "unknown_request"
 
 
+class DuplicateTimer(DispatcherError):
+    code = "duplicate_timer"
+
+
+class UnknownTimer(DispatcherError):
+    code = "unknown_timer"
+
+
 class DatabaseUnavailable(DispatcherError):
     """The database cannot be reached; the operation may be retried."""
 
@@ -85,6 +95,7 @@ _BY_SQLSTATE: dict[str, type[DispatcherError]] = {
     "DP006": NoRoom,
     "DP007": UnknownSession,
     "DP009": UnknownRequest,
+    "DP010": DuplicateTimer,
     "22P02": InvalidValue,  # invalid text representation
     "22023": InvalidValue,  # invalid parameter value
     "23514": InvalidValue,  # check violation

@@ -18,6 +18,7 @@ __all__ = [
     "downgrade",
     "ensure_schema",
     "head",
+    "install_cross_region",
     "run_sql_files",
     "sqlalchemy_url",
     "upgrade",
@@ -41,6 +42,15 @@ def run_sql_files(bind: Any, names: list[str], subdir: str = "schema") -> None:
     with raw.cursor() as cur:
         for name in names:
             cur.execute((SQL_DIR / subdir / name).read_text(encoding="utf-8"))
+
+
+def install_cross_region(url: str) -> None:
+    """Install or update the timer schema on a separate cross-region server (idempotent)."""
+    from .database import connect
+    from .queries import SQL_DIR as sql_dir
+
+    with connect(url, application_name="dispatcher-migrate") as conn:
+        conn.execute((sql_dir / "schema" / "040_timers.sql").read_text(encoding="utf-8"))
 
 
 def alembic_config(url: str) -> Config:

@@ -286,7 +286,13 @@ class Listener:
                     continue
                 if msg is None:
                     return
-                await self._handle(session, msg)
+                try:
+                    await self._handle(session, msg)
+                except Exception as exc:  # one bad message never ends the session
+                    self.log.exception("message_failed", session=str(session.id))
+                    await session.send(
+                        error("internal", f"{type(exc).__name__}: {exc}", id=msg.get("id"))
+                    )
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:
@@ -513,8 +519,10 @@ class Listener:
         )
 
     async def _result_of(self, s: Session, cid: Any, request_id: Any) -> None:
-        if not isinstance(request_id, int):
-            await s.send(error("bad_frame", "result_of needs a request_id (integer)", id=cid))
+        if type(request_id) is not int or not 0 < request_id < 2**63:
+            await s.send(
+                error("bad_frame", "result_of needs a request_id (a positive integer)", id=cid)
+            )
             return
         try:
             async with self.pool.connection() as conn:

@@ -13,7 +13,7 @@ import psycopg
 import sqlalchemy.exc
 
 from ..errors import DispatcherError
-from . import db, listener, region, requests, sep, stats, status, tx, up
+from . import db, listener, region, requests, sep, stats, status, timers, tx, up
 from ._app import App, pass_app
 
 __all__ = ["App", "cli", "main", "pass_app"]
@@ -58,7 +58,7 @@ def cli(ctx: click.Context, region_name: str | None, log_format: str, log_level:
     ctx.call_on_close(ctx.obj.close)
 
 
-for _module in (db, region, tx, sep, listener, requests, status, stats, up):
+for _module in (db, region, tx, sep, listener, requests, timers, status, stats, up):
     _module.register(cli)
 
 

@@ -21,6 +21,9 @@ def upgrade(app: App, revision: str) -> None:
     """Migrate the database up to REVISION (default: head)."""
     migrate.upgrade(app.url, revision)
     click.echo(f"database at revision {migrate.current(app.url)}")
+    if app.settings.cross_region_url:
+        migrate.install_cross_region(app.settings.cross_region_url)
+        click.echo("cross-region database (timers) installed")
 
 
 @db.command("downgrade")

@@ -47,7 +47,15 @@ def wait_for(app: App, request_id: int, timeout: float) -> dict[str, Any]:
     help="JSON lines: one task per line, all started in one batch.",
 )
 @click.option("--priority", type=click.IntRange(0, 255), default=0, help="User priority added.")
-@click.option("--reqid", help="Idempotency key: a second START with it starts nothing.")
+@click.option(
+    "--reqid",
+    help="A name for the request (a timer's name for CANCEL); a second "
+    "START with the same REQID starts nothing.",
+)
+@click.option("--after", help="Start after a delay: 30s, 5m, 2h, 1d.")
+@click.option("--at", "at", help="Start at a time: ISO 8601 with a zone, e.g. 2026-12-01T09:00Z.")
+@click.option("--cron", "cron_expr", help='Start on a schedule: "*/5 * * * *" (five fields).')
+@click.option("--tz", help="Time zone of --cron (default UTC), e.g. Europe/Paris.")
 @click.option("--wait", is_flag=True, help="Wait for the task and print its result.")
 @click.option("--timeout", type=float, default=60.0, show_default=True, help="For --wait.")
 @pass_app
@@ -58,6 +66,10 @@ def start(
     data_file: Path | None,
     priority: int,
     reqid: str | None,
+    after: str | None,
+    at: str | None,
+    cron_expr: str | None,
+    tz: str | None,
     wait: bool,
     timeout: float,
 ) -> None:

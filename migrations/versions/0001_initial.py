@@ -15,7 +15,7 @@ branch_labels = None
 depends_on = None
 
 # sql/schema scripts this revision applies, in order
-FILES = ["010_tables.sql", "020_procedures.sql", "030_listener.sql"]
+FILES = ["010_tables.sql", "020_procedures.sql", "030_listener.sql", "040_timers.sql"]
 
 
 def upgrade() -> None:

@@ -1,0 +1,180 @@
+"""The event monitor: fires due timers into the region through the enqueue procedure.
+
+It LISTENs on the cross-region channel, sleeps until the earliest timer of its region
+is due (or a timer is set or cancelled), claims the due timers with FOR UPDATE SKIP
+LOCKED, and queues a request for each. Any number of monitors can run: each timer
+fires once. With the timers in the region database, the claim, the enqueue and the
+removal of the timer are one transaction. With the timers on another server the
+enqueue commits first, carrying the firing's id as the request's idempotency key,
+so a crash between the two commits neither loses nor doubles the request.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import time
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+from . import cron
+from .database import Backoff, connect_with_retry
+from .errors import DispatcherError
+from .logs import get_logger
+from .queries import QUERIES
+from .region import Region
+
+__all__ = ["Monitor", "firing_id"]
+
+CRASH_HOOK = "DISPATCHER_MONITOR_CRASH_BETWEEN_COMMITS"
+
+
+def firing_id(timer_id: int, due_at: dt.datetime) -> str:
+    """The id of one firing of one timer: the request's idempotency key."""
+    return f"timer:{timer_id}:{due_at.astimezone(dt.UTC).isoformat()}"
+
+
+class Monitor:
+    def __init__(
+        self,
+        region_url: str,
+        region: str,
+        xr_url: str | None = None,
+        batch: int = 200,
+        max_sleep: float = 5.0,
+    ) -> None:
+        self.region_url = region_url
+        self.xr_url = xr_url or region_url
+        self.same_db = xr_url is None or xr_url == region_url
+        self.region = region
+        self.batch = batch
+        self.max_sleep = max_sleep
+        self.stopping = False
+        self.fired = 0
+        self.log = get_logger("monitor", region=region, pid=os.getpid())
+
+    def stop(self) -> None:
+        self.stopping = True
+
+    def _connect(self, url: str, autocommit: bool) -> psycopg.Connection[Any]:
+        conn = connect_with_retry(
+            url,
+            autocommit=autocommit,
+            application_name="dispatcher-monitor",
+            should_stop=lambda: self.stopping,
+        )
+        if conn is None:
+            raise _Stopped
+        return conn
+
+    def run(self) -> None:
+        """Fire timers until stop(); rides out database restarts."""
+        backoff = Backoff()
+        self.log.info("monitor_started", same_database=self.same_db)
+        while not self.stopping:
+            try:
+                self._serve()
+            except _Stopped:
+                break
+            except psycopg.OperationalError as exc:
+                delay = backoff.next_delay()
+                self.log.warning("database_unavailable", error=str(exc).strip(), retry_in_s=delay)
+                time.sleep(delay)
+        self.log.info("monitor_stopped", fired=self.fired)
+
+    def _serve(self) -> None:
+        with self._connect(self.xr_url, True) as listen, self._connect(self.xr_url, False) as xr:
+            region_conn = None if self.same_db else self._connect(self.region_url, True)
+            try:
+                listen.execute("LISTEN dispatcher_timers")
+                while not self.stopping:
+                    n = self.fire_due(xr, region_conn)
+                    if n >= self.batch:
+                        continue
+                    wait = self._next_due(xr)
+                    for _ in listen.notifies(timeout=wait, stop_after=1):
+                        pass
+            finally:
+                if region_conn is not None:
+                    region_conn.close()
+
+    def _next_due(self, xr: psycopg.Connection[Any]) -> float:
+        with xr.cursor(row_factory=dict_row) as cur:
+            cur.execute(QUERIES["next_due"], {"region": self.region})
+            row = cur.fetchone()
+        xr.commit()
+        if row is None or row["in_s"] is None:
+            return self.max_sleep
+        return max(0.0, min(self.max_sleep, float(row["in_s"])))
+
+    def fire_due(
+        self, xr: psycopg.Connection[Any], region_conn: psycopg.Connection[Any] | None = None
+    ) -> int:
+        """Fire the due timers of the region (one batch); returns how many fired."""
+        fired = 0
+        with xr.transaction(), xr.cursor(row_factory=dict_row) as cur:
+            cur.execute(QUERIES["claim_due_timers"], {"region": self.region, "limit": self.batch})
+            timers = cur.fetchall()
+            for t in timers:
+                fid = firing_id(t["id"], t["due_at"])
+                target = xr if region_conn is None else region_conn
+                request_id = self._enqueue(target, t, fid)
+                if region_conn is not None and os.environ.get(CRASH_HOOK):
+                    os._exit(9)  # tests: die between the region commit and ours
+                cur.execute(
+                    QUERIES["record_firing"],
+                    {
+                        "firing_id": fid,
+                        "region": self.region,
+                        "reqid": t["reqid"],
+                        "due_at": t["due_at"],
+                        "request_id": request_id,
+                    },
+                )
+                if t["cron"]:
+                    nxt = cron.next_after(t["cron"], dt.datetime.now(dt.UTC), t["tz"])
+                    cur.execute(QUERIES["timer_fired_schedule"], {"id": t["id"], "next_due": nxt})
+                else:
+                    cur.execute(QUERIES["timer_fired_once"], {"id": t["id"]})
+                fired += 1
+        self.fired += fired
+        return fired
+
+    def _enqueue(self, conn: psycopg.Connection[Any], t: dict[str, Any], fid: str) -> int | None:
+        lag_ms = (dt.datetime.now(dt.UTC) - t["due_at"]).total_seconds() * 1000
+        try:
+            if conn.autocommit:
+                e = Region(conn, self.region).enqueue(
+                    t["transid"],
+                    t["payload"],
+                    user_priority=t["priority"],
+                    idempotency_key=fid,
+                    origin="timer",
+                )
+            else:
+                with conn.transaction():  # a savepoint: a bad timer spoils only itself
+                    e = Region(conn, self.region).enqueue(
+                        t["transid"],
+                        t["payload"],
+                        user_priority=t["priority"],
+                        idempotency_key=fid,
+                        origin="timer",
+                    )
+        except DispatcherError as exc:
+            self.log.error("timer_failed", reqid=t["reqid"], transid=t["transid"], error=str(exc))
+            return None
+        self.log.info(
+            "timer_fired",
+            reqid=t["reqid"],
+            transid=t["transid"],
+            request_id=e.request_id,
+            lag_ms=round(lag_ms, 1),
+            duplicate=e.duplicate,
+        )
+        return e.request_id
+
+
+class _Stopped(Exception):
+    pass

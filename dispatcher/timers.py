@@ -1,0 +1,171 @@
+"""The START API with timers, for applications and for programs (``ctx.start``).
+
+A timer lives in the cross-region database (schema ``dispatcher_xr``: in the region
+database unless DISPATCHER_CROSS_REGION_URL names another server). When it is due,
+an event monitor (:mod:`dispatcher.monitor`) queues its request through the same
+enqueue procedure as a client request. Every function takes a psycopg connection to
+the cross-region database; passing the connection of an open transaction makes the
+START part of it (it happens only if that transaction commits: CICS PROTECT).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from . import cron
+from .errors import InvalidValue, UnknownTimer, translate
+from .queries import QUERIES
+
+__all__ = [
+    "QUERIES",
+    "cancel",
+    "list_timers",
+    "new_reqid",
+    "schedule_cron",
+    "start_after",
+    "start_at",
+    "start_in_transaction",
+]
+
+
+def new_reqid() -> str:
+    return "t-" + secrets.token_hex(8)
+
+
+def _one(conn: psycopg.Connection[Any], name: str, **params: Any) -> dict[str, Any]:
+    try:
+        with conn.cursor(row_factory=dict_row) as cur:
+            cur.execute(QUERIES[name], params)
+            row = cur.fetchone()
+    except psycopg.Error as exc:
+        mine = translate(exc)
+        if mine is None:
+            raise
+        raise mine from exc
+    assert row is not None
+    return row
+
+
+def _aware(when: dt.datetime) -> dt.datetime:
+    if when.tzinfo is None:
+        raise InvalidValue(f"time {when.isoformat()} has no time zone (add Z or +HH:MM)")
+    return when
+
+
+def start_at(
+    conn: psycopg.Connection[Any],
+    region: str,
+    transid: str,
+    data: Any = None,
+    *,
+    at: dt.datetime,
+    priority: int = 0,
+    reqid: str | None = None,
+) -> str:
+    """START TRANSID at time AT; returns the timer's REQID (for cancel)."""
+    row = _one(
+        conn,
+        "set_timer",
+        region=region,
+        reqid=reqid or new_reqid(),
+        transid=transid,
+        payload=Jsonb(data),
+        priority=priority,
+        due_at=_aware(at),
+        cron=None,
+        tz=None,
+    )
+    return str(row["reqid"])
+
+
+def start_after(
+    conn: psycopg.Connection[Any],
+    region: str,
+    transid: str,
+    data: Any = None,
+    *,
+    after: float | dt.timedelta,
+    priority: int = 0,
+    reqid: str | None = None,
+) -> str:
+    """START TRANSID after a delay (seconds or a timedelta); returns its REQID."""
+    delay = after if isinstance(after, dt.timedelta) else dt.timedelta(seconds=float(after))
+    if delay < dt.timedelta(0):
+        raise InvalidValue("a delay cannot be negative")
+    return start_at(
+        conn,
+        region,
+        transid,
+        data,
+        at=dt.datetime.now(dt.UTC) + delay,
+        priority=priority,
+        reqid=reqid,
+    )
+
+
+def schedule_cron(
+    conn: psycopg.Connection[Any],
+    region: str,
+    transid: str,
+    data: Any = None,
+    *,
+    expr: str,
+    tz: str | None = None,
+    priority: int = 0,
+    reqid: str | None = None,
+) -> str:
+    """START TRANSID on a cron schedule (five fields, in time zone TZ, default UTC)."""
+    due = cron.next_after(expr, dt.datetime.now(dt.UTC), tz)
+    row = _one(
+        conn,
+        "set_timer",
+        region=region,
+        reqid=reqid or new_reqid(),
+        transid=transid,
+        payload=Jsonb(data),
+        priority=priority,
+        due_at=due,
+        cron=expr,
+        tz=tz or "UTC",
+    )
+    return str(row["reqid"])
+
+
+def cancel(conn: psycopg.Connection[Any], region: str, reqid: str) -> None:
+    """CANCEL a pending timer or schedule; UnknownTimer if it fired already or never was."""
+    if not _one(conn, "cancel_timer", region=region, reqid=reqid)["cancelled"]:
+        raise UnknownTimer(
+            f"no pending timer with REQID {reqid!r} in region {region!r} "
+            "(it has fired already, was cancelled, or never existed)"
+        )
+
+
+def list_timers(conn: psycopg.Connection[Any], region: str) -> list[dict[str, Any]]:
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(QUERIES["list_timers"], {"region": region})
+        return list(cur.fetchall())
+
+
+def start_in_transaction(
+    conn: psycopg.Connection[Any],
+    region: str,
+    transid: str,
+    data: Any = None,
+    *,
+    after: float | dt.timedelta | None = None,
+    at: dt.datetime | None = None,
+    priority: int = 0,
+    reqid: str | None = None,
+) -> str:
+    """``ctx.start`` with a timer: set on the task's own connection, so it takes effect
+    only if the task commits (timers in the region database, the default)."""
+    if at is not None:
+        return start_at(conn, region, transid, data, at=at, priority=priority, reqid=reqid)
+    assert after is not None
+    return start_after(conn, region, transid, data, after=after, priority=priority, reqid=reqid)
