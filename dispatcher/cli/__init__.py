@@ -7,6 +7,7 @@ builds the root group and registers them.
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import click
 import psycopg
@@ -19,7 +20,47 @@ from ._app import App, pass_app
 __all__ = ["App", "cli", "main", "pass_app"]
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class Failure(click.ClickException):
+    """An error for the user: one line on stderr, exit code 1."""
+
+    exit_code = 1
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"error: {self.message}", err=True)
+
+
+def _failure(exc: BaseException) -> Failure | None:
+    if isinstance(exc, DispatcherError):
+        return Failure(str(exc))
+    if isinstance(exc, psycopg.OperationalError):
+        return Failure(f"database unavailable: {str(exc).strip()}")
+    if isinstance(exc, sqlalchemy.exc.OperationalError):
+        return Failure(f"database unavailable: {str(exc.orig).strip()}")
+    if isinstance(exc, psycopg.Error):
+        return Failure(
+            f"the database refused: {str(exc).strip()} "
+            "(hint: is it migrated? run: dispatcher db upgrade)"
+        )
+    return None
+
+
+class DispatcherGroup(click.Group):
+    """Turns the errors of the dispatcher into one clear line (also under CliRunner)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except Exception as exc:
+            failure = _failure(exc)
+            if failure is None:
+                raise
+            raise failure from exc
+
+
+@click.group(
+    cls=DispatcherGroup,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 @click.option(
     "--region",
     "region_name",
@@ -73,21 +114,10 @@ def main() -> None:
         sys.exit(exc.exit_code)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
-    except DispatcherError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(1)
-    except psycopg.OperationalError as exc:
-        click.echo(f"error: database unavailable: {str(exc).strip()}", err=True)
-        sys.exit(1)
-    except sqlalchemy.exc.OperationalError as exc:
-        click.echo(f"error: database unavailable: {str(exc.orig).strip()}", err=True)
-        sys.exit(1)
-    except psycopg.Error as exc:
-        click.echo(
-            f"error: the database refused: {str(exc).strip()} "
-            "(hint: is it migrated? run: dispatcher db upgrade)",
-            err=True,
-        )
+    except (DispatcherError, psycopg.Error, sqlalchemy.exc.OperationalError) as exc:
+        failure = _failure(exc)
+        assert failure is not None
+        failure.show()
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)

@@ -73,11 +73,34 @@ def start(
     wait: bool,
     timeout: float,
 ) -> None:
-    """START transaction TRANSID now; print the request id.
+    """START transaction TRANSID now (print its request id), or with a timer
+    (--after, --at, --cron: print the timer's REQID, for dispatcher cancel).
 
     With --data-file, each line is either a JSON value (data for TRANSID) or an
     object {"transid": ..., "data": ...}.
     """
+    if after is not None or at is not None or cron_expr is not None or tz is not None:
+        if wait or data_file is not None or transid is None:
+            raise click.UsageError(
+                "a timer START takes TRANSID and --data, not --wait or --data-file"
+            )
+        from .timers import schedule
+
+        payload = parse_json(data, "--data") if data is not None else None
+        click.echo(
+            schedule(
+                app,
+                transid,
+                payload,
+                after=after,
+                at=at,
+                cron_expr=cron_expr,
+                tz=tz,
+                priority=priority,
+                reqid=reqid,
+            )
+        )
+        return
     region = app.region()
     if data_file is not None:
         if data is not None:
