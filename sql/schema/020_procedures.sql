@@ -7,7 +7,8 @@
 --   DP007 unknown session         DP009 unknown request
 --
 -- Lost wake-ups (ARCHITECTURE.md invariant 2): a SEP that finds no work takes the
--- region's advisory lock in exclusive mode and looks once more before it goes idle;
+-- region's advisory lock in exclusive mode (trying, never waiting: see next_or_rest)
+-- and looks once more before it goes idle;
 -- an enqueue that finds no idle SEP takes the same lock in shared mode and looks
 -- once more. Whichever comes second sees what the first committed.
 
@@ -514,6 +515,7 @@ DECLARE
     reg dispatcher.region;
     p record;
     v_contended boolean := false;
+    v_fenced boolean := false;
 BEGIN
     SELECT * INTO reg FROM dispatcher.region WHERE name = s.region;
     IF s.standby THEN
@@ -528,10 +530,21 @@ BEGIN
         p := dispatcher.pick_request(s.region, s.capabilities);
         v_contended := p.contended;
         IF p.request_id IS NULL THEN
-            -- the last look, fenced against concurrent enqueues (see the top of this file)
-            PERFORM pg_advisory_xact_lock(dispatcher.region_lock_key(s.region));
-            p := dispatcher.pick_request(s.region, s.capabilities);
-            v_contended := v_contended OR p.contended;
+            -- the last look, fenced against concurrent enqueues (see the top of this
+            -- file). The lock is only tried, never waited for, so that a SEP holding
+            -- rows never waits in a cycle; after ~50 ms of tries it rests and wakes
+            -- itself to look again once this transaction has committed.
+            FOR i IN 1..100 LOOP
+                v_fenced := pg_try_advisory_xact_lock(dispatcher.region_lock_key(s.region));
+                EXIT WHEN v_fenced;
+                PERFORM pg_sleep(0.0005);
+            END LOOP;
+            IF v_fenced THEN
+                p := dispatcher.pick_request(s.region, s.capabilities);
+                v_contended := v_contended OR p.contended;
+            ELSE
+                v_contended := true;
+            END IF;
         END IF;
         IF p.request_id IS NOT NULL THEN
             RETURN dispatcher.start_task(s.id, p.request_id, p_done);
