@@ -1,0 +1,186 @@
+"""python -m bench [--quick] [--out bench/results]: our dispatcher against raw PostgreSQL
+floors (and the peers pgqueuer and procrastinate when installed: pip install -e '.[bench]'),
+all in one run on one fresh embedded PostgreSQL; see docs/performance.md."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+from pathlib import Path
+
+from dispatcher.logs import configure_logging
+
+from . import floors, ours, peers
+from .report import Report
+from .server import Server
+
+SIZES = {
+    "quick": {
+        "enqueue": 2000,
+        "bulk": 20000,
+        "drain": 5000,
+        "rt": 300,
+        "sessions": 32,
+        "seconds": 8.0,
+        "depth": 100_000,
+        "timers": 5000,
+    },
+    "full": {
+        "enqueue": 10000,
+        "bulk": 100000,
+        "drain": 10000,
+        "rt": 2000,
+        "sessions": 64,
+        "seconds": 30.0,
+        "depth": 1_000_000,
+        "timers": 100_000,
+    },
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="under 3 minutes on 2 cores")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument("--workers", type=int, default=4)
+    args = parser.parse_args()
+    configure_logging("text", "warning")
+    os.environ["DISPATCHER_LOG_LEVEL"] = "warning"
+    mode = "quick" if args.quick else "full"
+    size = SIZES[mode]
+    server = Server()
+    try:
+        report = Report(mode, server.settings())
+        w = args.workers
+        raw = server.database("bench_raw")
+        floors.setup(raw)
+        url = server.database("bench_ours")
+        region = ours.prepare(url, max_seps=max(8, w))
+
+        print("phase 1: enqueue", flush=True)
+        report.add(
+            "enqueue", "raw", "one by one", floors.enqueue_one_by_one(raw, size["enqueue"]), "req/s"
+        )
+        report.add(
+            "enqueue",
+            "ours",
+            "one by one",
+            ours.enqueue_one_by_one(region, size["enqueue"]),
+            "req/s",
+            baseline="raw/one by one",
+        )
+        report.add("enqueue", "raw", "bulk unnest", floors.enqueue_bulk(raw, size["bulk"]), "req/s")
+        report.add(
+            "enqueue",
+            "ours",
+            "bulk enqueue_many",
+            ours.enqueue_bulk(region, size["bulk"]),
+            "req/s",
+            baseline="raw/bulk unnest",
+        )
+        region.conn.close()
+
+        print("phase 2: drain", flush=True)
+        report.add(
+            "drain",
+            "raw",
+            "claim 1 per txn",
+            floors.drain_claim_one(raw, size["drain"], w),
+            "jobs/s",
+        )
+        report.add(
+            "drain",
+            "raw",
+            "one round trip",
+            floors.drain_one_round_trip(raw, size["drain"], w),
+            "jobs/s",
+        )
+        report.add(
+            "drain",
+            "ours",
+            f"{w} SEP processes",
+            ours.drain(url, size["drain"], w),
+            "jobs/s",
+            baseline="raw/one round trip",
+        )
+
+        print("phase 3-4: listener round trip and sustained load", flush=True)
+        ping = floors.ping_latency_ms(raw)
+        report.add(
+            "roundtrip",
+            "raw",
+            "SELECT 1 p50",
+            statistics.median(ping),
+            "ms",
+            higher_is_better=False,
+        )
+        reg = ours.Region_(url, 2)
+        try:
+            lat = ours.round_trips(reg, size["rt"])
+            for q in (0.5, 0.95, 0.99):
+                report.add(
+                    "roundtrip",
+                    "ours",
+                    f"call p{int(q * 100)}",
+                    ours.pct(lat, q),
+                    "ms",
+                    higher_is_better=False,
+                )
+            rate, lat = ours.sustained(reg, size["sessions"], size["seconds"])
+            report.add(
+                "sustained",
+                "ours",
+                f"{size['sessions']} sessions completed",
+                rate,
+                "req/s",
+                baseline="raw/one round trip",
+            )
+            for q in (0.5, 0.99):
+                report.add(
+                    "sustained",
+                    "ours",
+                    f"latency p{int(q * 100)}",
+                    ours.pct(lat, q),
+                    "ms",
+                    higher_is_better=False,
+                )
+        finally:
+            reg.close()
+        report.rows.append(next(r for r in report.rows if r.metric == "one round trip"))
+        report.rows[-1] = type(report.rows[-1])(
+            **{**report.rows[-1].__dict__, "phase": "sustained"}
+        )
+
+        print("phase 5: queue depth", flush=True)
+        small = ours.dispatch_cost_ms(url, 1000)
+        report.add("depth", "ours", "cost with 1K queued", small, "ms", higher_is_better=False)
+        big = ours.dispatch_cost_ms(url, size["depth"])
+        report.add(
+            "depth",
+            "ours",
+            f"cost with {size['depth']:,} queued",
+            big,
+            "ms",
+            baseline="ours/cost with 1K queued",
+            higher_is_better=False,
+        )
+
+        print("phase 6: timers", flush=True)
+        rate, p50, p99 = ours.timers(url, size["timers"])
+        report.add("timers", "ours", f"{size['timers']:,} due: fires", rate, "fires/s")
+        report.add("timers", "ours", "fire lag p50", p50, "ms", higher_is_better=False)
+        report.add("timers", "ours", "fire lag p99", p99, "ms", higher_is_better=False)
+
+        peers.run(server, report, size, w)
+        report.notes.append(
+            "ours/drain runs real SEP processes (Python) sharing the 2 cores with PostgreSQL; "
+            "raw floors run threads of one Python process doing nothing but SQL."
+        )
+        report.write(args.out)
+    finally:
+        server.close()
+
+
+if __name__ == "__main__":
+    main()

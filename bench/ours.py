@@ -1,0 +1,249 @@
+"""Our dispatcher, measured through its real parts: procedures, SEP processes, listener."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from dispatcher import migrate
+from dispatcher.database import connect
+from dispatcher.monitor import Monitor
+from dispatcher.region import Region
+from dispatcher.tokens import create_token
+from sep.program import sync_app
+
+ROOT = Path(__file__).resolve().parent.parent
+APP = "dispatcher.sample.app"
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    return s[min(len(s) - 1, int(q * len(s)))]
+
+
+def prepare(url: str, max_seps: int = 8) -> Region:
+    migrate.upgrade(url)
+    region = Region(connect(url), "bench")
+    region.ensure()
+    region.set(max_seps=max_seps)
+    sync_app(region, APP)
+    return region
+
+
+def _env(url: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        "DISPATCHER_DATABASE_URL": url,
+        "DISPATCHER_REGION": "bench",
+        "DISPATCHER_LOG_LEVEL": "warning",
+        "PYTHONPATH": str(ROOT),
+    }
+
+
+def start_seps(url: str, n: int) -> list[subprocess.Popen[bytes]]:
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "sep", "--app", APP, "--poll", "0.5"], env=_env(url), cwd=ROOT
+        )
+        for _ in range(n)
+    ]
+    with connect(url) as conn:
+        r = Region(conn, "bench")
+        deadline = time.monotonic() + 60
+        while len([s for s in r.seps() if s["state"] != "dead"]) < n:
+            if time.monotonic() > deadline:
+                raise RuntimeError("SEPs did not start")
+            time.sleep(0.05)
+    return procs
+
+
+def stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
+def enqueue_one_by_one(region: Region, n: int) -> float:
+    t0 = time.perf_counter()
+    for i in range(n):
+        region.enqueue("ECHO", i)
+    return n / (time.perf_counter() - t0)
+
+
+def enqueue_bulk(region: Region, n: int) -> float:
+    t0 = time.perf_counter()
+    for start in range(0, n, 1000):
+        region.enqueue_many([("ECHO", i) for i in range(start, min(n, start + 1000))])
+    return n / (time.perf_counter() - t0)
+
+
+def _empty(conn: Any) -> bool:
+    return conn.execute("SELECT NOT EXISTS (SELECT 1 FROM dispatcher.request) AS e").fetchone()["e"]
+
+
+def drain(url: str, n: int, workers: int) -> float:
+    """N queued ECHO tasks drained by WORKERS real SEP processes (complete-and-pull-next)."""
+    region = Region(connect(url), "bench")
+    region.conn.execute("TRUNCATE dispatcher.request, dispatcher.request_history")
+    region.set(state="stopping")
+    procs = start_seps(url, workers)
+    try:
+        enqueue_bulk(region, n)
+        t0 = time.perf_counter()
+        region.set(state="running")  # wakes the idle SEPs
+        while not _empty(region.conn):
+            time.sleep(0.01)
+        return n / (time.perf_counter() - t0)
+    finally:
+        stop(procs)
+        region.conn.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Region_:
+    """A running region: SEPs and a listener, for the socket phases."""
+
+    def __init__(self, url: str, seps: int) -> None:
+        self.url = url
+        self.port = _free_port()
+        self.seps = start_seps(url, seps)
+        self.listener = subprocess.Popen(
+            [sys.executable, "-m", "dispatcher", "listener", "--port", str(self.port)],
+            env=_env(url),
+            cwd=ROOT,
+        )
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        with connect(url) as conn:
+            self.token = create_token(Region(conn, "bench"), "bench")
+
+    def close(self) -> None:
+        stop([self.listener, *self.seps])
+
+
+def round_trips(reg: Region_, n: int) -> list[float]:
+    from listener import connect as lconnect
+
+    out = []
+    with lconnect(f"127.0.0.1:{reg.port}", reg.token) as s:
+        for i in range(50):
+            s.call("ECHO", i)  # warm up
+        for i in range(n):
+            t0 = time.perf_counter()
+            s.call("ECHO", i)
+            out.append((time.perf_counter() - t0) * 1000)
+    return out
+
+
+def sustained(reg: Region_, sessions: int, seconds: float) -> tuple[float, list[float]]:
+    from listener import connect_async
+
+    lat: list[float] = []
+
+    async def one(stop_at: float) -> int:
+        s = await connect_async(f"127.0.0.1:{reg.port}", reg.token)
+        n = 0
+        try:
+            while time.perf_counter() < stop_at:
+                t0 = time.perf_counter()
+                await s.call("ECHO", n)
+                lat.append((time.perf_counter() - t0) * 1000)
+                n += 1
+        finally:
+            await s.close()
+        return n
+
+    async def main() -> int:
+        stop_at = time.perf_counter() + seconds
+        return sum(await asyncio.gather(*(one(stop_at) for _ in range(sessions))))
+
+    t0 = time.perf_counter()
+    total = asyncio.run(main())
+    return total / (time.perf_counter() - t0), lat
+
+
+def dispatch_cost_ms(url: str, queued: int, cycles: int = 300) -> float:
+    """Cost of one enqueue + claim + complete with QUERIED requests waiting (ms)."""
+    region = Region(connect(url), "bench")
+    conn = region.conn
+    conn.execute("TRUNCATE dispatcher.request, dispatcher.request_history")
+    conn.execute(
+        """INSERT INTO dispatcher.request (region, transid, priority, dispatch_key)
+           SELECT 'bench', 'ECHO', 0, clock_timestamp() + interval '1 day'
+           FROM generate_series(1, %s)""",
+        [queued],
+    )
+    conn.execute("VACUUM ANALYZE dispatcher.request")
+    sep_id = int(region.register_sep("bench", os.getpid())["id"])
+    times = []
+    for i in range(cycles):
+        t0 = time.perf_counter()
+        e = region.enqueue("ECHO", i, user_priority=200)
+        task = (
+            region.begin(sep_id, e.request_id) if e.sep_id == sep_id else region.claim_next(sep_id)
+        )
+        assert task is not None
+        region.complete(sep_id, task, ok=True, take_next=False)
+        times.append((time.perf_counter() - t0) * 1000)
+    region.leave(sep_id)
+    sizes = conn.execute(
+        "SELECT pg_total_relation_size('dispatcher.request') AS t, "
+        "pg_indexes_size('dispatcher.request') AS i"
+    ).fetchone()
+    conn.close()
+    print(
+        f"    request table {sizes['t'] / 1e6:.1f} MB, indexes {sizes['i'] / 1e6:.1f} MB "
+        f"with {queued} queued"
+    )
+    return statistics.median(times)
+
+
+def timers(url: str, n: int) -> tuple[float, float, float]:
+    """N timers due now, one monitor: fires/s, lag p50 and p99 (ms)."""
+    with connect(url) as conn:
+        conn.execute("TRUNCATE dispatcher.request, dispatcher_xr.timer, dispatcher_xr.firing")
+        conn.execute(
+            """INSERT INTO dispatcher_xr.timer (region, reqid, transid, payload, due_at)
+               SELECT 'bench', 'b' || g, 'ECHO', to_jsonb(g), now()
+               FROM generate_series(1, %s) g""",
+            [n],
+        )
+    m = Monitor(url, "bench", batch=500)
+    t0 = time.perf_counter()
+    with connect(url, autocommit=False) as xr:
+        while m.fire_due(xr):
+            pass
+    rate = n / (time.perf_counter() - t0)
+    with connect(url) as conn:
+        row = conn.execute(
+            """SELECT percentile_cont(ARRAY[0.5, 0.99]) WITHIN GROUP (ORDER BY
+                   extract(epoch FROM fired_at - due_at) * 1000) AS p FROM dispatcher_xr.firing"""
+        ).fetchone()
+    return rate, row["p"][0], row["p"][1]
