@@ -17,6 +17,7 @@ import psycopg
 from dispatcher.database import connect
 from dispatcher.errors import DispatcherError, NoRoom
 from dispatcher.logs import get_logger
+from dispatcher.processes import stop_processes
 from dispatcher.region import Region
 
 __all__ = ["Supervisor"]
@@ -159,17 +160,5 @@ class Supervisor:
             self.log.warning("reap_failed", error=str(exc).strip())
 
     def _stop_all(self, slots: list[_Slot], grace: float = 120.0) -> None:
-        for slot in slots:
-            if slot.proc is not None and slot.proc.poll() is None:
-                slot.proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        for slot in slots:
-            if slot.proc is None:
-                continue
-            try:
-                slot.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                self.log.warning("sep_process_killed", slot=slot.index, pid=slot.proc.pid)
-                slot.proc.kill()
-                slot.proc.wait()
+        stop_processes([s.proc for s in slots if s.proc is not None], grace, self.log)
         self.log.info("supervisor_stopped")

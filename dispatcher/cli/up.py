@@ -21,6 +21,7 @@ import click
 from ..database import embedded_running, stop_embedded
 from ..logs import get_logger
 from ..migrate import ensure_schema
+from ..processes import stop_processes
 from ._app import App, pass_app
 
 log = get_logger("dispatcher.up")
@@ -177,20 +178,10 @@ def up(
 def _stop_all(children: list[Child], grace: float = 60.0) -> None:
     """SIGTERM every child (listener first, SEPs finish their task), then SIGKILL."""
     order = sorted(children, key=lambda c: {"listener": 0, "monitor": 1}.get(c.name, 2))
+    stop_processes([c.proc for c in order if c.proc is not None], grace, log, group=True)
     for c in order:
-        if c.proc is not None and c.proc.poll() is None:
-            c.proc.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    for c in order:
-        if c.proc is None:
-            continue
-        try:
-            c.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            log.warning("process_killed", process=c.name, pid=c.proc.pid)
-            os.killpg(c.proc.pid, signal.SIGKILL)
-            c.proc.wait()
-        log.info("process_stopped", process=c.name, returncode=c.proc.returncode)
+        if c.proc is not None:
+            log.info("process_stopped", process=c.name, returncode=c.proc.returncode)
 
 
 def register(cli: click.Group) -> None:

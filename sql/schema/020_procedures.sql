@@ -279,6 +279,15 @@ LANGUAGE sql STABLE AS $$
     WHERE r.id = p_request
 $$;
 
+-- Wake the longest-idle SEP of the region (other than p_except) to look for work.
+CREATE FUNCTION dispatcher.wake_idle_sep(p_region text, p_except bigint) RETURNS void
+LANGUAGE sql AS $$
+    SELECT pg_notify(dispatcher.sep_channel(w.id), 'wake')
+    FROM (SELECT id FROM dispatcher.sep
+          WHERE region = p_region AND state = 'idle' AND id <> p_except
+          ORDER BY idle_since LIMIT 1) w
+$$;
+
 -- An idle SEP of the region able to run what p_requires, locked (SKIP LOCKED).
 CREATE FUNCTION dispatcher.find_idle_sep(p_region text, p_requires text[]) RETURNS bigint
 LANGUAGE sql AS $$
@@ -707,10 +716,7 @@ BEGIN
             (SELECT class FROM dispatcher.request WHERE id = t.request_id) IS DISTINCT FROM v_class)
            AND EXISTS (SELECT 1 FROM dispatcher.request q
                        WHERE q.region = v_region AND q.class = v_class AND q.state = 'queued') THEN
-            PERFORM pg_notify(dispatcher.sep_channel(w.id), 'wake')
-            FROM (SELECT id FROM dispatcher.sep
-                  WHERE region = v_region AND state = 'idle' AND id <> p_sep
-                  ORDER BY idle_since LIMIT 1) w;
+            PERFORM dispatcher.wake_idle_sep(v_region, p_sep);
         END IF;
     END IF;
 
@@ -771,10 +777,7 @@ BEGIN
     END LOOP;
     IF n > 0 THEN
         -- wake an idle SEP for the requeued work
-        PERFORM pg_notify(dispatcher.sep_channel(w.id), 'wake')
-        FROM (SELECT id FROM dispatcher.sep
-              WHERE region = s.region AND state = 'idle' AND id <> s.id
-              ORDER BY idle_since LIMIT 1) w;
+        PERFORM dispatcher.wake_idle_sep(s.region, s.id);
     END IF;
     RETURN n;
 END $$;
