@@ -125,6 +125,24 @@ class RegionCollector(Collector):
             hist.add_metric([transid], buckets, sums[transid])
         yield finished
         yield hist
+        yield from self._timers(region)
+
+    def _timers(self, region: Region) -> Iterator[Metric]:
+        """Timers pending and the last hour's fire lag (timers in the region database)."""
+        try:
+            with region.conn.transaction():
+                row = region.rows("timer_status", region=self.region)[0]
+        except psycopg.errors.UndefinedTable:
+            return
+        yield GaugeMetricFamily(
+            "dispatcher_timers_pending", "Timers not fired yet", value=row["pending"]
+        )
+        lag = GaugeMetricFamily(
+            "dispatcher_timer_lag_seconds", "Fire lag over the last hour", labels=["quantile"]
+        )
+        for q, v in zip(("0.5", "0.99"), row["lag_ms_p50_p99"] or [None, None], strict=True):
+            lag.add_metric([q], 0.0 if v is None else float(v) / 1000)
+        yield lag
 
 
 def serve_metrics(

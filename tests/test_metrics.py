@@ -46,3 +46,4 @@ def test_metrics_report_requests_queue_and_seps(region: Region, db_url: str) -> 
     assert _sample(text, 'dispatcher_response_seconds_count{transid="ECHO"}') == 3
     assert _sample(text, 'dispatcher_response_seconds_bucket{le="+Inf",transid="ECHO"}') == 3
     assert _sample(text, "dispatcher_database_up") == 1
+    assert _sample(text, "dispatcher_timers_pending") == 0

@@ -1,0 +1,114 @@
+"""The listener under TLS, and a listener that dies: acknowledged work survives."""
+
+from __future__ import annotations
+
+import os
+import signal
+import ssl
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dispatcher.region import Region
+from dispatcher.tokens import create_token
+from listener import connect
+from sep.program import sync_app
+
+from .listeners import free_port, running_listener, wait_port
+from .seps import ROOT, running_seps, sep_env, wait_final
+
+APP = "dispatcher.sample.app"
+
+
+def _cert(tmp: Path) -> tuple[Path, Path]:
+    key, cert = tmp / "key.pem", tmp / "cert.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+@pytest.mark.skipif(
+    not any(os.access(os.path.join(p, "openssl"), os.X_OK) for p in os.environ["PATH"].split(":")),
+    reason="openssl not installed",
+)
+def test_tls_sessions(region: Region, db_url: str, tmp_path: Path) -> None:
+    """With --tls-cert/--tls-key, clients connect over TLS; plain TCP gets nowhere."""
+    cert, key = _cert(tmp_path)
+    sync_app(region, APP)
+    token = create_token(region, "tls")
+    with (
+        running_seps(db_url, "test", 1, app=APP),
+        running_listener(db_url, "test", "--tls-cert", str(cert), "--tls-key", str(key)) as address,
+    ):
+        ctx = ssl.create_default_context(cafile=str(cert))
+        with connect(address, token, tls=ctx) as s:
+            assert s.call("ECHO", "secret") == "secret"
+        with pytest.raises((ConnectionError, OSError)):
+            connect(address, token, timeout=3)
+
+
+def test_listener_killed_acknowledged_request_survives(
+    region: Region, db_url: str, conn: Any
+) -> None:
+    """kill -9 the listener after `accepted`: the request still runs, its result is
+    retrievable from another listener, and the dead listener's sessions are ended."""
+    sync_app(region, APP)
+    token = create_token(region, "t")
+    port = free_port()
+    doomed = subprocess.Popen(
+        [sys.executable, "-m", "dispatcher", "listener", "--port", str(port)],
+        env=sep_env(db_url, "test"),
+        cwd=ROOT,
+    )
+    with running_seps(db_url, "test", 1, app=APP):
+        wait_port(port, doomed)
+        s = connect(f"127.0.0.1:{port}", token)
+        s.send({"type": "call", "id": 1, "transid": "SLOW", "data": {"seconds": 1}})
+        accepted = s.receive(timeout=10)
+        assert accepted["type"] == "accepted"
+        os.kill(doomed.pid, signal.SIGKILL)
+        doomed.wait()
+        request_id = accepted["request_id"]
+        assert wait_final(region, request_id, timeout=30)["result"] == {"slept": 1.0}
+        conn.execute("UPDATE dispatcher.listener SET heartbeat_at = now() - interval '1 hour'")
+        with running_listener(db_url, "test") as other:
+            with connect(other, token) as s2:
+                assert s2.result_of(request_id)["data"] == {"slept": 1.0}
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                left = conn.execute(
+                    "SELECT count(*) AS n FROM dispatcher.listener WHERE pid = %s", [doomed.pid]
+                ).fetchone()
+                if left["n"] == 0:
+                    break
+                time.sleep(0.2)
+            assert left["n"] == 0, "the dead listener was not reaped"
+            sessions = conn.execute(
+                "SELECT count(*) AS n FROM dispatcher.session WHERE listener_id IS NULL "
+                "OR listener_id NOT IN (SELECT id FROM dispatcher.listener)"
+            ).fetchone()
+            assert sessions["n"] == 0
