@@ -55,6 +55,7 @@ class Call:
     started: float
     sep_id: int | None = None
     waiting: bool = False
+    bound: bool = False
 
 
 @dataclass
@@ -619,6 +620,13 @@ class Listener:
         if call is None or call.request_id != rid:
             return
         kind = msg["type"]
+        if kind in ("output", "await_input") and not call.bound:
+            call.bound = True
+            with contextlib.suppress(Exception):
+                async with self.pool.connection() as conn:
+                    await AsyncRegion(conn, self.region).rows(
+                        "bind_session", sep=msg.get("sep_id", call.sep_id), session=s.id
+                    )
         if kind == "output":
             call.sep_id = msg.get("sep_id", call.sep_id)
             call.waiting = bool(msg.get("wants_input"))

@@ -112,3 +112,29 @@ def test_listener_killed_acknowledged_request_survives(
                 "OR listener_id NOT IN (SELECT id FROM dispatcher.listener)"
             ).fetchone()
             assert sessions["n"] == 0
+
+
+def test_sep_dying_in_a_conversation(region: Region, db_url: str) -> None:
+    """The SEP of a conversation dies: the client gets a sep_lost error reply, the
+    request is not run again from its start, and the session goes on."""
+    sync_app(region, APP)
+    region.set(sep_dead_after_s=1.0)
+    token = create_token(region, "t")
+    with (
+        running_seps(db_url, "test", 1, app=APP) as procs,
+        running_listener(db_url, "test") as address,
+    ):
+        with connect(address, token) as s:
+            s.send({"type": "call", "id": 1, "transid": "CHAT", "data": None})
+            assert s.receive(timeout=10)["type"] == "accepted"
+            out = s.receive(timeout=10)
+            assert out["type"] == "output" and out["wants_input"]
+            os.kill(procs[0].pid, signal.SIGKILL)
+            procs[0].wait()
+            with running_seps(db_url, "test", 1, "--heartbeat", "0.2", app=APP):
+                reply = s.receive(timeout=30)
+                assert reply["type"] == "error" and reply["code"] == "sep_lost", reply
+                assert reply["retryable"] is True
+                assert s.call("ECHO", "goes on") == "goes on"
+                row = region.request(out["request_id"])
+                assert row["state"] == "failed" and row["attempt"] == 1

@@ -37,3 +37,8 @@ SELECT id, state, result, error FROM dispatcher.request_history WHERE id = ANY(%
 SELECT r.id FROM dispatcher.request r
 LEFT JOIN dispatcher.sep s ON s.id = r.sep_id
 WHERE r.id = ANY(%(ids)s) AND r.sep_id IS NOT NULL AND (s.id IS NULL OR s.state = 'dead');
+
+-- name: bind_session
+-- The session's task is in a conversation with this SEP: if the SEP dies, the request
+-- fails (SEPLost) instead of running again from its start.
+UPDATE dispatcher.session SET bound_sep = %(sep)s WHERE id = %(session)s;

@@ -764,7 +764,15 @@ BEGIN
     -- a SEP holds at most one request: the one it names (no index on sep_id needed)
     FOR r IN SELECT * FROM dispatcher.request
              WHERE id = s.current_request AND sep_id = s.id FOR UPDATE LOOP
-        IF r.attempt >= v_max THEN
+        IF r.session_id IS NOT NULL AND EXISTS (
+            SELECT 1 FROM dispatcher.session WHERE id = r.session_id AND bound_sep = s.id
+        ) THEN
+            -- a conversation lives in the program that died: it cannot resume elsewhere
+            PERFORM dispatcher.finish_request(r, 'failed', NULL,
+                jsonb_build_object('type', 'SEPLost', 'message',
+                    format('%s during a conversation', p_why)));
+            UPDATE dispatcher.session SET bound_sep = NULL WHERE id = r.session_id;
+        ELSIF r.attempt >= v_max THEN
             PERFORM dispatcher.finish_request(r, 'failed', NULL,
                 jsonb_build_object('type', 'SEPLost', 'message',
                     format('%s; gave up after %s attempts', p_why, r.attempt)));
