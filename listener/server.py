@@ -38,7 +38,7 @@ from dispatcher.database import Backoff
 from dispatcher.errors import DispatcherError
 from dispatcher.logs import get_logger
 from dispatcher.protocol import MAX_FRAME, PROTOCOL_VERSION, encode, error
-from dispatcher.region import AsyncRegion, Task
+from dispatcher.region import AsyncRegion, Enqueued, Task
 from dispatcher.tokens import hash_token
 
 __all__ = ["Listener"]
@@ -121,6 +121,7 @@ class Listener:
         )
         self._client_server: asyncio.Server | None = None
         self._channel_server: asyncio.Server | None = None
+        self.enqueuer = GroupCommit(self.pool, region)
 
     # ---------------------------------------------------------------- life
     async def start(self) -> None:
@@ -136,6 +137,7 @@ class Listener:
         sock = self._client_server.sockets[0]
         self.port = int(sock.getsockname()[1])
         self._tasks = [
+            asyncio.create_task(self.enqueuer.run()),
             asyncio.create_task(self._heartbeat()),
             asyncio.create_task(self._poll_outcomes()),
         ]
@@ -403,12 +405,8 @@ class Listener:
             await s.send(error("forbidden", f"this token may not run {transid}", id=cid))
             return
         try:
-            async with self.pool.connection() as conn:
-                r = AsyncRegion(conn, self.region)
-                e = await r.enqueue(
-                    transid, data, session=s.id, commarea=commarea, origin="listener", notify=False
-                )
-                program = await self._program(r, transid)
+            e = await self.enqueuer.submit(transid, data, s.id, commarea)
+            program = self._tx_cache.get(transid) or await self._load_program(transid)
         except DispatcherError as exc:
             await s.send(error(_code(exc), exc.message, id=cid))
             return
@@ -447,9 +445,11 @@ class Listener:
                 e.sep_id, {"type": "dispatch", "task": task_to_dict(task), "reply_to": self.address}
             )
 
-    async def _program(self, r: AsyncRegion, transid: str) -> tuple[str | None, float | None]:
-        if transid not in self._tx_cache:
-            for row in await r.rows("list_transactions", region=self.region):
+    async def _load_program(self, transid: str) -> tuple[str | None, float | None]:
+        async with self.pool.connection() as conn:
+            for row in await AsyncRegion(conn, self.region).rows(
+                "list_transactions", region=self.region
+            ):
                 self._tx_cache[row["transid"]] = (row["program"], row["timeout_s"])
         return self._tx_cache.get(transid, (None, None))
 
@@ -652,6 +652,94 @@ class Listener:
                 msg.get("error"),
                 msg.get("next_transid"),
             )
+
+
+class GroupCommit:
+    """Requests that arrive together share one enqueue call and one commit.
+
+    A request waits for no timer: each batch is whatever queued up while the previous
+    batches were in flight (at most ``max_batch``, at most ``parallel`` batches at
+    once). Every caller is answered only after its batch committed. A batch that an
+    error spoils (an unknown transaction, say) is retried one request at a time, so
+    that each error reaches only its own caller.
+    """
+
+    def __init__(
+        self,
+        pool: AsyncConnectionPool[Any],
+        region: str,
+        max_batch: int = 200,
+        parallel: int = 4,
+    ) -> None:
+        self.pool = pool
+        self.region = region
+        self.max_batch = max_batch
+        self.slots = asyncio.Semaphore(parallel)
+        self._flushing: set[asyncio.Task[None]] = set()
+        self.queue: asyncio.Queue[tuple[tuple[str, Any, UUID, Any], asyncio.Future[Any]]] = (
+            asyncio.Queue()
+        )
+
+    async def submit(self, transid: str, data: Any, session: UUID, commarea: Any) -> Enqueued:
+        fut: asyncio.Future[Enqueued] = asyncio.get_running_loop().create_future()
+        await self.queue.put(((transid, data, session, commarea), fut))
+        return await fut
+
+    async def run(self) -> None:
+        while True:
+            batch = [await self.queue.get()]
+            while len(batch) < self.max_batch and not self.queue.empty():
+                batch.append(self.queue.get_nowait())
+            await self.slots.acquire()
+            task = asyncio.create_task(self._flush(batch))
+            self._flushing.add(task)
+            task.add_done_callback(self._flushing.discard)
+
+    async def _flush(
+        self, batch: list[tuple[tuple[str, Any, UUID, Any], asyncio.Future[Any]]]
+    ) -> None:
+        try:
+            plain = [b for b in batch if b[0][3] is None]
+            single = [b for b in batch if b[0][3] is not None]
+            if len(plain) > 1:
+                try:
+                    async with self.pool.connection() as conn:
+                        out = await AsyncRegion(conn, self.region).enqueue_many(
+                            [(t, d) for (t, d, _, _), _ in plain],
+                            sessions=[sid for (_, _, sid, _), _ in plain],
+                            origin="listener",
+                            notify=False,
+                        )
+                    for (_, fut), e in zip(plain, out, strict=True):
+                        if not fut.done():
+                            fut.set_result(e)
+                except DispatcherError:
+                    single = batch  # one bad request: retry each on its own
+                except BaseException as exc:
+                    for _, fut in plain:
+                        if not fut.done():
+                            fut.set_exception(exc)
+                    plain = []
+            else:
+                single = batch
+            for (transid, data, sid, commarea), fut in single:
+                if fut.done():
+                    continue
+                try:
+                    async with self.pool.connection() as conn:
+                        e = await AsyncRegion(conn, self.region).enqueue(
+                            transid,
+                            data,
+                            session=sid,
+                            commarea=commarea,
+                            origin="listener",
+                            notify=False,
+                        )
+                    fut.set_result(e)
+                except BaseException as exc:
+                    fut.set_exception(exc)
+        finally:
+            self.slots.release()
 
 
 def _code(exc: DispatcherError) -> str:
