@@ -660,8 +660,8 @@ class GroupCommit:
     A request waits for no timer: each batch is whatever queued up while the previous
     batches were in flight (at most ``max_batch``, at most ``parallel`` batches at
     once). Every caller is answered only after its batch committed. A batch that an
-    error spoils (an unknown transaction, say) is retried one request at a time, so
-    that each error reaches only its own caller.
+    error spoils (an unknown transaction, say) is retried in halves, so
+    that each error reaches only its own caller (halving the batch until it does).
     """
 
     def __init__(
@@ -700,34 +700,25 @@ class GroupCommit:
     ) -> None:
         try:
             plain = [b for b in batch if b[0][3] is None]
-            single = [b for b in batch if b[0][3] is not None]
-            if len(plain) > 1:
-                try:
-                    async with self.pool.connection() as conn:
-                        out = await AsyncRegion(conn, self.region).enqueue_many(
-                            [(t, d) for (t, d, _, _), _ in plain],
-                            sessions=[sid for (_, _, sid, _), _ in plain],
-                            origin="listener",
-                            notify=False,
-                        )
-                    for (_, fut), e in zip(plain, out, strict=True):
-                        if not fut.done():
-                            fut.set_result(e)
-                except DispatcherError:
-                    single = batch  # one bad request: retry each on its own
-                except BaseException as exc:
-                    for _, fut in plain:
-                        if not fut.done():
-                            fut.set_exception(exc)
-                    plain = []
-            else:
-                single = batch
-            for (transid, data, sid, commarea), fut in single:
-                if fut.done():
-                    continue
-                try:
-                    async with self.pool.connection() as conn:
-                        e = await AsyncRegion(conn, self.region).enqueue(
+            for item in [b for b in batch if b[0][3] is not None]:
+                await self._many([item])  # a commarea goes through enqueue_v1 itself
+            if plain:
+                await self._many(plain)
+        finally:
+            self.slots.release()
+
+    async def _many(
+        self, batch: list[tuple[tuple[str, Any, UUID, Any], asyncio.Future[Any]]]
+    ) -> None:
+        """Enqueue BATCH in one call; if one request spoils it, halve and try again, so
+        that an error reaches only its own caller."""
+        try:
+            async with self.pool.connection() as conn:
+                r = AsyncRegion(conn, self.region)
+                if len(batch) == 1:
+                    (transid, data, sid, commarea), _ = batch[0]
+                    out = [
+                        await r.enqueue(
                             transid,
                             data,
                             session=sid,
@@ -735,11 +726,31 @@ class GroupCommit:
                             origin="listener",
                             notify=False,
                         )
-                    fut.set_result(e)
-                except BaseException as exc:
+                    ]
+                else:
+                    out = await r.enqueue_many(
+                        [(t, d) for (t, d, _, _), _ in batch],
+                        sessions=[sid for (_, _, sid, _), _ in batch],
+                        origin="listener",
+                        notify=False,
+                    )
+        except DispatcherError as exc:
+            if len(batch) == 1:
+                if not batch[0][1].done():
+                    batch[0][1].set_exception(exc)
+                return
+            half = len(batch) // 2
+            await self._many(batch[:half])
+            await self._many(batch[half:])
+            return
+        except BaseException as exc:
+            for _, fut in batch:
+                if not fut.done():
                     fut.set_exception(exc)
-        finally:
-            self.slots.release()
+            return
+        for (_, fut), e in zip(batch, out, strict=True):
+            if not fut.done():
+                fut.set_result(e)
 
 
 def _code(exc: DispatcherError) -> str:

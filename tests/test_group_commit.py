@@ -1,0 +1,81 @@
+"""Group commit in the listener: many requests, few transactions; errors stay apart."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool
+
+from dispatcher.errors import UnknownTransaction
+from dispatcher.region import Region
+from listener.server import GroupCommit
+
+
+def test_requests_arriving_together_share_commits(region: Region, db_url: str, conn: Any) -> None:
+    """200 requests submitted at once are committed in far fewer transactions; a bad
+    TRANSID among them fails alone, and every other request is queued."""
+    region.define_transaction("ECHO", "app:echo")
+    sessions = [region.register_session(user="u") for _ in range(200)]
+
+    async def main() -> list[Any]:
+        pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+            db_url,
+            min_size=2,
+            max_size=4,
+            open=False,
+            kwargs={"autocommit": True, "row_factory": dict_row},
+        )
+        await pool.open()
+        gc = GroupCommit(pool, "test", max_batch=100, parallel=2)
+        runner = asyncio.create_task(gc.run())
+        try:
+            return await asyncio.gather(
+                *(
+                    gc.submit("NOPE" if i == 77 else "ECHO", i, sid, None)
+                    for i, sid in enumerate(sessions)
+                ),
+                return_exceptions=True,
+            )
+        finally:
+            runner.cancel()
+            await pool.close()
+
+    results = asyncio.run(main())
+    bad = [r for r in results if isinstance(r, BaseException)]
+    assert len(bad) == 1 and isinstance(bad[0], UnknownTransaction)
+    assert isinstance(results[77], UnknownTransaction)
+    rows = conn.execute(
+        "SELECT count(*) AS n, count(DISTINCT xmin::text) AS txns FROM dispatcher.request"
+    ).fetchone()
+    assert rows["n"] == 199
+    assert rows["txns"] < 100, rows
+
+
+@pytest.mark.parametrize("n", [1])
+def test_a_lone_request_is_not_delayed(region: Region, db_url: str, n: int) -> None:
+    """With nothing else arriving, a request is enqueued at once, on its own."""
+    region.define_transaction("ECHO", "app:echo")
+    sid = region.register_session()
+
+    async def main() -> Any:
+        pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+            db_url,
+            min_size=1,
+            max_size=2,
+            open=False,
+            kwargs={"autocommit": True, "row_factory": dict_row},
+        )
+        await pool.open()
+        gc = GroupCommit(pool, "test")
+        runner = asyncio.create_task(gc.run())
+        try:
+            return await asyncio.wait_for(gc.submit("ECHO", n, sid, None), timeout=5)
+        finally:
+            runner.cancel()
+            await pool.close()
+
+    e = asyncio.run(main())
+    assert e.reason == "no_idle_sep" and e.request_id > 0
