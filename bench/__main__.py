@@ -104,6 +104,14 @@ def main() -> None:
             "jobs/s",
             baseline="raw/one round trip",
         )
+        report.add(
+            "drain",
+            "ours",
+            f"{w} SEPs --async-commit",
+            ours.drain(url, size["drain"], w, "--async-commit"),
+            "jobs/s",
+            baseline="raw/one round trip",
+        )
 
         print("phase 3-4: listener round trip and sustained load", flush=True)
         ping = floors.ping_latency_ms(raw)

@@ -50,13 +50,9 @@ def _env(url: str) -> dict[str, str]:
     }
 
 
-def start_seps(url: str, n: int) -> list[subprocess.Popen[bytes]]:
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "sep", "--app", APP, "--poll", "0.5"], env=_env(url), cwd=ROOT
-        )
-        for _ in range(n)
-    ]
+def start_seps(url: str, n: int, *extra: str) -> list[subprocess.Popen[bytes]]:
+    argv = [sys.executable, "-m", "sep", "--app", APP, "--poll", "0.5", *extra]
+    procs = [subprocess.Popen(argv, env=_env(url), cwd=ROOT) for _ in range(n)]
     with connect(url) as conn:
         r = Region(conn, "bench")
         deadline = time.monotonic() + 60
@@ -96,12 +92,12 @@ def _empty(conn: Any) -> bool:
     return conn.execute("SELECT NOT EXISTS (SELECT 1 FROM dispatcher.request) AS e").fetchone()["e"]
 
 
-def drain(url: str, n: int, workers: int) -> float:
+def drain(url: str, n: int, workers: int, *extra: str) -> float:
     """N queued ECHO tasks drained by WORKERS real SEP processes (complete-and-pull-next)."""
     region = Region(connect(url), "bench")
     region.conn.execute("TRUNCATE dispatcher.request, dispatcher.request_history")
     region.set(state="stopping")
-    procs = start_seps(url, workers)
+    procs = start_seps(url, workers, *extra)
     try:
         enqueue_bulk(region, n)
         t0 = time.perf_counter()

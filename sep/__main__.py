@@ -26,6 +26,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--standby", action="store_true")
     parser.add_argument("--poll", type=float, default=1.0, help="safety poll interval (s)")
     parser.add_argument("--heartbeat", type=float, default=2.0, help="heartbeat interval (s)")
+    parser.add_argument(
+        "--async-commit",
+        action="store_true",
+        help="completions do not wait for the WAL flush (see docs/sep.md)",
+    )
     args = parser.parse_args(argv)
     configure_logging()
     settings = Settings.from_env()
@@ -38,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
             standby=args.standby,
             poll_interval=args.poll,
             heartbeat_interval=args.heartbeat,
+            async_commit=args.async_commit,
         )
         return Worker(config).run()
     except AppError as exc:

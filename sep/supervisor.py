@@ -47,6 +47,7 @@ class Supervisor:
         poll_interval: float = 1.0,
         heartbeat_interval: float = 2.0,
         reap_interval: float = 5.0,
+        async_commit: bool = False,
     ) -> None:
         self.url = url
         self.region = region
@@ -57,6 +58,7 @@ class Supervisor:
         self.poll_interval = poll_interval
         self.heartbeat_interval = heartbeat_interval
         self.reap_interval = reap_interval
+        self.async_commit = async_commit
         self.stopping = False
         self.log = get_logger("sep.supervisor", region=region)
 
@@ -94,6 +96,8 @@ class Supervisor:
             argv += ["--capability", cap]
         if self.standby:
             argv.append("--standby")
+        if self.async_commit:
+            argv.append("--async-commit")
         return argv
 
     def _start(self, slot: _Slot) -> None:

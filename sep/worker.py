@@ -48,6 +48,7 @@ class SEPConfig:
     capabilities: tuple[str, ...] = ()
     standby: bool = False
     poll_interval: float = 1.0
+    async_commit: bool = False
     heartbeat_interval: float = 2.0
     reap_every: int = 5
 
@@ -87,6 +88,7 @@ class Worker:
         if conn is None:
             return 0
         self.conn = conn
+        self._session_settings()
         region = Region(conn, self.config.region)
         row = region.register_sep(
             socket.gethostname(),
@@ -215,6 +217,10 @@ class Worker:
             time.sleep(self.config.heartbeat_interval)
 
     # ------------------------------------------------------------------ loop
+    def _session_settings(self) -> None:
+        if self.config.async_commit:
+            self._region().rows("async_commit")
+
     def _region(self) -> Region:
         assert self.conn is not None
         return Region(self.conn, self.config.region)
@@ -232,6 +238,7 @@ class Worker:
         if conn is None:
             raise _Stop
         self.conn = conn
+        self._session_settings()
 
     def _db(self, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
         """Call a procedure, riding out a database restart (reconnect with backoff)."""

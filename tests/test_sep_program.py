@@ -93,3 +93,10 @@ def test_transaction_without_program_abends_clearly(app_region: Region, db_url: 
         e = app_region.enqueue("GHOST", None)
         row = wait_final(app_region, e.request_id)
     assert row["state"] == "failed" and "not importable" in row["error"]["message"]
+
+
+def test_async_commit_sep_runs_tasks(app_region: Region, db_url: str) -> None:
+    """A SEP started with --async-commit completes tasks like any other."""
+    with running_seps(db_url, "test", 1, "--async-commit"):
+        e = app_region.enqueue("ECHO", {"fast": True})
+        assert wait_final(app_region, e.request_id)["result"] == {"fast": True}

@@ -61,6 +61,7 @@ def start(
     standby: bool,
     poll: float,
     heartbeat: float,
+    async_commit: bool,
     metrics_port: int | None,
 ) -> None:
     """Start SEP processes and supervise them in the foreground (Ctrl-C stops them
@@ -83,6 +84,7 @@ def start(
         standby=standby,
         poll_interval=poll,
         heartbeat_interval=heartbeat,
+        async_commit=async_commit,
     )
     supervisor.check_room()
     app.close()

@@ -43,3 +43,7 @@ SELECT dispatcher.active_seps(%(region)s) AS n;
 -- Used by the bundled sample app (dispatcher/sample/app.py): finished requests of a transaction.
 SELECT count(*) AS n FROM dispatcher.request_history
 WHERE region = %(region)s AND transid = %(transid)s AND state = 'done';
+
+-- name: async_commit
+-- A SEP started with --async-commit: its completions do not wait for the WAL flush.
+SET synchronous_commit = off;
