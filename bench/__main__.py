@@ -39,6 +39,28 @@ SIZES = {
 }
 
 
+def _compare(
+    report: Report, phase: str, ours_metric: str, peer: str, higher_is_better: bool = True
+) -> None:
+    """Our figure again, as a ratio against a peer's figure of the same run."""
+    mine = [
+        r
+        for r in report.rows
+        if r.phase == phase and r.system == "ours" and r.metric == ours_metric
+    ]
+    theirs = [r for r in report.rows if r.phase == phase and f"{r.system}/{r.metric}" == peer]
+    if mine and theirs:
+        report.add(
+            phase,
+            "ours",
+            f"{ours_metric} (vs peer)",
+            mine[0].value,
+            mine[0].unit,
+            baseline=peer,
+            higher_is_better=higher_is_better,
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="under 3 minutes on 2 cores")
@@ -181,6 +203,9 @@ def main() -> None:
         report.add("timers", "ours", "fire lag p99", p99, "ms", higher_is_better=False)
 
         peers.run(server, report, size, w)
+        _compare(report, "drain", f"{w} SEP processes", f"pgqueuer/{w} workers")
+        _compare(report, "drain", f"{w} SEPs --async-commit", f"pgqueuer/{w} workers")
+        _compare(report, "roundtrip", "call p50", "procrastinate/enqueue->done p50", False)
         report.notes.append(
             "ours/drain runs real SEP processes (Python) sharing the 2 cores with PostgreSQL; "
             "raw floors run threads of one Python process doing nothing but SQL."
