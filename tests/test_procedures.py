@@ -319,6 +319,7 @@ def test_enqueue_many(region: Region) -> None:
     out = region.enqueue_many([("T", i) for i in range(5)])
     assert [o.reason for o in out] == ["dispatched"] + ["no_idle_sep"] * 4
     assert len({o.request_id for o in out}) == 5
+    assert [region.request(o.request_id)["payload"] for o in out] == [0, 1, 2, 3, 4]
     with pytest.raises(UnknownTransaction):
         region.enqueue_many([("T", 1), ("NOPE", 2)])
 
@@ -356,3 +357,29 @@ def test_lowering_max_seps_turns_newest_sep_standby(region: Region) -> None:
     assert region.complete(s2, t2, ok=True) is None
     t1 = region.begin(s1, e1.request_id if e1.sep_id == s1 else e2.request_id)
     assert region.complete(s1, t1, ok=True) is not None
+
+
+def test_enqueue_many_dispatches_to_every_idle_sep_by_priority(region: Region, db_url: str) -> None:
+    """A batch fills every idle SEP with the highest-priority requests queued; one that
+    takes an older request (not of the batch) is told by NOTIFY even with notify off."""
+    region.define_transaction("LOW", "app:fn", priority=1)
+    region.define_transaction("HIGH", "app:fn", priority=9)
+    s1, s2 = sep(region), sep(region)
+    for s in (s1, s2):
+        region.control_sep(s, "pause")
+    old = region.enqueue("LOW", "old")
+    assert old.reason == "no_idle_sep"
+    with psycopg.connect(db_url, autocommit=True) as listener:
+        listener.execute(f"LISTEN dispatcher_sep_{s1}")
+        listener.execute(f"LISTEN dispatcher_sep_{s2}")
+        for s in (s1, s2):
+            region.control_sep(s, "resume")
+        for _ in listener.notifies(timeout=0.5):
+            pass  # the resume notices
+        out = region.enqueue_many([("LOW", "a"), ("HIGH", "b"), ("LOW", "c")], notify=False)
+        notes = [n.payload for n in listener.notifies(timeout=2, stop_after=1)]
+    assert [region.request(o.request_id)["payload"] for o in out] == ["a", "b", "c"]
+    assert [o.reason for o in out] == ["no_idle_sep", "dispatched", "no_idle_sep"]
+    assert region.request(old.request_id)["state"] == "dispatched"
+    assert notes == [f"dispatch {old.request_id}"]
+    assert {r["current_request"] for r in region.seps()} == {out[1].request_id, old.request_id}

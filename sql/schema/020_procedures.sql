@@ -420,6 +420,9 @@ BEGIN
 END $$;
 
 -- Many requests in one call and one commit (START --data-file, group commit).
+-- Set-based: one INSERT for the batch, then each idle SEP gets the highest-priority
+-- request it may run (same order, limits and wake-up fence as enqueue_v1). A batch
+-- with idempotency keys goes request by request through enqueue_v1.
 CREATE FUNCTION dispatcher.enqueue_many_v1(
     p_region text,
     p_transids text[],
@@ -432,24 +435,116 @@ CREATE FUNCTION dispatcher.enqueue_many_v1(
 ) RETURNS TABLE (ordinal integer, request_id bigint, sep_id bigint, reason text, duplicate boolean)
 LANGUAGE plpgsql AS $$
 DECLARE
+    reg dispatcher.region;
     e dispatcher.enqueued;
+    v_n integer := coalesce(cardinality(p_transids), 0);
+    v_bad text;
+    v_ids bigint[];
+    v_sep bigint;
+    v_fenced boolean := false;
+    v_assigned jsonb := '{}';
+    p record;
 BEGIN
-    IF cardinality(p_transids) IS DISTINCT FROM cardinality(p_payloads) THEN
+    IF v_n IS DISTINCT FROM coalesce(cardinality(p_payloads), 0) THEN
         RAISE EXCEPTION USING ERRCODE = 'DP003',
             MESSAGE = 'enqueue_many: transids and payloads differ in length';
     END IF;
-    FOR i IN 1..coalesce(cardinality(p_transids), 0) LOOP
-        e := dispatcher.enqueue_v1(
-            p_region, p_transids[i], p_payloads[i], p_sessions[i],
-            coalesce(p_user_priorities[i], 0), p_idempotency_keys[i], NULL, NULL,
-            p_origin, p_notify);
-        ordinal := i;
-        request_id := e.request_id;
-        sep_id := e.sep_id;
-        reason := e.reason;
-        duplicate := e.duplicate;
-        RETURN NEXT;
-    END LOOP;
+    IF v_n = 0 THEN
+        RETURN;
+    END IF;
+    IF EXISTS (SELECT 1 FROM unnest(p_idempotency_keys) k WHERE k IS NOT NULL) THEN
+        FOR i IN 1..v_n LOOP
+            e := dispatcher.enqueue_v1(
+                p_region, p_transids[i], p_payloads[i], p_sessions[i],
+                coalesce(p_user_priorities[i], 0), p_idempotency_keys[i], NULL, NULL,
+                p_origin, p_notify);
+            ordinal := i; request_id := e.request_id; sep_id := e.sep_id;
+            reason := e.reason; duplicate := e.duplicate;
+            RETURN NEXT;
+        END LOOP;
+        RETURN;
+    END IF;
+
+    SELECT * INTO reg FROM dispatcher.region WHERE name = p_region;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = 'DP001', MESSAGE = format('unknown region %L', p_region);
+    END IF;
+    SELECT t INTO v_bad FROM unnest(p_transids) t
+    WHERE t IS NULL OR NOT EXISTS (
+        SELECT 1 FROM dispatcher.transaction x WHERE x.region = p_region AND x.transid = t)
+    LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = 'DP002',
+            MESSAGE = format('unknown transaction %L in region %L', v_bad, p_region),
+            HINT = 'define it with: dispatcher tx define, or dispatcher tx sync --app MODULE';
+    END IF;
+    IF EXISTS (SELECT 1 FROM unnest(p_user_priorities) u WHERE u NOT BETWEEN 0 AND 255) THEN
+        RAISE EXCEPTION USING ERRCODE = 'DP003', MESSAGE = 'priority must be between 0 and 255';
+    END IF;
+    IF EXISTS (SELECT 1 FROM unnest(p_sessions) sid
+               WHERE sid IS NOT NULL AND NOT EXISTS (
+                   SELECT 1 FROM dispatcher.session s WHERE s.id = sid AND s.region = p_region)) THEN
+        RAISE EXCEPTION USING ERRCODE = 'DP007', MESSAGE = 'unknown session in the batch';
+    END IF;
+
+    WITH ins AS (
+        INSERT INTO dispatcher.request
+            (region, transid, payload, session_id, priority, dispatch_key, max_attempts,
+             class, requires, origin)
+        SELECT p_region, x.transid, coalesce(p_payloads[i], 'null'::jsonb), p_sessions[i],
+               pr.prio, clock_timestamp() - make_interval(secs => pr.prio * reg.aging_ms / 1000.0),
+               x.max_attempts, x.class, x.requires, coalesce(p_origin, 'api')
+        FROM generate_subscripts(p_transids, 1) AS i
+        JOIN dispatcher.transaction x ON x.region = p_region AND x.transid = p_transids[i]
+        LEFT JOIN dispatcher.session s ON s.id = p_sessions[i]
+        CROSS JOIN LATERAL (SELECT least(255, x.priority + coalesce(s.priority, 0)
+                                              + coalesce(p_user_priorities[i], 0)) AS prio) pr
+        ORDER BY i
+        RETURNING id
+    )
+    SELECT array_agg(id ORDER BY id) INTO v_ids FROM ins;   -- ids follow the batch order
+
+    IF reg.state = 'running' THEN
+        FOR k IN 1..v_n LOOP
+            v_sep := dispatcher.find_idle_sep(p_region, '{}');
+            IF v_sep IS NULL AND NOT v_fenced THEN
+                -- the last look, fenced against SEPs going idle (see the top of this file)
+                PERFORM pg_advisory_xact_lock_shared(dispatcher.region_lock_key(p_region));
+                v_fenced := true;
+                v_sep := dispatcher.find_idle_sep(p_region, '{}');
+            END IF;
+            EXIT WHEN v_sep IS NULL;
+            p := dispatcher.pick_request(p_region,
+                                         (SELECT capabilities FROM dispatcher.sep WHERE id = v_sep));
+            IF p.request_id IS NULL THEN
+                IF p.contended THEN
+                    PERFORM pg_notify(dispatcher.sep_channel(v_sep), 'wake');
+                END IF;
+                EXIT;
+            END IF;
+            UPDATE dispatcher.request r SET
+                state = 'dispatched', sep_id = v_sep, attempt = r.attempt + 1,
+                dispatched_at = clock_timestamp()
+            WHERE r.id = p.request_id;
+            UPDATE dispatcher.sep SET state = 'busy', current_request = p.request_id,
+                current_attempt = (SELECT attempt FROM dispatcher.request WHERE id = p.request_id)
+            WHERE id = v_sep;
+            -- a request of this batch is handed over by the caller (p_notify false);
+            -- an older one that this SEP took instead must be announced
+            IF p_notify OR NOT (p.request_id = ANY (v_ids)) THEN
+                PERFORM pg_notify(dispatcher.sep_channel(v_sep), 'dispatch ' || p.request_id);
+            END IF;
+            v_assigned := v_assigned || jsonb_build_object(p.request_id::text, v_sep);
+        END LOOP;
+    END IF;
+
+    RETURN QUERY
+    SELECT i, v_ids[i], (v_assigned ->> v_ids[i]::text)::bigint,
+           CASE WHEN v_assigned ? v_ids[i]::text THEN 'dispatched'
+                WHEN reg.state <> 'running' THEN 'region_stopping'
+                ELSE 'no_idle_sep' END,
+           false
+    FROM generate_subscripts(p_transids, 1) AS i;
 END $$;
 
 -- --------------------------------------------------------------- SEPs
