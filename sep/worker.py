@@ -389,7 +389,7 @@ class Worker:
             log.warning("database_lost_at_completion", error=str(exc).strip())
             self._reconnect()
             return self._db(Region.claim_next, self.sep_id)  # the task runs again
-        except (psycopg.Error, DispatcherError) as exc:
+        except (psycopg.Error, DispatcherError, TypeError, ValueError) as exc:
             # e.g. the result is not JSON-serialisable, or the program broke its transaction
             if tx:
                 self._rollback(tx)

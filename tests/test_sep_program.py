@@ -100,3 +100,13 @@ def test_async_commit_sep_runs_tasks(app_region: Region, db_url: str) -> None:
     with running_seps(db_url, "test", 1, "--async-commit"):
         e = app_region.enqueue("ECHO", {"fast": True})
         assert wait_final(app_region, e.request_id)["result"] == {"fast": True}
+
+
+def test_result_that_is_not_json_abends(app_region: Region, db_url: str) -> None:
+    """A result that cannot be stored as JSON fails the request clearly; the SEP lives."""
+    with running_seps(db_url, "test", 1):
+        bad = app_region.enqueue("NOTJSON", None)
+        row = wait_final(app_region, bad.request_id)
+        assert row["state"] == "failed" and "set" in row["error"]["message"]
+        ok = app_region.enqueue("ECHO", 1)
+        assert wait_final(app_region, ok.request_id)["result"] == 1

@@ -71,3 +71,8 @@ async def asleepy(ctx: Any) -> Any:
 def hold(ctx: Any) -> Any:
     time.sleep(float((ctx.data or {}).get("seconds", 1)))
     return "held"
+
+
+@program("NOTJSON")
+def notjson(ctx: Any) -> Any:
+    return {1, 2, 3}
