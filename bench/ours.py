@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import socket
 import statistics
 import subprocess
@@ -16,6 +15,7 @@ from typing import Any
 from dispatcher import migrate
 from dispatcher.database import connect
 from dispatcher.monitor import Monitor
+from dispatcher.processes import stop_processes
 from dispatcher.region import Region
 from dispatcher.tokens import create_token
 from sep.program import sync_app
@@ -64,14 +64,7 @@ def start_seps(url: str, n: int, *extra: str) -> list[subprocess.Popen[bytes]]:
 
 
 def stop(procs: list[subprocess.Popen[bytes]]) -> None:
-    for p in procs:
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-    for p in procs:
-        try:
-            p.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            p.kill()
+    stop_processes(procs, 60)
 
 
 def enqueue_one_by_one(region: Region, n: int) -> float:

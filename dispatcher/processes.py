@@ -13,7 +13,7 @@ __all__ = ["stop_processes"]
 
 
 def stop_processes(
-    procs: Sequence[subprocess.Popen[Any]], grace: float, log: Any, group: bool = False
+    procs: Sequence[subprocess.Popen[Any]], grace: float, log: Any = None, group: bool = False
 ) -> None:
     """SIGTERM each process still running, wait up to GRACE seconds in all, then SIGKILL
     (the whole process group when GROUP) what is left."""
@@ -25,7 +25,8 @@ def stop_processes(
         try:
             p.wait(timeout=max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            log.warning("process_killed", pid=p.pid)
+            if log is not None:
+                log.warning("process_killed", pid=p.pid)
             if group:
                 os.killpg(p.pid, signal.SIGKILL)
             else:

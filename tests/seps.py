@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -13,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from dispatcher.database import connect
+from dispatcher.processes import stop_processes
 from dispatcher.region import Region
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,15 +59,7 @@ def running_seps(
         wait_registered(db_url, region, count)
         yield procs
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        stop_processes(procs, 30)
 
 
 def wait_final(region: Region, request_id: int, timeout: float = 30) -> dict[str, Any]:

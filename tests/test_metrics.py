@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import socket
 import urllib.request
 
 from dispatcher.metrics import serve_metrics
 from dispatcher.region import Region
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from .listeners import free_port
 
 
 def _sample(text: str, name: str) -> float:
@@ -35,7 +30,7 @@ def test_metrics_report_requests_queue_and_seps(region: Region, db_url: str) -> 
     region.control_sep(sep_id, "pause")
     region.enqueue("HOT", None)
     region.enqueue("ECHO", None)
-    port = _free_port()
+    port = free_port()
     serve_metrics(port, db_url, "test")
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
     assert _sample(text, 'dispatcher_requests_finished_total{outcome="done",transid="ECHO"}') == 2

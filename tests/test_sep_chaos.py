@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import random
 import signal
-import subprocess
 import threading
 import time
 from typing import Any
@@ -15,6 +14,7 @@ import psycopg
 import pytest
 
 from dispatcher.database import connect
+from dispatcher.processes import stop_processes
 from dispatcher.region import Region
 from sep.program import sync_app
 
@@ -86,14 +86,7 @@ def test_kill_9_seps_during_a_run(region: Region, db_url: str, conn: Any) -> Non
     finally:
         stop.set()
         sampler.join()
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_processes(procs, 30)
 
     assert kills >= 5
     assert not problems, problems[:5]

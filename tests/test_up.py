@@ -6,7 +6,6 @@ import json
 import os
 import selectors
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,11 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from .listeners import free_port
 
 
 def _read_until(proc: subprocess.Popen[str], needle: str, timeout: float) -> str:
@@ -45,7 +40,7 @@ def _read_until(proc: subprocess.Popen[str], needle: str, timeout: float) -> str
 @pytest.mark.slow
 def test_up_serves_a_call_and_stops_everything(tmp_path: Path) -> None:
     """A fresh home: up starts PostgreSQL, SEPs, listener, monitor; Ctrl-C leaves nothing."""
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("DISPATCHER_")}
     env["DISPATCHER_HOME"] = str(tmp_path / "home")
     proc = subprocess.Popen(

@@ -97,6 +97,12 @@ def up(
     url = app.url
     ensure_schema(url)
     region = app.region(ensure=True)
+    from sep.program import AppError, sync_app
+
+    try:
+        sync_app(region, app_module)  # before the listener accepts its first call
+    except AppError as exc:
+        raise click.UsageError(str(exc)) from None
     count = seps or max(2, os.cpu_count() or 2)
     info = region.info()
     if info["max_seps"] < count:
