@@ -47,6 +47,12 @@ def sep() -> None:
     help="Heartbeat interval (s).",
 )
 @click.option(
+    "--async-commit",
+    is_flag=True,
+    help="Completions do not wait for the WAL flush: faster; a crash of PostgreSQL may run "
+    "the last tasks again (see docs/sep.md).",
+)
+@click.option(
     "--metrics-port",
     type=click.IntRange(1, 65535),
     default=None,
