@@ -46,4 +46,4 @@ WHERE region = %(region)s AND transid = %(transid)s AND state = 'done';
 
 -- name: async_commit
 -- A SEP started with --async-commit: its completions do not wait for the WAL flush.
-SET synchronous_commit = off;
+SELECT set_config('synchronous_commit', 'off', false) AS synchronous_commit;
