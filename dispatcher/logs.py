@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
@@ -34,6 +35,7 @@ def configure_logging(fmt: str | None = None, level: str | None = None) -> None:
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
+            _logger_key,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
@@ -47,5 +49,14 @@ def configure_logging(fmt: str | None = None, level: str | None = None) -> None:
     )
 
 
+def _logger_key(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """Show the logger's name as ``logger=`` (kept as logger_name until rendering)."""
+    name = event.pop("logger_name", None)
+    if name is not None:
+        event["logger"] = name
+    return event
+
+
 def get_logger(name: str, **bound: Any) -> Any:
-    return structlog.get_logger(name).bind(logger=name, **bound)
+    """A logger that follows configure_logging even when made before it (at import)."""
+    return structlog.get_logger(**{"logger_name": name, **bound})

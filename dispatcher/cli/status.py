@@ -42,7 +42,7 @@ def render(row: dict[str, Any]) -> str:
     for name in SECTIONS:
         value = row.get(name)
         if isinstance(value, dict):
-            text = ", ".join(f"{k} {v}" for k, v in value.items())
+            text = ", ".join(f"{k} {v}" for k, v in value.items() if v is not None)
         else:
             text = str(value)
         lines.append(f"  {name:11} {text}")
