@@ -90,3 +90,22 @@ def test_up_serves_a_call_and_stops_everything(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_up_refuses_a_busy_port(tmp_path: Path) -> None:
+    """A second `up` on a port already in use says so at once (exit 2), starting nothing."""
+    import socket
+
+    from click.testing import CliRunner
+
+    from dispatcher.cli import cli
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = CliRunner().invoke(
+            cli, ["up", "--port", str(port)], env={"DISPATCHER_HOME": str(tmp_path / "h")}
+        )
+    assert result.exit_code == 2 and "is a region already up?" in result.stderr
+    assert not (tmp_path / "h" / "pgdata").exists()

@@ -93,6 +93,14 @@ def up(
 ) -> None:
     """Start a complete region here: database, listener, event monitor and SEPs."""
     settings = app.settings
+    with socket.socket() as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise click.UsageError(
+                f"cannot listen on {host}:{port}: {exc.strerror} (is a region already up? "
+                "choose another --port)"
+            ) from None
     we_started_db = not settings.database_url and not embedded_running(settings)
     url = app.url
     ensure_schema(url)
