@@ -20,6 +20,8 @@ from dispatcher.logs import get_logger
 from dispatcher.processes import stop_processes
 from dispatcher.region import Region
 
+from .worker import EXIT_KILLED, EXIT_STOPPED
+
 __all__ = ["Supervisor"]
 
 NO_ROOM_EXIT = 3
@@ -32,6 +34,7 @@ class _Slot:
     proc: subprocess.Popen[bytes] | None = None
     failures: int = 0
     restart_at: float = 0.0
+    operator_stopped: bool = False
     started_at: float = field(default_factory=time.monotonic)
 
 
@@ -125,8 +128,11 @@ class Supervisor:
             for slot in slots:
                 self._check(slot, now)
             if all(s.proc is None and s.restart_at == float("inf") for s in slots):
-                self.log.error("no_sep_can_run")
-                exit_code = 1
+                if all(s.operator_stopped for s in slots):
+                    self.log.info("all_seps_stopped")
+                else:
+                    self.log.error("no_sep_can_run")
+                    exit_code = 1
                 break
             if now - last_reap >= self.reap_interval:
                 last_reap = now
@@ -145,6 +151,12 @@ class Supervisor:
                 slot.failures = 0
             return
         slot.proc = None
+        if rc in (EXIT_STOPPED, EXIT_KILLED) and not self.stopping:
+            # `dispatcher sep stop [--force]`: the operator's word is final
+            slot.restart_at = float("inf")
+            slot.operator_stopped = True
+            self.log.info("sep_process_stopped_by_operator", slot=slot.index, returncode=rc)
+            return
         if rc in (BAD_APP_EXIT, NO_ROOM_EXIT):
             slot.restart_at = float("inf") if rc == BAD_APP_EXIT else now + 10.0
             self.log.error("sep_process_refused", slot=slot.index, returncode=rc)

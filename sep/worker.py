@@ -37,6 +37,12 @@ from .program import AppError, ProgramDef, load_app, resolve_program
 __all__ = ["SEPConfig", "Worker"]
 
 _DB_LOST = (psycopg.OperationalError, DatabaseUnavailable)
+
+# Exit codes of a SEP process, read by the supervisor: stopped and killed by an
+# operator are final; declared dead is restarted like a crash.
+EXIT_STOPPED = 0
+EXIT_KILLED = 4
+EXIT_DECLARED_DEAD = 5
 T = TypeVar("T")
 
 
@@ -115,7 +121,7 @@ class Worker:
             pass
         finally:
             self._leave()
-        return 0
+        return EXIT_DECLARED_DEAD if self.dead else EXIT_STOPPED
 
     def _on_term(self, signum: int, _frame: Any) -> None:
         if not self.stopping:
@@ -280,7 +286,7 @@ class Worker:
                 return self._db(Region.claim_next, self.sep_id)  # already taken (handed over)
         if payload == "kill":
             self.log.warning("sep_killed_by_operator")
-            os._exit(1)
+            os._exit(EXIT_KILLED)
         if payload == "stop":
             self.stopping = True
             return None

@@ -127,7 +127,7 @@ def test_completion_from_declared_dead_sep_is_refused(
         assert row["state"] == "done" and row["attempt"] == 2
         assert row["sep_id"] != 1
         os.kill(first.pid, signal.SIGCONT)
-        assert first.wait(timeout=30) == 0
+        assert first.wait(timeout=30) == 5  # EXIT_DECLARED_DEAD: a supervisor restarts it
         assert region.request(e.request_id)["sep_id"] == row["sep_id"]
     finally:
         for p in (first, second):

@@ -119,3 +119,37 @@ def test_sep_stop_force_requeues_the_task(region: Region, db_url: str) -> None:
         assert _run(db_url, "sep", "stop", "--force", str(victim)).exit_code == 0
         row = wait_final(region, e.request_id, timeout=30)
         assert row["state"] == "done" and row["attempt"] == 2 and row["sep_id"] != victim
+
+
+def test_supervisor_respects_operator_stop(region: Region, db_url: str) -> None:
+    """A SEP stopped by `dispatcher sep stop` is not restarted by its supervisor; when
+    the operator has stopped them all, the supervisor exits by itself."""
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "dispatcher",
+            "sep",
+            "start",
+            "--app",
+            "tests.apps.basic",
+            "--count",
+            "2",
+        ],
+        env=sep_env(db_url, "test"),
+        cwd=ROOT,
+    )
+    try:
+        wait_registered(db_url, "test", 2)
+        first = region.seps()[0]["id"]
+        assert _run(db_url, "sep", "stop", str(first)).exit_code == 0
+        time.sleep(2.0)
+        assert [s["id"] for s in region.seps()] != [] and first not in {
+            s["id"] for s in region.seps()
+        }
+        assert len(region.seps()) == 1
+        assert _run(db_url, "sep", "stop", "--all").exit_code == 0
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
