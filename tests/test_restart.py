@@ -66,3 +66,46 @@ def test_seps_ride_out_a_postgres_crash(own_server: tuple[str, Path]) -> None:
         for rid in before + after:
             assert wait_final(region, rid, timeout=60)["state"] == "done"
     conn.close()
+
+
+@pytest.mark.slow
+def test_listener_answers_retryable_error_while_postgres_is_down(
+    own_server: tuple[str, Path],
+) -> None:
+    """PostgreSQL stopped under a listener: calls get database_unavailable (retryable);
+    once it is back, the same session works again."""
+    from dispatcher.tokens import create_token
+    from listener import CallError
+    from listener import connect as open_session
+
+    from .listeners import running_listener
+
+    url, pgdata = own_server
+    with connect(url) as conn:
+        region = Region(conn, "r")
+        region.ensure()
+        sync_app(region, "dispatcher.sample.app")
+        token = create_token(region, "t")
+    with (
+        running_seps(url, "r", 1, "--poll", "0.5", app="dispatcher.sample.app"),
+        running_listener(url, "r") as address,
+        open_session(address, token) as s,
+    ):
+        assert s.call("ECHO", 1) == 1
+        _pg_ctl(pgdata, "-w", "-m", "fast", "stop")
+        with pytest.raises(CallError) as err:
+            s.call("ECHO", 2, timeout=30)
+        assert err.value.code == "database_unavailable" and err.value.retryable
+        _pg_ctl(
+            pgdata, "-w", "-l", str(pgdata / "log"), "-o", "-h ''", "-o", f"-k {pgdata}", "start"
+        )
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                assert s.call("ECHO", 3, timeout=30) == 3
+                break
+            except CallError as exc:
+                assert exc.retryable, exc
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
