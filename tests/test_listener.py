@@ -337,3 +337,24 @@ def test_local_cli_finds_its_own_token(
         )
         assert out.returncode == 0, out.stderr
     assert (tmp_path / "tokens" / "test").stat().st_mode & 0o777 == 0o600
+
+
+def test_connect_interactive_session(live: tuple[str, str, Region], db_url: str) -> None:
+    """`dispatcher connect`: a typed transaction, a conversation, a RETURN TRANSID chain."""
+    address, token, _ = live
+    env = {**sep_env(db_url, "test"), "DISPATCHER_TOKEN": token}
+    script = 'ECHO {"a": 1}\nCHAT\n"Zoe"\nORDER {"item": "cup"}\n2\nNOPE\nquit\n'
+    out = subprocess.run(
+        [sys.executable, "-m", "dispatcher", "connect", "--address", address],
+        input=script,
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert '{"a": 1}' in out.stdout
+    assert '{"greeting": "Hello, Zoe!"}' in out.stdout
+    assert '{"ordered": {"item": "cup", "quantity": 2}}' in out.stdout
+    assert "error unknown_transaction" in out.stdout
