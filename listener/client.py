@@ -32,6 +32,12 @@ __all__ = [
 OnOutput = Callable[[Any, bool], Any]
 
 
+def _with_key(message: dict[str, Any], key: str | None) -> dict[str, Any]:
+    if key is not None:
+        message["key"] = key
+    return message
+
+
 class CallError(Exception):
     """An error reply from the listener: ``code``, ``message``, ``retryable``, ``detail``."""
 
@@ -89,20 +95,35 @@ class Session:
         *,
         on_output: OnOutput | None = None,
         timeout: float | None = 300.0,
+        key: str | None = None,
     ) -> Any:
-        """Run TRANSID with DATA and return its result; raise CallError on an error reply."""
+        """Run TRANSID with DATA and return its result; raise CallError on an error reply.
+
+        KEY (idempotency key): a call sent again with the same key, after a retryable
+        error or from a new session, runs once and answers with the first one's outcome.
+        """
         cid = next(self._ids)
-        self.send({"type": "call", "id": cid, "transid": transid, "data": data})
+        self.send(_with_key({"type": "call", "id": cid, "transid": transid, "data": data}, key))
         return self._follow(cid, on_output, timeout)
 
     def input(
-        self, data: Any, *, on_output: OnOutput | None = None, timeout: float | None = 300.0
+        self,
+        data: Any,
+        *,
+        on_output: OnOutput | None = None,
+        timeout: float | None = 300.0,
+        key: str | None = None,
     ) -> Any:
         """Send the session's next input: to a waiting task, or (after RETURN TRANSID) as
         a new request for the transaction the last task named."""
         cid = next(self._ids)
-        self.send({"type": "input", "id": cid, "data": data})
+        self.send(_with_key({"type": "input", "id": cid, "data": data}, key))
         return self._follow(cid, on_output, timeout)
+
+    def ping(self, timeout: float | None = 10.0) -> None:
+        cid = next(self._ids)
+        self.send({"type": "ping", "id": cid})
+        self._until(cid, timeout)
 
     def result_of(self, request_id: int, timeout: float | None = 30.0) -> dict[str, Any]:
         cid = next(self._ids)
@@ -211,16 +232,36 @@ class AsyncSession:
         return msg
 
     async def call(
-        self, transid: str, data: Any = None, *, on_output: AsyncOnOutput | None = None
+        self,
+        transid: str,
+        data: Any = None,
+        *,
+        on_output: AsyncOnOutput | None = None,
+        key: str | None = None,
     ) -> Any:
+        """Run TRANSID with DATA and return its result (see :meth:`Session.call`)."""
         cid = next(self._ids)
-        await self.send({"type": "call", "id": cid, "transid": transid, "data": data})
+        msg = {"type": "call", "id": cid, "transid": transid, "data": data}
+        await self.send(_with_key(msg, key))
         return await self._follow(cid, on_output)
 
-    async def input(self, data: Any, *, on_output: AsyncOnOutput | None = None) -> Any:
+    async def input(
+        self, data: Any, *, on_output: AsyncOnOutput | None = None, key: str | None = None
+    ) -> Any:
         cid = next(self._ids)
-        await self.send({"type": "input", "id": cid, "data": data})
+        await self.send(_with_key({"type": "input", "id": cid, "data": data}, key))
         return await self._follow(cid, on_output)
+
+    async def result_of(self, request_id: int) -> dict[str, Any]:
+        """The outcome of a request by id: a ``result`` or ``pending`` message."""
+        cid = next(self._ids)
+        await self.send({"type": "result_of", "id": cid, "request_id": request_id})
+        while True:
+            msg = await self.receive()
+            if msg.get("id") in (cid, None):
+                if msg["type"] == "error":
+                    raise CallError(msg)
+                return msg
 
     async def _follow(self, cid: Any, on_output: AsyncOnOutput | None) -> Any:
         while True:

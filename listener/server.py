@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import os
+import shutil
 import socket
 import ssl
 import tempfile
@@ -35,7 +36,7 @@ from dispatcher.channel import (
     task_to_dict,
 )
 from dispatcher.database import Backoff
-from dispatcher.errors import DispatcherError
+from dispatcher.errors import DatabaseUnavailable, DispatcherError
 from dispatcher.logs import get_logger
 from dispatcher.protocol import MAX_FRAME, PROTOCOL_VERSION, encode, error
 from dispatcher.region import AsyncRegion, Enqueued, Task
@@ -44,7 +45,12 @@ from dispatcher.tokens import hash_token
 __all__ = ["Listener"]
 
 HELLO_TIMEOUT = 10.0
-_DB_ERRORS = (psycopg.OperationalError, PoolTimeout)
+# how long the transaction definitions (program, timeout) put in dispatch frames are cached
+TX_CACHE_TTL = 5.0
+# a client whose unread replies pile up past this is dropped (it must not stall SEPs)
+MAX_PENDING_BYTES = 8 * MAX_FRAME
+MAX_KEY = 200
+_DB_ERRORS = (psycopg.OperationalError, PoolTimeout, DatabaseUnavailable)
 
 
 @dataclass
@@ -70,12 +76,25 @@ class Session:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     async def send(self, message: dict[str, Any]) -> None:
+        """Send and wait for the socket to take it (backpressure on this client only)."""
         async with self.lock:
             try:
                 self.writer.write(encode(message))
                 await self.writer.drain()
             except (ConnectionError, RuntimeError):
                 pass  # the client went away; its session ends with the connection
+
+    def push(self, message: dict[str, Any]) -> bool:
+        """Send without waiting (routing from SEPs must never wait on one client). A
+        client that lets more than MAX_PENDING_BYTES of replies pile up is dropped."""
+        if self.writer.is_closing():
+            return False
+        self.writer.write(encode(message))
+        transport = self.writer.transport
+        if transport.get_write_buffer_size() > MAX_PENDING_BYTES:
+            self.writer.close()
+            return False
+        return True
 
 
 class Listener:
@@ -89,6 +108,7 @@ class Listener:
         heartbeat_interval: float = 2.0,
         dead_after: float = 10.0,
         poll_interval: float = 1.0,
+        channel_host: str | None = None,
     ) -> None:
         self.url = url
         self.region = region
@@ -98,6 +118,8 @@ class Listener:
         self.heartbeat_interval = heartbeat_interval
         self.dead_after = dead_after
         self.poll_interval = poll_interval
+        self.channel_host = channel_host
+        self.db_ok = True
         self.log = get_logger("listener", region=region, pid=os.getpid())
         self.sessions: dict[UUID, Session] = {}
         self.listener_id: UUID | None = None
@@ -105,7 +127,9 @@ class Listener:
         self.stopping = asyncio.Event()
         self._sockdir = Path(tempfile.mkdtemp(prefix="dispatcher-listener-"))
         self._sep_links: dict[int, tuple[asyncio.StreamWriter, str]] = {}
+        self._channel_writers: set[asyncio.StreamWriter] = set()
         self._tx_cache: dict[str, tuple[str | None, float | None]] = {}
+        self._tx_loaded = -TX_CACHE_TTL
         self._tasks: list[asyncio.Task[Any]] = []
         self.pool = AsyncConnectionPool(
             url,
@@ -126,10 +150,17 @@ class Listener:
     # ---------------------------------------------------------------- life
     async def start(self) -> None:
         await self.pool.open(wait=False)
-        path = self._sockdir / "listener.sock"
-        self._channel_server = await asyncio.start_unix_server(self._channel_client, str(path))
-        os.chmod(path, 0o666)
-        self.address = f"unix:{path}"
+        if self.channel_host:
+            self._channel_server = await asyncio.start_server(
+                self._channel_client, self.channel_host, 0
+            )
+            cport = int(self._channel_server.sockets[0].getsockname()[1])
+            self.address = f"tcp:{self.channel_host}:{cport}"
+        else:
+            path = self._sockdir / "listener.sock"
+            self._channel_server = await asyncio.start_unix_server(self._channel_client, str(path))
+            os.chmod(path, 0o666)
+            self.address = f"unix:{path}"
         await self._register()
         self._client_server = await asyncio.start_server(
             self._client, self.host, self.port, ssl=self.tls, limit=MAX_FRAME + 8
@@ -209,8 +240,49 @@ class Listener:
             self._channel_server.close()
         for writer, _ in self._sep_links.values():
             writer.close()
+        for writer in list(self._channel_writers):
+            writer.close()
         await self.pool.close()
+        shutil.rmtree(self._sockdir, ignore_errors=True)
         self.log.info("listener_stopped")
+
+    # ------------------------------------------------------ database health
+    def _db_lost(self, exc: BaseException) -> None:
+        """Note that the database is unreachable: until a probe gets through, calls are
+        answered at once with database_unavailable (retryable), not after a timeout."""
+        if isinstance(exc, PoolTimeout):
+            return  # every connection busy (overload), or the pool still reconnecting
+        if self.db_ok:
+            self.db_ok = False
+            self.log.warning("database_unavailable", error=str(exc).strip())
+            task = asyncio.create_task(self._probe())
+            self._tasks.append(task)
+            task.add_done_callback(lambda t: self._tasks.remove(t) if t in self._tasks else None)
+
+    async def _probe(self) -> None:
+        backoff = Backoff(first=0.1, max_delay=2.0)
+        while not self.stopping.is_set():
+            await asyncio.sleep(backoff.next_delay())
+            try:
+                await self.pool.check()  # drop the connections the restart broke
+                async with self.pool.connection(timeout=2.0) as conn:
+                    await AsyncRegion(conn, self.region).rows("listener_ping")
+            except Exception as exc:
+                self.log.info(
+                    "database_still_unavailable", error=str(exc).strip(), attempt=backoff.attempt
+                )
+                continue
+            self.db_ok = True
+            self.log.info("database_reconnected", attempts=backoff.attempt)
+            return
+
+    def _unavailable(self, cid: Any = None, exc: BaseException | None = None) -> dict[str, Any]:
+        detail = f": {str(exc).strip()}" if exc is not None else ""
+        return error(
+            "database_unavailable",
+            f"the region database is unavailable, retry later{detail}",
+            id=cid,
+        )
 
     async def _heartbeat(self) -> None:
         beats = 0
@@ -235,13 +307,18 @@ class Listener:
                         )[0]["reaped"]
                         if n:
                             self.log.warning("listeners_reaped", count=n)
-            except (*_DB_ERRORS, DispatcherError) as exc:
+            except _DB_ERRORS as exc:
+                self._db_lost(exc)
                 self.log.warning("heartbeat_failed", error=str(exc).strip())
+            except Exception as exc:  # the heartbeat must never stop
+                self.log.exception("heartbeat_failed", error=str(exc).strip())
 
     async def _poll_outcomes(self) -> None:
         """Safety net: deliver outcomes whose end frame never arrived."""
         while not self.stopping.is_set():
             await asyncio.sleep(self.poll_interval)
+            if not self.db_ok:
+                continue
             now = asyncio.get_running_loop().time()
             calls = {
                 s.call.request_id: s
@@ -251,23 +328,28 @@ class Listener:
             if not calls:
                 continue
             try:
-                async with self.pool.connection() as conn:
-                    rows = await AsyncRegion(conn, self.region).rows("outcomes", ids=list(calls))
-            except (*_DB_ERRORS, DispatcherError):
-                continue
+                await self._deliver_outcomes(calls)
+            except _DB_ERRORS as exc:
+                self._db_lost(exc)
+            except Exception:  # the safety net must never stop
+                self.log.exception("poll_outcomes_failed")
+
+    async def _deliver_outcomes(self, calls: dict[int, Session]) -> None:
+        """Answer the calls among CALLS whose request has finished."""
+        async with self.pool.connection() as conn:
+            r = AsyncRegion(conn, self.region)
+            rows = await r.rows("outcomes", ids=list(calls))
             for row in rows:
                 s = calls[row["id"]]
-                if s.call is not None and s.call.request_id == row["id"]:
-                    nxt = None
-                    if row["state"] == "done":
-                        async with self.pool.connection() as conn:
-                            found = await AsyncRegion(conn, self.region).rows(
-                                "session_next", session=s.id
-                            )
-                        nxt = found[0]["next_transid"] if found else None
-                    await self._finish(
-                        s, row["id"], row["state"] == "done", row["result"], row["error"], nxt
-                    )
+                if s.call is None or s.call.request_id != row["id"]:
+                    continue
+                nxt = None
+                if row["state"] == "done":
+                    found = await r.rows("session_next", session=s.id)
+                    nxt = found[0]["next_transid"] if found else None
+                await self._finish(
+                    s, row["id"], row["state"] == "done", row["result"], row["error"], nxt
+                )
 
     # ------------------------------------------------------------- clients
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -296,8 +378,8 @@ class Listener:
                     await session.send(
                         error("internal", f"{type(exc).__name__}: {exc}", id=msg.get("id"))
                     )
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
+            pass  # the client went away, or the listener is closing
         finally:
             if session is not None:
                 self.sessions.pop(session.id, None)
@@ -344,6 +426,9 @@ class Listener:
         if not isinstance(token, str) or not token:
             await self._reply(writer, error("unauthorized", "a token is required"))
             return None
+        if not self.db_ok:
+            await self._reply(writer, self._unavailable())
+            return None
         try:
             async with self.pool.connection() as conn:
                 r = AsyncRegion(conn, self.region)
@@ -354,7 +439,8 @@ class Listener:
                 tok = found[0]
                 sid = await r.register_session(self.listener_id, tok["name"], tok["priority"])
         except _DB_ERRORS as exc:
-            await self._reply(writer, error("database_unavailable", str(exc).strip()))
+            self._db_lost(exc)
+            await self._reply(writer, self._unavailable(exc=exc))
             return None
         session = Session(sid, tok["name"], tok["priority"], tok["allow"], writer)
         self.sessions[sid] = session
@@ -375,13 +461,24 @@ class Listener:
         kind = msg["type"]
         cid = msg.get("id")
         if kind == "call":
-            transid, data = msg.get("transid"), msg.get("data")
+            transid, data, key = msg.get("transid"), msg.get("data"), msg.get("key")
             if not isinstance(transid, str):
                 await s.send(error("bad_frame", "call needs a transid (string)", id=cid))
                 return
-            await self._start_call(s, cid, transid, data, None)
+            if key is not None and (not isinstance(key, str) or not 0 < len(key) <= MAX_KEY):
+                await s.send(
+                    error("bad_frame", f"key must be a string of 1-{MAX_KEY} characters", id=cid)
+                )
+                return
+            await self._start_call(s, cid, transid, data, None, key)
         elif kind == "input":
-            await self._input(s, cid, msg.get("data"))
+            key = msg.get("key")
+            if key is not None and (not isinstance(key, str) or not 0 < len(key) <= MAX_KEY):
+                await s.send(
+                    error("bad_frame", f"key must be a string of 1-{MAX_KEY} characters", id=cid)
+                )
+                return
+            await self._input(s, cid, msg.get("data"), key)
         elif kind == "result_of":
             await self._result_of(s, cid, msg.get("request_id"))
         elif kind == "ping":
@@ -392,7 +489,7 @@ class Listener:
             await s.send(error("bad_frame", f"unknown message type {kind!r}", id=cid))
 
     async def _start_call(
-        self, s: Session, cid: Any, transid: str, data: Any, commarea: Any
+        self, s: Session, cid: Any, transid: str, data: Any, commarea: Any, key: str | None = None
     ) -> None:
         if s.call is not None:
             await s.send(
@@ -404,24 +501,27 @@ class Listener:
         if s.allow is not None and transid not in s.allow:
             await s.send(error("forbidden", f"this token may not run {transid}", id=cid))
             return
+        if not self.db_ok:
+            await s.send(self._unavailable(cid))
+            return
+        # keys are scoped by the token's name: one user cannot see another's outcome
+        scoped = None if key is None else f"{s.user}/{key}"
         try:
-            e = await self.enqueuer.submit(transid, data, s.id, commarea)
-            program = self._tx_cache.get(transid) or await self._load_program(transid)
+            e = await self.enqueuer.submit(transid, data, s.id, commarea, scoped)
+            program = await self._program(transid)
+        except _DB_ERRORS as exc:
+            self._db_lost(exc)
+            await s.send(self._unavailable(cid, exc))
+            return
         except DispatcherError as exc:
             await s.send(error(_code(exc), exc.message, id=cid))
             return
-        except _DB_ERRORS as exc:
-            await s.send(
-                error(
-                    "database_unavailable",
-                    f"the region database is unavailable: {str(exc).strip()}",
-                    id=cid,
-                )
-            )
-            return
         s.call = Call(cid, e.request_id, transid, asyncio.get_running_loop().time(), e.sep_id)
         s.next_transid = None
-        await s.send({"type": "accepted", "id": cid, "request_id": e.request_id})
+        accepted: dict[str, Any] = {"type": "accepted", "id": cid, "request_id": e.request_id}
+        if e.duplicate:
+            accepted["duplicate"] = True
+        await s.send(accepted)
         self.log.info(
             "request_accepted",
             session=str(s.id),
@@ -429,6 +529,11 @@ class Listener:
             transid=transid,
             reason=e.reason,
         )
+        if e.duplicate:
+            # the same key was sent before: answer from the history if it is finished
+            with contextlib.suppress(*_DB_ERRORS):
+                await self._deliver_outcomes({e.request_id: s})
+            return
         if e.sep_id is not None:
             task = Task(
                 e.request_id,
@@ -445,12 +550,18 @@ class Listener:
                 e.sep_id, {"type": "dispatch", "task": task_to_dict(task), "reply_to": self.address}
             )
 
-    async def _load_program(self, transid: str) -> tuple[str | None, float | None]:
+    async def _program(self, transid: str) -> tuple[str | None, float | None]:
+        """(program, timeout) of TRANSID for dispatch frames, cached for TX_CACHE_TTL."""
+        now = asyncio.get_running_loop().time()
+        found = self._tx_cache.get(transid)
+        if found is not None and now - self._tx_loaded < TX_CACHE_TTL:
+            return found
         async with self.pool.connection() as conn:
-            for row in await AsyncRegion(conn, self.region).rows(
+            rows = await AsyncRegion(conn, self.region).rows(
                 "list_transactions", region=self.region
-            ):
-                self._tx_cache[row["transid"]] = (row["program"], row["timeout_s"])
+            )
+        self._tx_cache = {row["transid"]: (row["program"], row["timeout_s"]) for row in rows}
+        self._tx_loaded = now
         return self._tx_cache.get(transid, (None, None))
 
     async def _sep_writer(self, sep_id: int) -> asyncio.StreamWriter:
@@ -466,24 +577,35 @@ class Listener:
         return writer
 
     async def _hand_over(self, sep_id: int, message: dict[str, Any]) -> bool:
-        """Send a frame to a SEP; for a dispatch that fails, fall back to NOTIFY."""
-        try:
-            writer = await self._sep_writer(sep_id)
-            writer.write(encode_frame(message))
-            await writer.drain()
-            return True
-        except (OSError, ChannelError, *_DB_ERRORS) as exc:
-            self._sep_links.pop(sep_id, None)
-            self.log.warning("sep_unreachable", sep=sep_id, error=str(exc))
-            if message["type"] == "dispatch":
-                with contextlib.suppress(Exception):
-                    async with self.pool.connection() as conn:
-                        await AsyncRegion(conn, self.region).rows(
-                            "notify_sep_dispatch", sep=sep_id, request=message["task"]["request_id"]
-                        )
-            return False
+        """Send a frame to a SEP (on a kept link; once more on a fresh one if that link
+        broke); for a dispatch that fails, fall back to NOTIFY."""
+        for attempt in (1, 2):
+            try:
+                writer = await self._sep_writer(sep_id)
+                writer.write(encode_frame(message))
+                await writer.drain()
+                return True
+            except (OSError, ChannelError, *_DB_ERRORS) as exc:
+                link = self._sep_links.pop(sep_id, None)
+                if link is not None:
+                    link[0].close()
+                if attempt == 1 and link is not None:
+                    continue  # the kept link was stale: try a fresh connection
+                self.log.warning("sep_unreachable", sep=sep_id, error=str(exc))
+                break
+        if message["type"] == "dispatch":
+            request_id = message["task"]["request_id"]
+            try:
+                async with self.pool.connection() as conn:
+                    await AsyncRegion(conn, self.region).rows(
+                        "notify_sep_dispatch", sep=sep_id, request=request_id
+                    )
+                self.log.info("dispatch_by_notify", sep=sep_id, request_id=request_id)
+            except Exception as exc:  # the SEP's slow poll still finds it
+                self.log.warning("notify_failed", sep=sep_id, error=str(exc).strip())
+        return False
 
-    async def _input(self, s: Session, cid: Any, data: Any) -> None:
+    async def _input(self, s: Session, cid: Any, data: Any, key: str | None = None) -> None:
         call = s.call
         if call is not None and call.waiting and call.sep_id is not None:
             call.waiting = False
@@ -491,25 +613,33 @@ class Listener:
                 call.sep_id, {"type": "input", "request_id": call.request_id, "data": data}
             )
             if not ok:
+                # the conversation lived in that SEP: the request is given up (the
+                # database fails it with SEPLost when the SEP is declared dead), and
+                # the session is free for its next call
+                s.call = None
                 await s.send(
                     error(
                         "sep_lost",
-                        "the SEP running this task cannot be reached",
+                        "the SEP running this conversation cannot be reached",
                         id=cid,
                         request_id=call.request_id,
                     )
                 )
             return
         if call is None and s.next_transid:
+            if not self.db_ok:
+                await s.send(self._unavailable(cid))
+                return
             try:
                 async with self.pool.connection() as conn:
                     rows = await AsyncRegion(conn, self.region).rows("session_next", session=s.id)
             except _DB_ERRORS as exc:
-                await s.send(error("database_unavailable", str(exc).strip(), id=cid))
+                self._db_lost(exc)
+                await s.send(self._unavailable(cid, exc))
                 return
             nxt = rows[0] if rows else {"next_transid": None, "commarea": None}
             if nxt["next_transid"]:
-                await self._start_call(s, cid, nxt["next_transid"], data, nxt["commarea"])
+                await self._start_call(s, cid, nxt["next_transid"], data, nxt["commarea"], key)
                 return
         await s.send(
             error(
@@ -525,14 +655,18 @@ class Listener:
                 error("bad_frame", "result_of needs a request_id (a positive integer)", id=cid)
             )
             return
+        if not self.db_ok:
+            await s.send(self._unavailable(cid))
+            return
         try:
             async with self.pool.connection() as conn:
                 row = await AsyncRegion(conn, self.region).request(request_id)
+        except _DB_ERRORS as exc:
+            self._db_lost(exc)
+            await s.send(self._unavailable(cid, exc))
+            return
         except DispatcherError as exc:
             await s.send(error(_code(exc), exc.message, id=cid))
-            return
-        except _DB_ERRORS as exc:
-            await s.send(error("database_unavailable", str(exc).strip(), id=cid))
             return
         if row["state"] == "done":
             await s.send(
@@ -586,13 +720,15 @@ class Listener:
                 request_id=request_id,
                 detail=detail,
             )
-        await s.send(reply)
+        if not s.push(reply):
+            self.log.warning("client_dropped", session=str(s.id), request_id=request_id)
         self.log.info("request_answered", session=str(s.id), request_id=request_id, ok=ok)
 
     # ------------------------------------------------------- SEP channel
     async def _channel_client(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
+        self._channel_writers.add(writer)
         try:
             while True:
                 try:
@@ -602,10 +738,14 @@ class Listener:
                     return
                 if msg is None:
                     return
-                await self._from_sep(msg)
-        except ConnectionError:
-            pass
+                try:
+                    await self._from_sep(msg)
+                except Exception:  # one bad frame never ends the SEP's link
+                    self.log.exception("channel_message_failed", type=msg.get("type"))
+        except (ConnectionError, asyncio.CancelledError):
+            pass  # the SEP went away, or the listener is closing
         finally:
+            self._channel_writers.discard(writer)
             writer.close()
 
     async def _from_sep(self, msg: dict[str, Any]) -> None:
@@ -630,7 +770,7 @@ class Listener:
         if kind == "output":
             call.sep_id = msg.get("sep_id", call.sep_id)
             call.waiting = bool(msg.get("wants_input"))
-            await s.send(
+            s.push(
                 {
                     "type": "output",
                     "id": call.id,
@@ -642,7 +782,7 @@ class Listener:
         elif kind == "await_input":
             call.sep_id = msg.get("sep_id", call.sep_id)
             call.waiting = True
-            await s.send({"type": "waiting", "id": call.id, "request_id": rid})
+            s.push({"type": "waiting", "id": call.id, "request_id": rid})
         elif kind == "end":
             await self._finish(
                 s,
@@ -652,6 +792,9 @@ class Listener:
                 msg.get("error"),
                 msg.get("next_transid"),
             )
+
+
+_Item = tuple[tuple[str, Any, UUID, Any, str | None], "asyncio.Future[Any]"]
 
 
 class GroupCommit:
@@ -676,13 +819,13 @@ class GroupCommit:
         self.max_batch = max_batch
         self.slots = asyncio.Semaphore(parallel)
         self._flushing: set[asyncio.Task[None]] = set()
-        self.queue: asyncio.Queue[tuple[tuple[str, Any, UUID, Any], asyncio.Future[Any]]] = (
-            asyncio.Queue()
-        )
+        self.queue: asyncio.Queue[_Item] = asyncio.Queue()
 
-    async def submit(self, transid: str, data: Any, session: UUID, commarea: Any) -> Enqueued:
+    async def submit(
+        self, transid: str, data: Any, session: UUID, commarea: Any, key: str | None = None
+    ) -> Enqueued:
         fut: asyncio.Future[Enqueued] = asyncio.get_running_loop().create_future()
-        await self.queue.put(((transid, data, session, commarea), fut))
+        await self.queue.put(((transid, data, session, commarea, key), fut))
         return await fut
 
     async def run(self) -> None:
@@ -695,9 +838,7 @@ class GroupCommit:
             self._flushing.add(task)
             task.add_done_callback(self._flushing.discard)
 
-    async def _flush(
-        self, batch: list[tuple[tuple[str, Any, UUID, Any], asyncio.Future[Any]]]
-    ) -> None:
+    async def _flush(self, batch: list[_Item]) -> None:
         try:
             plain = [b for b in batch if b[0][3] is None]
             for item in [b for b in batch if b[0][3] is not None]:
@@ -707,33 +848,39 @@ class GroupCommit:
         finally:
             self.slots.release()
 
-    async def _many(
-        self, batch: list[tuple[tuple[str, Any, UUID, Any], asyncio.Future[Any]]]
-    ) -> None:
+    async def _many(self, batch: list[_Item]) -> None:
         """Enqueue BATCH in one call; if one request spoils it, halve and try again, so
         that an error reaches only its own caller."""
         try:
             async with self.pool.connection() as conn:
                 r = AsyncRegion(conn, self.region)
                 if len(batch) == 1:
-                    (transid, data, sid, commarea), _ = batch[0]
+                    (transid, data, sid, commarea, key), _ = batch[0]
                     out = [
                         await r.enqueue(
                             transid,
                             data,
                             session=sid,
                             commarea=commarea,
+                            idempotency_key=key,
                             origin="listener",
                             notify=False,
                         )
                     ]
                 else:
                     out = await r.enqueue_many(
-                        [(t, d) for (t, d, _, _), _ in batch],
-                        sessions=[sid for (_, _, sid, _), _ in batch],
+                        [(t, d) for (t, d, _, _, _), _ in batch],
+                        sessions=[sid for (_, _, sid, _, _), _ in batch],
+                        idempotency_keys=[k for (_, _, _, _, k), _ in batch],
                         origin="listener",
                         notify=False,
                     )
+        except DatabaseUnavailable as exc:
+            # no point halving: every part would fail the same way
+            for _, fut in batch:
+                if not fut.done():
+                    fut.set_exception(exc)
+            return
         except DispatcherError as exc:
             if len(batch) == 1:
                 if not batch[0][1].done():

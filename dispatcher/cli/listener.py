@@ -29,6 +29,12 @@ DEFAULT_ADDRESS = f"127.0.0.1:{DEFAULT_PORT}"
     default=None,
     help="Serve Prometheus metrics of the region here.",
 )
+@click.option(
+    "--channel-host",
+    default=None,
+    help="Serve the internal SEP channel on TCP at this host (for SEPs on other "
+    "machines) [default: a unix socket].",
+)
 @pass_app
 def listener(
     app: App,
@@ -37,6 +43,7 @@ def listener(
     tls_cert: str | None,
     tls_key: str | None,
     metrics_port: int | None,
+    channel_host: str | None,
 ) -> None:
     """Serve client sessions on HOST:PORT until Ctrl-C or SIGTERM."""
     from listener.server import Listener
@@ -56,7 +63,7 @@ def listener(
         serve_metrics(metrics_port, url, app.settings.region)
 
     async def main() -> None:
-        server = Listener(url, app.settings.region, host, port, tls=tls)
+        server = Listener(url, app.settings.region, host, port, tls=tls, channel_host=channel_host)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, server.stopping.set)
@@ -80,6 +87,12 @@ def _token(app: App, token: str | None) -> str:
 @click.option("--tls", is_flag=True, help="Connect with TLS.")
 @click.option("--cafile", type=click.Path(exists=True, dir_okay=False))
 @click.option("--timeout", type=float, default=300.0, show_default=True)
+@click.option(
+    "--key",
+    default=None,
+    help="Idempotency key: a call repeated with the same key runs once and gets the "
+    "first call's outcome.",
+)
 @pass_app
 def call(
     app: App,
@@ -90,6 +103,7 @@ def call(
     tls: bool,
     cafile: str | None,
     timeout: float,
+    key: str | None,
 ) -> None:
     """Call TRANSID through a listener and print its result as JSON (exit 1 on an error
     reply). Output a conversational program sends is printed to stderr; when it asks for
@@ -110,7 +124,7 @@ def call(
 
     try:
         with connect(address, _token(app, token), tls=tls, cafile=cafile) as session:
-            result = session.call(transid, payload, on_output=on_output, timeout=timeout)
+            result = session.call(transid, payload, on_output=on_output, timeout=timeout, key=key)
     except CallError as exc:
         click.echo(
             json.dumps(

@@ -42,3 +42,7 @@ WHERE r.id = ANY(%(ids)s) AND r.sep_id IS NOT NULL AND (s.id IS NULL OR s.state 
 -- The session's task is in a conversation with this SEP: if the SEP dies, the request
 -- fails (SEPLost) instead of running again from its start.
 UPDATE dispatcher.session SET bound_sep = %(sep)s WHERE id = %(session)s;
+
+-- name: listener_ping
+-- The listener's probe while the database is away: does a query get through?
+SELECT 1 AS ok;
