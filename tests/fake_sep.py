@@ -21,6 +21,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import psycopg
+
 from dispatcher.channel import (
     ChannelError,
     connect_sync,
@@ -29,6 +31,7 @@ from dispatcher.channel import (
     task_from_dict,
 )
 from dispatcher.database import connect
+from dispatcher.errors import DispatcherError
 from dispatcher.region import Region, Task
 from listener.server import Listener
 
@@ -132,8 +135,11 @@ class FakeSEP:
             try:
                 task, reply_to = self.tasks.get(timeout=0.1)
             except queue.Empty:
-                with connect(self.db_url) as conn:
-                    nxt = Region(conn, self.region_name).claim_next(self.sep_id)
+                try:
+                    with connect(self.db_url) as conn:
+                        nxt = Region(conn, self.region_name).claim_next(self.sep_id)
+                except (psycopg.Error, DispatcherError):
+                    time.sleep(0.2)  # the database is away: look again later
                 continue
             nxt = self.run(task, reply_to, links)
 
