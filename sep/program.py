@@ -43,7 +43,12 @@ class ProgramDef:
         return f"{self.function.__module__}:{self.function.__qualname__}"
 
 
-_REGISTRY: dict[str, ProgramDef] = {}
+# Declarations by the module that holds the function; collectors record what the
+# import of an app module declared (its own modules or any it imports); the apps
+# loaded so far. Two apps may both declare a TRANSID: each keeps its own.
+_BY_MODULE: dict[str, dict[str, ProgramDef]] = {}
+_COLLECTORS: list[dict[str, ProgramDef]] = []
+_APPS: dict[str, dict[str, ProgramDef]] = {}
 
 
 def program(
@@ -65,7 +70,7 @@ def program(
         raise ValueError(f"priority of {transid} must be between 0 and 255, not {priority}")
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
-        _REGISTRY[transid] = ProgramDef(
+        d = ProgramDef(
             transid=transid,
             function=fn,
             priority=priority,
@@ -76,20 +81,27 @@ def program(
             description=(description or inspect.getdoc(fn) or "").split("\n")[0],
             is_async=inspect.iscoroutinefunction(fn),
         )
+        _BY_MODULE.setdefault(fn.__module__, {})[transid] = d
+        for collector in _COLLECTORS:
+            collector[transid] = d
         return fn
 
     return decorate
 
 
 def registered() -> dict[str, ProgramDef]:
-    return dict(_REGISTRY)
+    return {t: d for defs in _BY_MODULE.values() for t, d in defs.items()}
 
 
 def load_app(module: str) -> dict[str, ProgramDef]:
-    """Import an application module and return the transactions it declares."""
+    """Import an application module and return the transactions it declares (in its
+    own modules, or in modules its import brought in)."""
+    if module in _APPS:
+        return dict(_APPS[module])
     if "." not in sys.path and "" not in sys.path:
         sys.path.insert(0, "")
-    before = set(_REGISTRY)
+    collector: dict[str, ProgramDef] = {}
+    _COLLECTORS.append(collector)
     try:
         importlib.import_module(module)
     except ModuleNotFoundError as exc:
@@ -98,16 +110,17 @@ def load_app(module: str) -> dict[str, ProgramDef]:
         raise AppError(
             f"app module {module!r} failed to import: {type(exc).__name__}: {exc}"
         ) from exc
-    found = {
-        t: d
-        for t, d in _REGISTRY.items()
-        if d.function.__module__ == module
-        or d.function.__module__.startswith(module + ".")
-        or t not in before
-    }
+    finally:
+        _COLLECTORS.remove(collector)
+    found = dict(collector)
+    for mod, defs in _BY_MODULE.items():
+        if mod == module or mod.startswith(module + "."):
+            for transid, d in defs.items():
+                found.setdefault(transid, d)
     if not found:
         raise AppError(f"app module {module!r} declares no transactions (use @program)")
-    return found
+    _APPS[module] = found
+    return dict(found)
 
 
 def resolve_program(path: str) -> Callable[..., Any]:

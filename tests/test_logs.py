@@ -3,25 +3,50 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
-import pytest
-
+SCRIPT = """
 from dispatcher.logs import configure_logging, get_logger
+log = get_logger("dispatcher.test", region="r1")   # made before configure_logging
+configure_logging({fmt!r})
+log.info("request_done", request_id=7)
+log.warning("database_unavailable", retry_in_s=0.2)
+"""
 
 
-def test_json_and_text_formats(capsys: pytest.CaptureFixture[str]) -> None:
-    """A logger made before configure_logging follows it; JSON lines parse; text is k=v."""
-    log = get_logger("dispatcher.test", region="r1")
-    configure_logging("json")
-    log.info("request_done", request_id=7)
-    line = capsys.readouterr().err.strip().splitlines()[-1]
-    event = json.loads(line)
-    assert event["event"] == "request_done" and event["request_id"] == 7
-    assert event["logger"] == "dispatcher.test" and event["region"] == "r1"
-    configure_logging("text")
-    log.warning("database_unavailable", retry_in_s=0.2)
-    text = capsys.readouterr().err.strip().splitlines()[-1]
-    assert "level=warning" in text and "event=database_unavailable" in text
-    assert "retry_in_s=0.2" in text
-    with pytest.raises(ValueError, match="unknown log format"):
-        configure_logging("xml")
+def _run(fmt: str) -> list[str]:
+    out = subprocess.run(
+        [sys.executable, "-c", SCRIPT.format(fmt=fmt)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stderr.strip().splitlines()
+
+
+def test_json_lines() -> None:
+    """With json, every line is one JSON object with event, level, logger and fields."""
+    first, second = (json.loads(line) for line in _run("json"))
+    assert first["event"] == "request_done" and first["request_id"] == 7
+    assert first["logger"] == "dispatcher.test" and first["region"] == "r1"
+    assert second["level"] == "warning" and second["retry_in_s"] == 0.2
+
+
+def test_text_lines() -> None:
+    """With text, lines are key=value, event first after time and level."""
+    first, second = _run("text")
+    assert "level=info event=request_done" in first and "request_id=7" in first
+    assert "event=database_unavailable" in second and "retry_in_s=0.2" in second
+
+
+def test_unknown_format_is_refused() -> None:
+    """An unknown format is a clear error (the CLI refuses it as a usage error too)."""
+    out = subprocess.run(
+        [sys.executable, "-m", "dispatcher", "--log-format", "xml", "status"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 2 and "xml" in out.stderr

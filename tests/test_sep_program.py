@@ -110,3 +110,14 @@ def test_result_that_is_not_json_abends(app_region: Region, db_url: str) -> None
         assert row["state"] == "failed" and "set" in row["error"]["message"]
         ok = app_region.enqueue("ECHO", 1)
         assert wait_final(app_region, ok.request_id)["result"] == 1
+
+
+def test_two_apps_may_declare_the_same_transid() -> None:
+    """Each app keeps its own declarations, whatever was imported before."""
+    from sep.program import load_app
+
+    sample = load_app("dispatcher.sample.app")
+    basic = load_app("tests.apps.basic")
+    assert sample["ECHO"].program == "dispatcher.sample.app:echo"
+    assert basic["ECHO"].program == "tests.apps.basic:echo"
+    assert load_app("dispatcher.sample.app")["ECHO"].program == "dispatcher.sample.app:echo"
