@@ -280,6 +280,13 @@ class AsyncSession:
                 if asyncio.iscoroutine(reply) or isinstance(reply, asyncio.Future):
                     reply = await reply
                 if wants:
+                    if on_output is None:
+                        raise CallError(
+                            {
+                                "code": "input_needed",
+                                "message": "the program waits for input: pass on_output",
+                            }
+                        )
                     await self.send({"type": "input", "id": cid, "data": reply})
 
     async def close(self) -> None:
