@@ -255,3 +255,23 @@ def test_many_sessions_and_a_vandal_lose_nothing(live: Live) -> None:
         "SELECT count(*) AS n FROM dispatcher.request_history WHERE state = 'done'"
     ).fetchone()
     assert rows["n"] == 400
+
+
+def test_input_or_call_while_a_task_runs(live: Live) -> None:
+    """While a task runs and waits for nothing: an input gets no_task_waiting, a second
+    call gets busy; neither disturbs the running call, whose result comes after."""
+    _, address, token, seps, _ = live
+    with connect(address, token) as session:
+        session.send({"type": "call", "id": 1, "transid": "SLOW", "data": "done"})
+        assert session.receive(timeout=10)["type"] == "accepted"
+        session.send({"type": "input", "id": 2, "data": "nobody asked"})
+        reply = session.receive(timeout=10)
+        assert (reply["type"], reply["code"], reply["id"]) == ("error", "no_task_waiting", 2)
+        session.send({"type": "call", "id": 3, "transid": "ECHO", "data": 1})
+        reply = session.receive(timeout=10)
+        assert (reply["code"], reply["id"], reply["retryable"]) == ("busy", 3, False)
+        for sep in seps:
+            sep.hold.set()
+        final = session.receive(timeout=10)
+        assert (final["type"], final["id"], final["data"]) == ("result", 1, "done")
+        assert session.call("ECHO", "next") == "next"

@@ -35,6 +35,20 @@ DEFAULT_ADDRESS = f"127.0.0.1:{DEFAULT_PORT}"
     help="Serve the internal SEP channel on TCP at this host (for SEPs on other "
     "machines) [default: a unix socket].",
 )
+@click.option(
+    "--heartbeat",
+    type=click.FloatRange(min=0.05),
+    default=2.0,
+    show_default=True,
+    help="Seconds between heartbeats (and reaps of dead listeners every 5th beat).",
+)
+@click.option(
+    "--dead-after",
+    type=click.FloatRange(min=0.5),
+    default=10.0,
+    show_default=True,
+    help="A listener silent this long is dead: its sessions are ended.",
+)
 @pass_app
 def listener(
     app: App,
@@ -44,10 +58,14 @@ def listener(
     tls_key: str | None,
     metrics_port: int | None,
     channel_host: str | None,
+    heartbeat: float,
+    dead_after: float,
 ) -> None:
     """Serve client sessions on HOST:PORT until Ctrl-C or SIGTERM."""
     from listener.server import Listener
 
+    if dead_after <= heartbeat * 2:
+        raise click.UsageError("--dead-after must be more than twice --heartbeat")
     if bool(tls_cert) != bool(tls_key):
         raise click.UsageError("--tls-cert and --tls-key go together")
     tls = None
@@ -63,7 +81,16 @@ def listener(
         serve_metrics(metrics_port, url, app.settings.region)
 
     async def main() -> None:
-        server = Listener(url, app.settings.region, host, port, tls=tls, channel_host=channel_host)
+        server = Listener(
+            url,
+            app.settings.region,
+            host,
+            port,
+            tls=tls,
+            channel_host=channel_host,
+            heartbeat_interval=heartbeat,
+            dead_after=dead_after,
+        )
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, server.stopping.set)
