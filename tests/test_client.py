@@ -15,7 +15,7 @@ from dispatcher.tokens import create_token
 from listener import CallError, connect, connect_async
 from listener.client import parse_address
 
-from .fake_sep import FakeSEP, define_transactions, fake_seps, inprocess_listener
+from .fake_sep import FakeSEP, define_transactions, fake_seps, inprocess_listener, wait_until
 
 Live = tuple[str, str, list[FakeSEP], Region]
 
@@ -129,3 +129,33 @@ def test_async_session(live: Live) -> None:
             await connect_async(address, token="bad")
 
     asyncio.run(main())
+
+
+def test_session_carries_the_tokens_user_and_priority(live: Live) -> None:
+    """The session is registered with the token's name and priority; its requests get
+    that priority added (enqueue_v1), and other versions of the hello are refused."""
+    address, _, _, region = live
+    from dispatcher.channel import read_frame_sync
+    from dispatcher.protocol import encode
+    from dispatcher.tokens import create_token as make
+
+    vip = make(region, "vip", priority=7)
+    with connect(address, token=vip) as s:
+        row = region.conn.execute(
+            "SELECT user_name, priority FROM dispatcher.session WHERE id = %s", [s.session_id]
+        ).fetchone()
+        assert row == {"user_name": "vip", "priority": 7}
+        s.send({"type": "call", "id": 1, "transid": "ECHO", "data": 0})
+        rid = s.receive(timeout=5)["request_id"]
+        assert s.receive(timeout=5)["type"] == "result"
+    assert region.request(rid)["priority"] == 7
+    left = "SELECT count(*) AS n FROM dispatcher.session WHERE user_name = 'vip'"
+    wait_until(lambda: region.conn.execute(left).fetchone()["n"] == 0)  # ended with it
+    import socket
+
+    host, port = address.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=5) as raw:
+        raw.sendall(encode({"type": "hello", "version": 2, "token": vip}))
+        reply = read_frame_sync(raw)
+        assert reply is not None and reply["code"] == "bad_hello"
+        assert read_frame_sync(raw) is None  # and the connection is closed
