@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
+from uuid import UUID
 
 import psycopg
 
@@ -70,6 +71,7 @@ class Worker:
         self.events: queue.Queue[tuple[str, Any]] = queue.Queue()
         self.inputs: dict[int, queue.Queue[Any]] = {}
         self.inputs_lock = threading.Lock()
+        self._listeners: dict[UUID, str] = {}  # session -> its listener's channel address
         self.links = ListenerLinks()
         self.programs: dict[str, ProgramDef] = {}
         self.sep_id = 0
@@ -159,7 +161,11 @@ class Worker:
                     return
                 if msg["type"] == "dispatch":
                     try:
-                        self.events.put(("task", task_from_dict(msg["task"])))
+                        task = task_from_dict(msg["task"])
+                        reply_to = msg.get("reply_to")
+                        if task.session_id is not None and isinstance(reply_to, str):
+                            self._remember_listener(task.session_id, reply_to)
+                        self.events.put(("task", task))
                     except (ChannelError, KeyError) as exc:
                         self.log.warning("channel_frame_refused", error=str(exc))
                 elif msg["type"] == "input":
@@ -300,18 +306,29 @@ class Worker:
             raise AppError(f"transaction {task.transid} has no program")
         return resolve_program(task.program)
 
+    def _remember_listener(self, session: UUID, address: str) -> None:
+        with self.inputs_lock:
+            if len(self._listeners) > 10_000:
+                self._listeners.clear()
+            self._listeners[session] = address
+
     def _conversation(self, task: Task) -> Conversation | None:
+        """The link to the listener of the task's session (its address is remembered from
+        the listener's hand-over, else read once per session from the database)."""
         if task.session_id is None:
             return None
-        row = self._region().row("session_listener_address", session=task.session_id)
-        if not row or not row["address"]:
-            return None
+        with self.inputs_lock:
+            address = self._listeners.get(task.session_id)
+        if address is None:
+            row = self._region().row("session_listener_address", session=task.session_id)
+            if not row or not row["address"]:
+                return None
+            address = str(row["address"])
+            self._remember_listener(task.session_id, address)
         q: queue.Queue[Any] = queue.Queue()
         with self.inputs_lock:
             self.inputs[task.request_id] = q
-        return Conversation(
-            self.links, row["address"], task.request_id, task.session_id, self.sep_id, q
-        )
+        return Conversation(self.links, address, task.request_id, task.session_id, self.sep_id, q)
 
     def _execute(self, task: Task) -> Task | None:
         """Run one task and complete it; return the next task (same round trip)."""
@@ -419,6 +436,10 @@ class Worker:
             try:
                 conversation.end(ok, result, error, next_transid)
             except ConversationError as exc:
+                # the session may have moved to another listener: forget it; the
+                # listener's outcome poll answers the client anyway
+                with self.inputs_lock:
+                    self._listeners.pop(conversation.session_id, None)
                 log.warning("listener_unreachable", error=str(exc))
         return nxt
 
