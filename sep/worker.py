@@ -9,6 +9,7 @@ over by a listener on the SEP's channel socket, or the slow safety poll.
 from __future__ import annotations
 
 import asyncio
+import collections
 import os
 import queue
 import signal
@@ -72,6 +73,8 @@ class Worker:
         self.inputs: dict[int, queue.Queue[Any]] = {}
         self.inputs_lock = threading.Lock()
         self._listeners: dict[UUID, str] = {}  # session -> its listener's channel address
+        self._ran: set[tuple[int, int]] = set()  # (request, attempt) run lately
+        self._ran_order: collections.deque[tuple[int, int]] = collections.deque()
         self.links = ListenerLinks()
         self.programs: dict[str, ProgramDef] = {}
         self.sep_id = 0
@@ -276,7 +279,9 @@ class Worker:
             except queue.Empty:
                 kind, value = "poll", None
             if kind == "task":
-                task = value
+                # a listener's hand-over of a request this SEP already took from the
+                # database (claim_next found it dispatched here first): never run twice
+                task = None if (value.request_id, value.attempt) in self._ran else value
             elif kind == "notify":
                 task = self._on_notify(str(value))
             elif kind in ("wake", "poll"):
@@ -334,6 +339,11 @@ class Worker:
         """Run one task and complete it; return the next task (same round trip)."""
         log = self.log.bind(request_id=task.request_id, transid=task.transid, attempt=task.attempt)
         log.info("request_running")
+        key = (task.request_id, task.attempt)
+        self._ran.add(key)
+        self._ran_order.append(key)
+        if len(self._ran_order) > 10_000:
+            self._ran.discard(self._ran_order.popleft())
         assert self.conn is not None
         conn = self.conn
         tx: list[Any] = []

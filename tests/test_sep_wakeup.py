@@ -62,3 +62,38 @@ def test_one_commit_per_task(
     conn.execute("SELECT pg_stat_clear_snapshot()")
     delta = commits() - before
     assert n <= delta <= n + 60, delta
+
+
+def test_late_hand_over_of_a_claimed_request_is_not_run_twice(
+    region: Region, db_url: str, tmp_path: Any
+) -> None:
+    """A SEP that took a request dispatched to it from the database (its poll) ignores
+    the listener's hand-over of the same request arriving afterwards."""
+    from dispatcher.channel import connect_sync, encode_frame, task_to_dict
+    from dispatcher.region import Task
+
+    sync_app(region, "tests.apps.basic")
+    path = tmp_path / "runs.txt"
+    with running_seps(db_url, "test", 1, "--poll", "0.2"):
+        e = region.enqueue("TOUCH", {"path": str(path)}, notify=False)  # no NOTIFY: the poll
+        assert e.sep_id is not None
+        assert wait_final(region, e.request_id)["result"] == "touched"
+        address = region.seps()[0]["address"]
+        row = region.request(e.request_id)
+        task = Task(
+            e.request_id,
+            1,
+            "TOUCH",
+            "tests.apps.basic:touch",
+            {"path": str(path)},
+            None,
+            None,
+            None,
+            row["enqueued_at"],
+        )
+        with connect_sync(address) as sock:
+            sock.sendall(
+                encode_frame({"type": "dispatch", "task": task_to_dict(task), "reply_to": None})
+            )
+        time.sleep(1.0)
+    assert path.read_text().splitlines() == [f"{e.request_id}:1"]

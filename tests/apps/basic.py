@@ -76,3 +76,11 @@ def hold(ctx: Any) -> Any:
 @program("NOTJSON")
 def notjson(ctx: Any) -> Any:
     return {1, 2, 3}
+
+
+@program("TOUCH")
+def touch(ctx: Any) -> Any:
+    """An effect outside the database: one line per run in the file named by the data."""
+    with open(ctx.data["path"], "a") as f:
+        f.write(f"{ctx.request_id}:{ctx.attempt}\n")
+    return "touched"
