@@ -52,6 +52,32 @@ def _one(conn: psycopg.Connection[Any], name: str, **params: Any) -> dict[str, A
     return row
 
 
+def _set_timer(
+    conn: psycopg.Connection[Any],
+    region: str,
+    transid: str,
+    data: Any,
+    due_at: dt.datetime,
+    priority: int,
+    reqid: str | None,
+    cron_expr: str | None,
+    tz: str | None,
+) -> str:
+    row = _one(
+        conn,
+        "set_timer",
+        region=region,
+        reqid=reqid or new_reqid(),
+        transid=transid,
+        payload=Jsonb(data),
+        priority=priority,
+        due_at=due_at,
+        cron=cron_expr,
+        tz=tz,
+    )
+    return str(row["reqid"])
+
+
 def _aware(when: dt.datetime) -> dt.datetime:
     if when.tzinfo is None:
         raise InvalidValue(f"time {when.isoformat()} has no time zone (add Z or +HH:MM)")
@@ -69,19 +95,7 @@ def start_at(
     reqid: str | None = None,
 ) -> str:
     """START TRANSID at time AT; returns the timer's REQID (for cancel)."""
-    row = _one(
-        conn,
-        "set_timer",
-        region=region,
-        reqid=reqid or new_reqid(),
-        transid=transid,
-        payload=Jsonb(data),
-        priority=priority,
-        due_at=_aware(at),
-        cron=None,
-        tz=None,
-    )
-    return str(row["reqid"])
+    return _set_timer(conn, region, transid, data, _aware(at), priority, reqid, None, None)
 
 
 def start_after(
@@ -122,19 +136,7 @@ def schedule_cron(
 ) -> str:
     """START TRANSID on a cron schedule (five fields, in time zone TZ, default UTC)."""
     due = cron.next_after(expr, dt.datetime.now(dt.UTC), tz)
-    row = _one(
-        conn,
-        "set_timer",
-        region=region,
-        reqid=reqid or new_reqid(),
-        transid=transid,
-        payload=Jsonb(data),
-        priority=priority,
-        due_at=due,
-        cron=expr,
-        tz=tz or "UTC",
-    )
-    return str(row["reqid"])
+    return _set_timer(conn, region, transid, data, due, priority, reqid, expr, tz or "UTC")
 
 
 def cancel(conn: psycopg.Connection[Any], region: str, reqid: str) -> None:

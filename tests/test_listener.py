@@ -147,6 +147,19 @@ def test_two_listeners_one_region(live: tuple[str, str, Region], db_url: str) ->
             }
 
 
+def _dispatcher(env: dict[str, str], *args: str, input: str | None = None) -> Any:
+    """The real `dispatcher` program, run as a user would."""
+    return subprocess.run(
+        [sys.executable, "-m", "dispatcher", *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        input=input,
+    )
+
+
 def _raw(address: str, token: str) -> socket.socket:
     host, port = address.rsplit(":", 1)
     sock = socket.create_connection((host, int(port)), timeout=10)
@@ -259,53 +272,12 @@ def test_call_command(live: tuple[str, str, Region], db_url: str) -> None:
     """`dispatcher call` prints the result as JSON; an error reply exits 1."""
     address, token, _ = live
     env = {**sep_env(db_url, "test"), "DISPATCHER_TOKEN": token}
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "dispatcher",
-            "call",
-            "ECHO",
-            "--data",
-            '{"k": [1]}',
-            "--address",
-            address,
-        ],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    out = _dispatcher(env, "call", "ECHO", "--data", '{"k": [1]}', "--address", address)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) == {"k": [1]}
-    out = subprocess.run(
-        [sys.executable, "-m", "dispatcher", "call", "ABEND", "--address", address],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    out = _dispatcher(env, "call", "ABEND", "--address", address)
     assert out.returncode == 1 and json.loads(out.stderr)["error"] == "abend"
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "dispatcher",
-            "call",
-            "ECHO",
-            "--data",
-            "{bad",
-            "--address",
-            address,
-        ],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    out = _dispatcher(env, "call", "ECHO", "--data", "{bad", "--address", address)
     assert out.returncode == 2 and "not valid JSON" in out.stderr
 
 
@@ -317,24 +289,7 @@ def test_local_cli_finds_its_own_token(
     env = {**sep_env(db_url, "test"), "DISPATCHER_HOME": str(tmp_path)}
     env.pop("DISPATCHER_TOKEN", None)
     for _ in range(2):
-        out = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "dispatcher",
-                "call",
-                "ECHO",
-                "--data",
-                "1",
-                "--address",
-                address,
-            ],
-            env=env,
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        out = _dispatcher(env, "call", "ECHO", "--data", "1", "--address", address)
         assert out.returncode == 0, out.stderr
     assert (tmp_path / "tokens" / "test").stat().st_mode & 0o777 == 0o600
 
@@ -344,15 +299,7 @@ def test_connect_interactive_session(live: tuple[str, str, Region], db_url: str)
     address, token, _ = live
     env = {**sep_env(db_url, "test"), "DISPATCHER_TOKEN": token}
     script = 'ECHO {"a": 1}\nCHAT\n"Zoe"\nORDER {"item": "cup"}\n2\nNOPE\nquit\n'
-    out = subprocess.run(
-        [sys.executable, "-m", "dispatcher", "connect", "--address", address],
-        input=script,
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    out = _dispatcher(env, "connect", "--address", address, input=script)
     assert out.returncode == 0, out.stderr
     assert '{"a": 1}' in out.stdout
     assert '{"greeting": "Hello, Zoe!"}' in out.stdout

@@ -24,9 +24,9 @@ def _run(db_url: str, *args: str) -> Any:
     )
 
 
-def test_sep_start_stops_gracefully_on_sigterm(region: Region, db_url: str) -> None:
-    """`dispatcher sep start` as a process: SIGTERM lets the running task finish."""
-    proc = subprocess.Popen(
+def _sep_start(db_url: str, count: int) -> subprocess.Popen[bytes]:
+    """`dispatcher sep start` of the test app, as a real process."""
+    return subprocess.Popen(
         [
             sys.executable,
             "-m",
@@ -36,11 +36,16 @@ def test_sep_start_stops_gracefully_on_sigterm(region: Region, db_url: str) -> N
             "--app",
             "tests.apps.basic",
             "--count",
-            "2",
+            str(count),
         ],
         env=sep_env(db_url, "test"),
         cwd=ROOT,
     )
+
+
+def test_sep_start_stops_gracefully_on_sigterm(region: Region, db_url: str) -> None:
+    """`dispatcher sep start` as a process: SIGTERM lets the running task finish."""
+    proc = _sep_start(db_url, 2)
     try:
         wait_registered(db_url, "test", 2)
         e = region.enqueue("HOLD", {"seconds": 1.0})
@@ -124,21 +129,7 @@ def test_sep_stop_force_requeues_the_task(region: Region, db_url: str) -> None:
 def test_supervisor_respects_operator_stop(region: Region, db_url: str) -> None:
     """A SEP stopped by `dispatcher sep stop` is not restarted by its supervisor; when
     the operator has stopped them all, the supervisor exits by itself."""
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "dispatcher",
-            "sep",
-            "start",
-            "--app",
-            "tests.apps.basic",
-            "--count",
-            "2",
-        ],
-        env=sep_env(db_url, "test"),
-        cwd=ROOT,
-    )
+    proc = _sep_start(db_url, 2)
     try:
         wait_registered(db_url, "test", 2)
         first = region.seps()[0]["id"]
