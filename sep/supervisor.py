@@ -71,6 +71,7 @@ class Supervisor:
             return
         with connect(self.url, application_name="dispatcher-supervisor") as conn:
             region = Region(conn, self.region)
+            region.reap()  # SEPs of a crashed run hold no slot
             info = region.info()
             row = region.row("active_seps", region=self.region)
         active = int(row["n"]) if row else 0

@@ -383,3 +383,16 @@ def test_enqueue_many_dispatches_to_every_idle_sep_by_priority(region: Region, d
     assert region.request(old.request_id)["state"] == "dispatched"
     assert notes == [f"dispatch {old.request_id}"]
     assert {r["current_request"] for r in region.seps()} == {out[1].request_id, old.request_id}
+
+
+def test_silent_seps_hold_no_slot_at_registration(region: Region) -> None:
+    """SEPs of a crashed run that stopped beating do not keep a new SEP out."""
+    region.set(max_seps=1, sep_dead_after_s=1)
+    stale = sep(region)
+    region.conn.execute(
+        "UPDATE dispatcher.sep SET heartbeat_at = now() - interval '1 minute' WHERE id = %s",
+        [stale],
+    )
+    fresh = sep(region)
+    states = {r["id"]: r["state"] for r in region.seps()}
+    assert states == {stale: "dead", fresh: "idle"}

@@ -571,6 +571,8 @@ BEGIN
     IF NOT FOUND THEN
         RAISE EXCEPTION USING ERRCODE = 'DP001', MESSAGE = format('unknown region %L', p_region);
     END IF;
+    -- SEPs of a crashed host hold no slot: declare the silent ones dead first
+    PERFORM dispatcher.reap_v1(p_region);
     v_live := dispatcher.active_seps(p_region);
     IF v_live < reg.max_seps THEN
         v_standby := false;   -- a standby SEP that finds a free slot takes it at once
