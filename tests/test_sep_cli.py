@@ -99,6 +99,8 @@ def test_sep_list_pause_resume_stop(region: Region, db_url: str) -> None:
     with running_seps(db_url, "test", 1) as procs:
         rows = json.loads(_run(db_url, "sep", "list", "--json").stdout)
         assert len(rows) == 1 and rows[0]["pid"] == procs[0].pid
+        assert rows[0]["silent"] is False and rows[0]["heartbeat_age_s"] < 15
+        assert " s ago)" in _run(db_url, "sep", "list").stdout
         sep_id = str(rows[0]["id"])
         assert "pause" in _run(db_url, "sep", "pause", sep_id).stdout
         e = region.enqueue("ECHO", 1)

@@ -120,7 +120,9 @@ def list_(app: App, as_json: bool) -> None:
         state = r["state"] + (" (standby)" if r["standby"] else "")
         click.echo(
             f"{r['id']:>5} {r['host'][:16]:16} {r['pid']:>7} {state:12} "
-            f"{r['current_request'] or '-':>9} {r['tasks_run']:>8}  {r['heartbeat_at']:%H:%M:%S}"
+            f"{r['current_request'] or '-':>9} {r['tasks_run']:>8}  "
+            f"{r['heartbeat_at']:%H:%M:%S} ({r['heartbeat_age_s']:.0f} s ago)"
+            + ("  SILENT: will be declared dead" if r["silent"] else "")
         )
 
 

@@ -22,9 +22,13 @@ SELECT dispatcher.leave_sep_v1(%(sep)s) AS requeued;
 SELECT * FROM dispatcher.control_sep_v1(%(sep)s, %(action)s);
 
 -- name: list_seps
-SELECT id, host, pid, state, paused, stop_requested, standby, capabilities, current_request,
-    current_attempt, tasks_run, address, started_at, heartbeat_at
-FROM dispatcher.sep WHERE region = %(region)s ORDER BY id;
+SELECT s.id, s.host, s.pid, s.state, s.paused, s.stop_requested, s.standby, s.capabilities,
+    s.current_request, s.current_attempt, s.tasks_run, s.address, s.started_at, s.heartbeat_at,
+    round(extract(epoch FROM clock_timestamp() - s.heartbeat_at)::numeric, 1)::float8
+        AS heartbeat_age_s,
+    (s.state <> 'dead' AND s.heartbeat_at < clock_timestamp() - r.sep_dead_after) AS silent
+FROM dispatcher.sep s JOIN dispatcher.region r ON r.name = s.region
+WHERE s.region = %(region)s ORDER BY s.id;
 
 -- name: live_sep_ids
 SELECT id FROM dispatcher.sep WHERE region = %(region)s AND state <> 'dead' ORDER BY id;
