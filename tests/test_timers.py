@@ -60,7 +60,9 @@ def test_monitor_fires_due_timers_once(tregion: Region, conn: Conn, db_url: str)
         assert m.fire_due(xr) == 0
     reqs = _requests(conn)
     assert len(reqs) == 1 and reqs[0]["payload"] == 1 and reqs[0]["origin"] == "timer"
-    assert reqs[0]["idempotency_key"].startswith("timer:")
+    firing = conn.execute("SELECT firing_id, request_id FROM dispatcher_xr.firing").fetchall()
+    assert [f["request_id"] for f in firing] == [reqs[0]["id"]]
+    assert firing[0]["firing_id"].startswith("timer:")
     assert [r["reqid"] for r in timers.list_timers(conn, "test")] == ["later"]
 
 

@@ -49,3 +49,13 @@ SELECT
     (SELECT count(*) FROM dispatcher_xr.firing
      WHERE region = %(region)s AND fired_at > clock_timestamp() - interval '1 hour')
         AS fired_last_hour;
+
+-- name: record_firings
+INSERT INTO dispatcher_xr.firing (firing_id, region, reqid, due_at, request_id)
+SELECT f, %(region)s, r, d, q
+FROM unnest(%(firing_ids)s::text[], %(reqids)s::text[], %(due_ats)s::timestamptz[],
+            %(request_ids)s::bigint[]) AS x(f, r, d, q)
+ON CONFLICT (firing_id) DO NOTHING;
+
+-- name: timers_fired_once
+DELETE FROM dispatcher_xr.timer WHERE id = ANY(%(ids)s);
