@@ -25,6 +25,7 @@ from .queries import QUERIES
 __all__ = [
     "AsyncRegion",
     "Enqueued",
+    "Outcome",
     "Region",
     "Task",
     "enqueue_params",
@@ -55,6 +56,23 @@ class Task:
     @classmethod
     def from_row(cls, row: Row) -> Task:
         return cls(**{k: row[k] for k in cls.__dataclass_fields__})
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a task of a batch ended, as a batching SEP reports it (complete_many_v1).
+
+    ``started_ago``/``ended_ago``: seconds before the report that the task started and
+    ended, measured by the SEP; the procedure places them on the server's clock."""
+
+    task: Task
+    ok: bool
+    result: Any = None
+    error: Any = None
+    next_transid: str | None = None
+    commarea: Any = None
+    started_ago: float = 0.0
+    ended_ago: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -291,6 +309,36 @@ class Region:
             commarea=None if commarea is None else Jsonb(commarea),
         )
         return Task.from_row(found) if found else None
+
+    def claim_batch(self, sep: int, take: int) -> list[Task]:
+        """A batching SEP's work: what it holds, else up to TAKE new requests."""
+        return [Task.from_row(r) for r in self.rows("claim_batch", sep=sep, take=take)]
+
+    def complete_many(
+        self,
+        sep: int,
+        outcomes: Sequence[Outcome],
+        *,
+        release: Sequence[int] = (),
+        take: int = 0,
+    ) -> list[Task]:
+        """Report a batch's outcomes in one call; with TAKE > 0 also get the next batch."""
+        found = self.rows(
+            "complete_many",
+            sep=sep,
+            requests=[o.task.request_id for o in outcomes],
+            attempts=[o.task.attempt for o in outcomes],
+            ok=[o.ok for o in outcomes],
+            results=[Jsonb(o.result) for o in outcomes],
+            errors=[None if o.error is None else Jsonb(o.error) for o in outcomes],
+            next_transids=[o.next_transid for o in outcomes],
+            commareas=[None if o.commarea is None else Jsonb(o.commarea) for o in outcomes],
+            started_ago=[float(o.started_ago) for o in outcomes],
+            ended_ago=[float(o.ended_ago) for o in outcomes],
+            release=list(release),
+            take=take,
+        )
+        return [Task.from_row(r) for r in found]
 
     def heartbeat(self, sep: int) -> Row | None:
         return self.row("heartbeat_sep", sep=sep)

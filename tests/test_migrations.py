@@ -99,3 +99,21 @@ def test_plain_alembic_command_works(empty_url: str) -> None:
     )
     assert out.returncode == 0, out.stderr
     assert migrate.current(empty_url) == migrate.head()
+
+
+def test_each_revision_downgrades_to_exactly_the_one_before(empty_url: str) -> None:
+    """For every revision: upgrading to it and downgrading one step gives back exactly
+    the schema of the revision before (columns, indexes, procedure bodies)."""
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory.from_config(migrate.alembic_config(""))
+    revisions = [r.revision for r in reversed(list(script.walk_revisions()))]
+    assert revisions[0] == "0001" and len(revisions) >= 2
+    for before, after in zip(revisions, revisions[1:], strict=False):
+        migrate.upgrade(empty_url, before)
+        expected = _schema(empty_url)
+        migrate.upgrade(empty_url, after)
+        assert _schema(empty_url) != expected, f"{after} changes nothing"
+        migrate.downgrade(empty_url, before)
+        assert migrate.current(empty_url) == before
+        assert _schema(empty_url) == expected, f"{after} does not downgrade cleanly"

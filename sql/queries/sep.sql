@@ -51,3 +51,12 @@ WHERE region = %(region)s AND transid = %(transid)s AND state = 'done';
 -- name: async_commit
 -- A SEP started with --async-commit: its completions do not wait for the WAL flush.
 SELECT set_config('synchronous_commit', 'off', false) AS synchronous_commit;
+
+-- name: claim_batch
+SELECT * FROM dispatcher.claim_batch_v1(%(sep)s, %(take)s);
+
+-- name: complete_many
+SELECT * FROM dispatcher.complete_many_v1(%(sep)s, %(requests)s::bigint[], %(attempts)s::int[],
+    %(ok)s::boolean[], %(results)s::jsonb[], %(errors)s::jsonb[], %(next_transids)s::text[],
+    %(commareas)s::jsonb[], %(started_ago)s::float8[], %(ended_ago)s::float8[],
+    %(release)s::bigint[], %(take)s);

@@ -1,0 +1,243 @@
+-- Revision 0002: SEP-side batching (`sep start --batch K`). Downgrade: 050_batches_down.sql.
+--
+-- A batching SEP takes up to K requests in one call and reports the outcomes of the
+-- ones it ran in one call, which also takes its next K (see docs/dispatch.md,
+-- "Batches"). It still runs one task at a time. The first request of a batch is
+-- 'running' (sep.current_request); the others are 'dispatched' to the SEP and listed
+-- in sep.held until they are reported or handed back. A class's max active counts
+-- both, so prefetching never lets a class run more than its limit.
+
+ALTER TABLE dispatcher.sep ADD COLUMN held bigint[] NOT NULL DEFAULT '{}';
+
+-- Hand back the requests a SEP holds (it leaves, stops by force, or is declared dead):
+-- the one it names as current and the ones a batch prefetched.
+CREATE OR REPLACE FUNCTION dispatcher.requeue_held(s dispatcher.sep, p_why text) RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    r dispatcher.request;
+    v_max integer;
+    n integer := 0;
+BEGIN
+    SELECT max_redispatch INTO v_max FROM dispatcher.region WHERE name = s.region;
+    FOR r IN SELECT * FROM dispatcher.request
+             WHERE id = ANY (s.current_request || s.held) AND sep_id = s.id
+             ORDER BY id FOR UPDATE LOOP
+        IF r.session_id IS NOT NULL AND EXISTS (
+            SELECT 1 FROM dispatcher.session WHERE id = r.session_id AND bound_sep = s.id
+        ) THEN
+            -- a conversation lives in the program that died: it cannot resume elsewhere
+            PERFORM dispatcher.finish_request(r, 'failed', NULL,
+                jsonb_build_object('type', 'SEPLost', 'message',
+                    format('%s during a conversation', p_why)));
+            UPDATE dispatcher.session SET bound_sep = NULL WHERE id = r.session_id;
+        ELSIF r.attempt >= v_max THEN
+            PERFORM dispatcher.finish_request(r, 'failed', NULL,
+                jsonb_build_object('type', 'SEPLost', 'message',
+                    format('%s; gave up after %s attempts', p_why, r.attempt)));
+        ELSE
+            UPDATE dispatcher.request SET state = 'queued', sep_id = NULL,
+                error = jsonb_build_object('type', 'SEPLost', 'message', p_why)
+            WHERE id = r.id;
+        END IF;
+        n := n + 1;
+    END LOOP;
+    UPDATE dispatcher.sep SET held = '{}' WHERE id = s.id AND held <> '{}';
+    IF n > 0 THEN
+        -- wake an idle SEP for the requeued work
+        PERFORM dispatcher.wake_idle_sep(s.region, s.id);
+    END IF;
+    RETURN n;
+END $$;
+
+-- Work for SEP s (its row locked by the caller): up to p_take requests, or rest if
+-- there is none. The first is started ('running'); the rest are 'dispatched' to the
+-- SEP and listed in sep.held. Same order, limits and wake-up fence as next_or_rest.
+CREATE FUNCTION dispatcher.next_batch(s dispatcher.sep, p_done integer, p_take integer)
+RETURNS SETOF dispatcher.task
+LANGUAGE plpgsql AS $$
+DECLARE
+    t dispatcher.task;
+    p record;
+    v_held bigint[] := '{}';
+BEGIN
+    t := dispatcher.next_or_rest(s, p_done);
+    IF t.request_id IS NULL THEN
+        RETURN;
+    END IF;
+    RETURN NEXT t;
+    FOR i IN 2..least(coalesce(p_take, 1), 1000) LOOP
+        p := dispatcher.pick_request(s.region, s.capabilities);
+        EXIT WHEN p.request_id IS NULL;
+        UPDATE dispatcher.request r SET
+            state = 'dispatched', sep_id = s.id, attempt = r.attempt + 1,
+            dispatched_at = clock_timestamp()
+        WHERE r.id = p.request_id;
+        v_held := v_held || p.request_id;
+        RETURN NEXT dispatcher.task_of(p.request_id);
+    END LOOP;
+    IF v_held <> '{}' THEN
+        UPDATE dispatcher.sep SET held = v_held WHERE id = s.id;
+    END IF;
+END $$;
+
+-- Give a batching SEP work: what it already holds (after a reconnect, or what an
+-- enqueue handed it while it was idle), else up to p_take new requests.
+CREATE FUNCTION dispatcher.claim_batch_v1(p_sep bigint, p_take integer) RETURNS SETOF dispatcher.task
+LANGUAGE plpgsql AS $$
+DECLARE
+    s dispatcher.sep;
+BEGIN
+    s := dispatcher.lock_sep(p_sep);
+    UPDATE dispatcher.sep SET heartbeat_at = clock_timestamp() WHERE id = p_sep;
+    IF s.state = 'busy' THEN
+        UPDATE dispatcher.request SET state = 'running', started_at = clock_timestamp()
+        WHERE id = s.current_request AND sep_id = p_sep AND state = 'dispatched';
+        RETURN QUERY
+            SELECT (dispatcher.task_of(r.id)).*
+            FROM dispatcher.request r
+            WHERE r.id = ANY (s.current_request || s.held) AND r.sep_id = p_sep
+            ORDER BY r.id = s.current_request DESC, array_position(s.held, r.id);
+        RETURN;
+    END IF;
+    IF s.state <> 'idle' THEN
+        RETURN;
+    END IF;
+    RETURN QUERY SELECT * FROM dispatcher.next_batch(s, 0, p_take);
+END $$;
+
+-- A batching SEP reports the tasks it ran, in the order it ran them, and in the same
+-- round trip gets its next batch. Arrays are parallel, one element per task:
+--   p_requests, p_attempts   the task (fenced: refused, DP004, unless the SEP holds it)
+--   p_ok, p_results, p_errors, p_next_transids, p_commareas   as for complete_v1
+--   p_started_ago, p_ended_ago   seconds before this call that the task started/ended
+--                                (measured by the SEP, placed on the server's clock)
+-- p_release: requests of the batch the SEP never started (it is stopping); they go
+-- back to the queue in their old place, their attempt not counted.
+-- p_take: 0 reports only (the SEP keeps what it still holds); K > 0 also takes the
+-- next K once the SEP holds nothing else.
+CREATE FUNCTION dispatcher.complete_many_v1(
+    p_sep bigint,
+    p_requests bigint[],
+    p_attempts integer[],
+    p_ok boolean[],
+    p_results jsonb[],
+    p_errors jsonb[],
+    p_next_transids text[],
+    p_commareas jsonb[],
+    p_started_ago double precision[],
+    p_ended_ago double precision[],
+    p_release bigint[] DEFAULT '{}',
+    p_take integer DEFAULT 0
+) RETURNS SETOF dispatcher.task
+LANGUAGE plpgsql AS $$
+DECLARE
+    s dispatcher.sep;
+    v_now timestamptz := clock_timestamp();
+    v_n integer := coalesce(cardinality(p_requests), 0);
+    v_ok integer;
+    v_done integer;
+    v_classes text[];
+    v_left bigint[];
+    v_released integer := 0;
+BEGIN
+    IF v_n <> coalesce(cardinality(p_attempts), 0) OR v_n <> coalesce(cardinality(p_ok), 0)
+       OR v_n <> coalesce(cardinality(p_started_ago), 0)
+       OR v_n <> coalesce(cardinality(p_ended_ago), 0) THEN
+        RAISE EXCEPTION USING ERRCODE = 'DP003',
+            MESSAGE = 'complete_many: the arrays of a report differ in length';
+    END IF;
+    SELECT * INTO s FROM dispatcher.sep WHERE id = p_sep FOR UPDATE;
+    IF NOT FOUND OR s.state = 'dead' THEN
+        s := dispatcher.lock_sep(p_sep);   -- raises the right error
+    END IF;
+
+    -- the tasks that ended well: to the history, set-based
+    WITH item AS (
+        SELECT u.* FROM unnest(p_requests, p_attempts, p_ok, p_results, p_next_transids,
+                               p_commareas, p_started_ago, p_ended_ago)
+            AS u(id, attempt, ok, result, next_transid, commarea, started_ago, ended_ago)
+        WHERE u.ok
+    ), gone AS (
+        DELETE FROM dispatcher.request r USING item i
+        WHERE r.id = i.id AND r.sep_id = p_sep AND r.attempt = i.attempt AND r.state <> 'queued'
+        RETURNING r.*
+    ), hist AS (
+        INSERT INTO dispatcher.request_history
+            (id, region, transid, payload, session_id, priority, state, attempt, sep_id, class,
+             idempotency_key, origin, result, error, enqueued_at, dispatched_at, started_at,
+             finished_at)
+        SELECT g.id, g.region, g.transid, g.payload, g.session_id, g.priority, 'done', g.attempt,
+               g.sep_id, g.class, g.idempotency_key, g.origin, i.result, NULL, g.enqueued_at,
+               g.dispatched_at,
+               greatest(coalesce(g.dispatched_at, g.enqueued_at),
+                        v_now - make_interval(secs => i.started_ago)),
+               greatest(coalesce(g.dispatched_at, g.enqueued_at),
+                        v_now - make_interval(secs => i.ended_ago))
+        FROM gone g JOIN item i ON i.id = g.id
+        RETURNING id, session_id, class
+    ), sess AS (
+        UPDATE dispatcher.session x SET
+            next_transid = i.next_transid, commarea = i.commarea, bound_sep = NULL,
+            last_active = v_now
+        FROM hist h JOIN item i ON i.id = h.id
+        WHERE x.id = h.session_id
+        RETURNING 1
+    )
+    SELECT count(*), array_agg(DISTINCT h.class) FILTER (WHERE h.class IS NOT NULL)
+    INTO v_done, v_classes
+    FROM hist h;
+    SELECT count(*) INTO v_ok FROM unnest(p_ok) o WHERE o;
+    IF v_done <> v_ok THEN
+        RAISE EXCEPTION USING ERRCODE = 'DP004',
+            MESSAGE = format('completion refused: SEP %s no longer holds %s of the %s requests it reported',
+                             p_sep, v_ok - v_done, v_ok);
+    END IF;
+
+    -- abends: one by one, through the same rules as complete_v1 (retry or fail)
+    FOR i IN 1..v_n LOOP
+        CONTINUE WHEN p_ok[i];
+        PERFORM dispatcher.complete_v1(p_sep, p_requests[i], p_attempts[i], false,
+                                       p_results[i], p_errors[i], false, NULL, NULL);
+        -- (complete_v1 counted the task in sep.tasks_run)
+    END LOOP;
+
+    -- requests never started: back in their old place, the attempt not counted
+    IF coalesce(cardinality(p_release), 0) > 0 THEN
+        UPDATE dispatcher.request SET state = 'queued', sep_id = NULL,
+            attempt = greatest(attempt - 1, 0), dispatched_at = NULL
+        WHERE id = ANY (p_release) AND sep_id = p_sep AND state = 'dispatched';
+        GET DIAGNOSTICS v_released = ROW_COUNT;
+    END IF;
+
+    SELECT array_agg(r.id ORDER BY array_position(s.held, r.id)) INTO v_left
+    FROM dispatcher.request r
+    WHERE r.id = ANY (s.current_request || s.held) AND r.sep_id = p_sep;
+
+    IF v_left IS NOT NULL THEN
+        -- still holding prefetched requests: stay busy with them
+        UPDATE dispatcher.sep SET
+            state = 'busy', held = v_left, tasks_run = tasks_run + v_done,
+            current_request = CASE WHEN current_request = ANY (v_left) THEN current_request END,
+            heartbeat_at = v_now
+        WHERE id = p_sep;
+    ELSE
+        SELECT * INTO s FROM dispatcher.sep WHERE id = p_sep;
+        UPDATE dispatcher.sep SET held = '{}' WHERE id = p_sep AND held <> '{}';
+        IF coalesce(p_take, 0) > 0 THEN
+            RETURN QUERY SELECT * FROM dispatcher.next_batch(s, v_done, p_take);
+        ELSE
+            UPDATE dispatcher.sep SET
+                state = dispatcher.rest_state(s), current_request = NULL, current_attempt = NULL,
+                idle_since = clock_timestamp(), tasks_run = tasks_run + v_done,
+                heartbeat_at = clock_timestamp()
+            WHERE id = p_sep;
+        END IF;
+    END IF;
+
+    -- class slots or released requests this SEP did not take: wake an idle SEP to look
+    IF v_released > 0 OR (v_classes IS NOT NULL AND EXISTS (
+            SELECT 1 FROM dispatcher.request q
+            WHERE q.region = s.region AND q.class = ANY (v_classes) AND q.state = 'queued')) THEN
+        PERFORM dispatcher.wake_idle_sep(s.region, p_sep);
+    END IF;
+END $$;
