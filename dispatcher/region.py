@@ -321,8 +321,10 @@ class Region:
         *,
         release: Sequence[int] = (),
         take: int = 0,
+        running: int | None = None,
     ) -> list[Task]:
-        """Report a batch's outcomes in one call; with TAKE > 0 also get the next batch."""
+        """Report a batch's outcomes in one call; with TAKE > 0 also get the next batch;
+        RUNNING: a held request the SEP starts now."""
         found = self.rows(
             "complete_many",
             sep=sep,
@@ -337,6 +339,7 @@ class Region:
             ended_ago=[float(o.ended_ago) for o in outcomes],
             release=list(release),
             take=take,
+            running=running,
         )
         return [Task.from_row(r) for r in found]
 

@@ -31,7 +31,21 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="completions do not wait for the WAL flush (see docs/sep.md)",
     )
+    parser.add_argument(
+        "--batch",
+        type=int,
+        default=1,
+        help="requests taken per call; above 1 outcomes are reported together (sep/batch.py)",
+    )
+    parser.add_argument(
+        "--batch-window",
+        type=float,
+        default=5.0,
+        help="with --batch: the longest an outcome waits to be reported (ms)",
+    )
     args = parser.parse_args(argv)
+    if not 1 <= args.batch <= 1000 or args.batch_window < 0:
+        parser.error("--batch must be 1..1000 and --batch-window 0 or more")
     configure_logging()
     settings = Settings.from_env()
     try:
@@ -44,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
             poll_interval=args.poll,
             heartbeat_interval=args.heartbeat,
             async_commit=args.async_commit,
+            batch=args.batch,
+            batch_window=args.batch_window / 1000,
         )
         return Worker(config).run()
     except AppError as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import queue
 import socket
 import threading
+from collections.abc import Callable
 from typing import Any
 from uuid import UUID
 
@@ -74,6 +75,8 @@ class Conversation:
         self.session_id = session_id
         self.sep_id = sep_id
         self.inputs = inputs
+        # called before the task waits for input (a batching SEP reports its buffer)
+        self.before_wait: Callable[[], None] | None = None
 
     def send(self, data: Any, *, wants_input: bool) -> None:
         self.links.send(
@@ -89,6 +92,8 @@ class Conversation:
         )
 
     def receive(self, timeout: float | None, announce: bool = True) -> Any:
+        if self.before_wait is not None:
+            self.before_wait()
         if announce:
             self.links.send(
                 self.address,

@@ -51,6 +51,8 @@ class Supervisor:
         heartbeat_interval: float = 2.0,
         reap_interval: float = 5.0,
         async_commit: bool = False,
+        batch: int = 1,
+        batch_window_ms: float = 5.0,
     ) -> None:
         self.url = url
         self.region = region
@@ -62,6 +64,8 @@ class Supervisor:
         self.heartbeat_interval = heartbeat_interval
         self.reap_interval = reap_interval
         self.async_commit = async_commit
+        self.batch = batch
+        self.batch_window_ms = batch_window_ms
         self.stopping = False
         self.log = get_logger("sep.supervisor", region=region)
 
@@ -102,6 +106,8 @@ class Supervisor:
             argv.append("--standby")
         if self.async_commit:
             argv.append("--async-commit")
+        if self.batch > 1:
+            argv += ["--batch", str(self.batch), "--batch-window", str(self.batch_window_ms)]
         return argv
 
     def _start(self, slot: _Slot) -> None:

@@ -32,9 +32,11 @@ from dispatcher.errors import CompletionRefused, DatabaseUnavailable, Dispatcher
 from dispatcher.logs import get_logger
 from dispatcher.region import Region, Task
 
+from .batch import Batch
 from .context import ReturnTransid, TaskContext, TaskTimeout
 from .conversation import Conversation, ConversationError, ListenerLinks
 from .program import AppError, ProgramDef, load_app, resolve_program
+from .ran import Ran
 
 __all__ = ["SEPConfig", "Worker"]
 
@@ -59,6 +61,8 @@ class SEPConfig:
     async_commit: bool = False
     heartbeat_interval: float = 2.0
     reap_every: int = 5
+    batch: int = 1  # requests taken per call (sep/batch.py); 1: no batching
+    batch_window: float = 0.005  # s an outcome may wait in a batch before it is reported
 
 
 class _Stop(Exception):
@@ -85,6 +89,7 @@ class Worker:
         self._sockdir = Path(tempfile.mkdtemp(prefix="dispatcher-sep-"))
         self.address = ""
         self._server: socket.socket | None = None
+        self._batch = Batch(self, config.batch, config.batch_window)
 
     # ------------------------------------------------------------------ setup
     def run(self) -> int:
@@ -268,11 +273,23 @@ class Worker:
                 time.sleep(backoff.next_delay())
                 self._reconnect()
 
+    def _claim(self) -> list[Task]:
+        """What this SEP holds, else new work (one request, or a batch of --batch K)."""
+        if self.config.batch > 1:
+            return self._db(Region.claim_batch, self.sep_id, self.config.batch)
+        task = self._db(Region.claim_next, self.sep_id)
+        return [] if task is None else [task]
+
     def _loop(self) -> None:
-        task: Task | None = self._db(Region.claim_next, self.sep_id)
+        todo: collections.deque[Task] = collections.deque(self._claim())
         while not self.stopping and not self.dead:
-            if task is not None:
-                task = self._execute(task)
+            if todo:
+                task = todo.popleft()
+                if self.config.batch > 1:
+                    todo = self._batch.step(task, todo)
+                else:
+                    nxt = self._execute(task)
+                    todo.extend([] if nxt is None else [nxt])
                 continue
             try:
                 kind, value = self.events.get(timeout=self.config.poll_interval)
@@ -280,28 +297,32 @@ class Worker:
                 kind, value = "poll", None
             if kind == "task":
                 # a listener's hand-over of a request this SEP already took from the
-                # database (claim_next found it dispatched here first): never run twice
-                task = None if (value.request_id, value.attempt) in self._ran else value
+                # database (claim found it dispatched here first): never run twice
+                if (value.request_id, value.attempt) not in self._ran:
+                    todo.append(value)
             elif kind == "notify":
-                task = self._on_notify(str(value))
+                todo.extend(self._on_notify(str(value)))
             elif kind in ("wake", "poll"):
-                task = self._db(Region.claim_next, self.sep_id)
+                todo.extend(self._claim())
             elif kind in ("stop", "dead"):
                 break
+        if self.config.batch > 1 and not self.dead:
+            self._batch.hand_back(todo)
 
-    def _on_notify(self, payload: str) -> Task | None:
+    def _on_notify(self, payload: str) -> list[Task]:
         if payload.startswith("dispatch "):
             try:
-                return self._db(Region.begin, self.sep_id, int(payload.split()[1]))
+                task = self._db(Region.begin, self.sep_id, int(payload.split()[1]))
             except CompletionRefused:
-                return self._db(Region.claim_next, self.sep_id)  # already taken (handed over)
+                return self._claim()  # already taken (handed over)
+            return [] if (task.request_id, task.attempt) in self._ran else [task]
         if payload == "kill":
             self.log.warning("sep_killed_by_operator")
             os._exit(EXIT_KILLED)
         if payload == "stop":
             self.stopping = True
-            return None
-        return self._db(Region.claim_next, self.sep_id)
+            return []
+        return self._claim()
 
     def _program(self, task: Task) -> Any:
         d = self.programs.get(task.transid)
@@ -335,8 +356,14 @@ class Worker:
             self.inputs[task.request_id] = q
         return Conversation(self.links, address, task.request_id, task.session_id, self.sep_id, q)
 
-    def _execute(self, task: Task) -> Task | None:
-        """Run one task and complete it; return the next task (same round trip)."""
+    def _run_task(
+        self,
+        task: Task,
+        before_tx: Callable[[], None] | None = None,
+        before_wait: Callable[[], None] | None = None,
+    ) -> Ran | None:
+        """Run one task's program; None if the database was lost meanwhile (reconnected:
+        the task is still held by this SEP and runs again)."""
         log = self.log.bind(request_id=task.request_id, transid=task.transid, attempt=task.attempt)
         log.info("request_running")
         key = (task.request_id, task.attempt)
@@ -346,112 +373,134 @@ class Worker:
             self._ran.discard(self._ran_order.popleft())
         assert self.conn is not None
         conn = self.conn
-        tx: list[Any] = []
+        ran = Ran(task, log)
 
         def begin() -> None:
+            if before_tx is not None:
+                before_tx()
             t = conn.transaction()
             t.__enter__()
-            tx.append(t)
+            ran.tx.append(t)
 
         try:
-            conversation = self._conversation(task)
+            ran.conversation = self._conversation(task)
         except _DB_LOST:
             self._reconnect()
-            return self._db(Region.claim_next, self.sep_id)
-        ctx = TaskContext(task, self.config.region, conn, log, conversation, begin)
-        ok, result, error, next_transid, commarea = True, None, None, None, None
-        started = time.monotonic()
+            return None
+        if ran.conversation is not None:
+            ran.conversation.before_wait = before_wait
+        ctx = TaskContext(task, self.config.region, conn, log, ran.conversation, begin)
+        ran.started = time.monotonic()
         try:
             value = self._run_program(task, ctx)
             if isinstance(value, ReturnTransid):
-                result, next_transid, commarea = value.output, value.transid, value.commarea
+                ran.result, ran.next_transid, ran.commarea = (
+                    value.output,
+                    value.transid,
+                    value.commarea,
+                )
             else:
-                result = value
+                ran.result = value
         except _DB_LOST as exc:
             log.warning("database_lost_during_task", error=str(exc).strip())
             self._drop_inputs(task)
             self._reconnect()
-            return self._db(Region.claim_next, self.sep_id)  # re-runs the task we hold
+            return None
         except BaseException as exc:
             if isinstance(exc, KeyboardInterrupt | SystemExit):
                 raise
-            ok = False
-            error = {
-                "type": type(exc).__name__,
-                "message": str(exc),
-                "traceback": traceback.format_exc(),
-            }
-            if tx:
+            ran.abend(exc, traceback.format_exc())
+            if ran.tx:
                 try:
-                    tx.pop().__exit__(type(exc), exc, exc.__traceback__)
+                    ran.tx.pop().__exit__(type(exc), exc, exc.__traceback__)
                 except psycopg.Error:
                     pass
+        ran.ended = time.monotonic()
         self._drop_inputs(task)
+        return ran
+
+    def _execute(self, task: Task) -> Task | None:
+        """Run one task and complete it; return the next task (same round trip)."""
+        ran = self._run_task(task)
+        if ran is None:
+            return self._db(Region.claim_next, self.sep_id)  # re-runs the task we hold
+        log = ran.log
         try:
-            if ok:
+            if ran.ok:
                 nxt = self._region().complete(
                     self.sep_id,
                     task,
                     ok=True,
-                    result=result,
+                    result=ran.result,
                     take_next=not self.stopping,
-                    next_transid=next_transid,
-                    commarea=commarea,
+                    next_transid=ran.next_transid,
+                    commarea=ran.commarea,
                 )
-                if tx:
-                    tx.pop().__exit__(None, None, None)
+                if ran.tx:
+                    ran.tx.pop().__exit__(None, None, None)
             else:
                 nxt = self._db(
                     Region.complete,
                     self.sep_id,
                     task,
                     ok=False,
-                    error=error,
+                    error=ran.error,
                     take_next=not self.stopping,
                 )
         except CompletionRefused as exc:
             log.error("completion_refused", error=str(exc))
-            if tx:
-                self._rollback(tx)
-            state = self._db(Region.row, "sep_state", sep=self.sep_id)
-            if state is None or state["state"] == "dead":
-                self.dead = True
-                return None
-            return self._db(Region.claim_next, self.sep_id)
+            self._rollback(ran.tx)
+            return self._claim_after_refusal()
         except _DB_LOST as exc:
             log.warning("database_lost_at_completion", error=str(exc).strip())
             self._reconnect()
             return self._db(Region.claim_next, self.sep_id)  # the task runs again
         except (psycopg.Error, DispatcherError, TypeError, ValueError) as exc:
             # e.g. the result is not JSON-serialisable, or the program broke its transaction
-            if tx:
-                self._rollback(tx)
+            self._rollback(ran.tx)
             log.error("completion_failed", error=str(exc))
-            bad = {"type": type(exc).__name__, "message": str(exc), "traceback": ""}
+            ran.abend(exc, "")
             nxt = self._db(
-                Region.complete, self.sep_id, task, ok=False, error=bad, take_next=not self.stopping
+                Region.complete,
+                self.sep_id,
+                task,
+                ok=False,
+                error=ran.error,
+                take_next=not self.stopping,
             )
-            ok, error = False, bad
-        elapsed_ms = round((time.monotonic() - started) * 1000, 3)
-        if ok:
-            log.info("request_done", ms=elapsed_ms)
+        self._finished(ran)
+        return nxt
+
+    def _claim_after_refusal(self) -> Task | None:
+        state = self._db(Region.row, "sep_state", sep=self.sep_id)
+        if state is None or state["state"] == "dead":
+            self.dead = True
+            return None
+        return self._db(Region.claim_next, self.sep_id)
+
+    def _finished(self, ran: Ran) -> None:
+        """Log a task whose outcome is committed, and tell its listener."""
+        elapsed_ms = round((ran.ended - ran.started) * 1000, 3)
+        if ran.ok:
+            ran.log.info("request_done", ms=elapsed_ms)
         else:
-            log.warning(
+            error = ran.error or {}
+            ran.log.warning(
                 "request_abended",
                 ms=elapsed_ms,
-                error_type=error and error["type"],
-                error=error and error["message"],
+                error_type=error.get("type"),
+                error=error.get("message"),
             )
+        conversation = ran.conversation
         if conversation is not None:
             try:
-                conversation.end(ok, result, error, next_transid)
+                conversation.end(ran.ok, ran.result, ran.error, ran.next_transid)
             except ConversationError as exc:
                 # the session may have moved to another listener: forget it; the
                 # listener's outcome poll answers the client anyway
                 with self.inputs_lock:
                     self._listeners.pop(conversation.session_id, None)
-                log.warning("listener_unreachable", error=str(exc))
-        return nxt
+                ran.log.warning("listener_unreachable", error=str(exc))
 
     def _rollback(self, tx: list[Any]) -> None:
         while tx:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import psycopg
@@ -75,7 +76,7 @@ def test_complete_many_reports_and_takes_the_next_batch(region: Region) -> None:
     assert [h["id"] for h in hist] == ids[:4]
     assert all(h["state"] == "done" for h in hist)
     assert hist[2]["result"] == {"echo": 2}
-    for a, b in zip(hist, hist[1:], strict=False):
+    for a, b in itertools.pairwise(hist):
         assert a["started_at"] < b["started_at"]
     rest = region.complete_many(s, done(second), take=4)
     assert rest == []

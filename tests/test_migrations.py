@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
@@ -109,7 +110,7 @@ def test_each_revision_downgrades_to_exactly_the_one_before(empty_url: str) -> N
     script = ScriptDirectory.from_config(migrate.alembic_config(""))
     revisions = [r.revision for r in reversed(list(script.walk_revisions()))]
     assert revisions[0] == "0001" and len(revisions) >= 2
-    for before, after in zip(revisions, revisions[1:], strict=False):
+    for before, after in itertools.pairwise(revisions):
         migrate.upgrade(empty_url, before)
         expected = _schema(empty_url)
         migrate.upgrade(empty_url, after)

@@ -53,6 +53,21 @@ def sep() -> None:
     "the last tasks again (see docs/sep.md).",
 )
 @click.option(
+    "--batch",
+    type=click.IntRange(1, 1000),
+    default=1,
+    show_default=True,
+    help="Requests each SEP takes per call; above 1 the outcomes of tasks that do not use "
+    "ctx.db are reported together (faster; see docs/sep.md, Batches).",
+)
+@click.option(
+    "--batch-window",
+    type=click.FloatRange(0),
+    default=5.0,
+    show_default=True,
+    help="With --batch: the longest an outcome waits to be reported (ms).",
+)
+@click.option(
     "--metrics-port",
     type=click.IntRange(1, 65535),
     default=None,
@@ -68,6 +83,8 @@ def start(
     poll: float,
     heartbeat: float,
     async_commit: bool,
+    batch: int,
+    batch_window: float,
     metrics_port: int | None,
 ) -> None:
     """Start SEP processes and supervise them in the foreground (Ctrl-C stops them
@@ -91,6 +108,8 @@ def start(
         poll_interval=poll,
         heartbeat_interval=heartbeat,
         async_commit=async_commit,
+        batch=batch,
+        batch_window_ms=batch_window,
     )
     supervisor.check_room()
     app.close()

@@ -59,4 +59,4 @@ SELECT * FROM dispatcher.claim_batch_v1(%(sep)s, %(take)s);
 SELECT * FROM dispatcher.complete_many_v1(%(sep)s, %(requests)s::bigint[], %(attempts)s::int[],
     %(ok)s::boolean[], %(results)s::jsonb[], %(errors)s::jsonb[], %(next_transids)s::text[],
     %(commareas)s::jsonb[], %(started_ago)s::float8[], %(ended_ago)s::float8[],
-    %(release)s::bigint[], %(take)s);
+    %(release)s::bigint[], %(take)s, %(running)s);

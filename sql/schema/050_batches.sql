@@ -115,6 +115,8 @@ END $$;
 -- back to the queue in their old place, their attempt not counted.
 -- p_take: 0 reports only (the SEP keeps what it still holds); K > 0 also takes the
 -- next K once the SEP holds nothing else.
+-- p_running: a held request the SEP starts now (shown 'running' instead of 'dispatched';
+-- the SEP reports this way before a task that may run long).
 CREATE FUNCTION dispatcher.complete_many_v1(
     p_sep bigint,
     p_requests bigint[],
@@ -127,7 +129,8 @@ CREATE FUNCTION dispatcher.complete_many_v1(
     p_started_ago double precision[],
     p_ended_ago double precision[],
     p_release bigint[] DEFAULT '{}',
-    p_take integer DEFAULT 0
+    p_take integer DEFAULT 0,
+    p_running bigint DEFAULT NULL
 ) RETURNS SETOF dispatcher.task
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -215,9 +218,17 @@ BEGIN
 
     IF v_left IS NOT NULL THEN
         -- still holding prefetched requests: stay busy with them
+        IF p_running = ANY (v_left) THEN
+            UPDATE dispatcher.request SET state = 'running', started_at = v_now
+            WHERE id = p_running AND state = 'dispatched';
+        END IF;
         UPDATE dispatcher.sep SET
             state = 'busy', held = v_left, tasks_run = tasks_run + v_done,
-            current_request = CASE WHEN current_request = ANY (v_left) THEN current_request END,
+            current_request = CASE WHEN p_running = ANY (v_left) THEN p_running
+                                   WHEN current_request = ANY (v_left) THEN current_request END,
+            current_attempt = CASE WHEN p_running = ANY (v_left)
+                                   THEN (SELECT attempt FROM dispatcher.request WHERE id = p_running)
+                                   WHEN current_request = ANY (v_left) THEN current_attempt END,
             heartbeat_at = v_now
         WHERE id = p_sep;
     ELSE

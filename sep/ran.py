@@ -1,0 +1,38 @@
+"""A task that a SEP ran: its outcome, until that outcome is committed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from dispatcher.region import Task
+
+from .conversation import Conversation
+
+__all__ = ["Ran"]
+
+
+@dataclass
+class Ran:
+    """How a task ended, with what its completion needs: the program's open database
+    transaction (``tx``) and the link to its client (``conversation``)."""
+
+    task: Task
+    log: Any
+    ok: bool = True
+    result: Any = None
+    error: dict[str, Any] | None = None
+    next_transid: str | None = None
+    commarea: Any = None
+    tx: list[Any] = field(default_factory=list)
+    conversation: Conversation | None = None
+    started: float = 0.0  # time.monotonic()
+    ended: float = 0.0
+
+    def abend(self, exc: BaseException, tb: str) -> None:
+        """The task failed with EXC: no result, no next transaction."""
+        self.ok = False
+        self.result = None
+        self.next_transid = None
+        self.commarea = None
+        self.error = {"type": type(exc).__name__, "message": str(exc), "traceback": tb}
