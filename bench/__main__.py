@@ -8,6 +8,7 @@ import argparse
 import os
 import statistics
 from pathlib import Path
+from typing import Any
 
 from dispatcher.logs import configure_logging
 
@@ -58,6 +59,30 @@ def _compare(
             mine[0].unit,
             baseline=peer,
             higher_is_better=higher_is_better,
+        )
+
+
+BATCH = "--batch 10"  # SEP-side batching (sep/batch.py), measured beside one-by-one
+
+
+def _sustained(report: Report, reg: ours.Region_, size: dict[str, Any], label: str) -> None:
+    rate, lat = ours.sustained(reg, size["sessions"], size["seconds"])
+    report.add(
+        "sustained",
+        "ours",
+        f"{size['sessions']} sessions, 2 SEPs{label}: completed",
+        rate,
+        "req/s",
+        baseline="raw/one round trip",
+    )
+    for q in (0.5, 0.99):
+        report.add(
+            "sustained",
+            "ours",
+            f"2 SEPs{label}: latency p{int(q * 100)}",
+            ours.pct(lat, q),
+            "ms",
+            higher_is_better=False,
         )
 
 
@@ -134,6 +159,14 @@ def main() -> None:
             "jobs/s",
             baseline="raw/one round trip",
         )
+        report.add(
+            "drain",
+            "ours",
+            f"{w} SEPs {BATCH}",
+            ours.drain(url, size["drain"], w, *BATCH.split()),
+            "jobs/s",
+            baseline="raw/one round trip",
+        )
 
         print("phase 3-4: listener round trip and sustained load", flush=True)
         ping = floors.ping_latency_ms(raw)
@@ -157,24 +190,12 @@ def main() -> None:
                     "ms",
                     higher_is_better=False,
                 )
-            rate, lat = ours.sustained(reg, size["sessions"], size["seconds"])
-            report.add(
-                "sustained",
-                "ours",
-                f"{size['sessions']} sessions completed",
-                rate,
-                "req/s",
-                baseline="raw/one round trip",
-            )
-            for q in (0.5, 0.99):
-                report.add(
-                    "sustained",
-                    "ours",
-                    f"latency p{int(q * 100)}",
-                    ours.pct(lat, q),
-                    "ms",
-                    higher_is_better=False,
-                )
+            _sustained(report, reg, size, "")
+        finally:
+            reg.close()
+        reg = ours.Region_(url, 2, *BATCH.split())
+        try:
+            _sustained(report, reg, size, f" {BATCH}")
         finally:
             reg.close()
         report.rows.append(next(r for r in report.rows if r.metric == "one round trip"))
@@ -205,6 +226,7 @@ def main() -> None:
         peers.run(server, report, size, w)
         _compare(report, "drain", f"{w} SEP processes", f"pgqueuer/{w} workers")
         _compare(report, "drain", f"{w} SEPs --async-commit", f"pgqueuer/{w} workers")
+        _compare(report, "drain", f"{w} SEPs {BATCH}", f"pgqueuer/{w} workers")
         _compare(report, "roundtrip", "call p50", "procrastinate/enqueue->done p50", False)
         report.notes.append(
             "ours/drain runs real SEP processes (Python) sharing the 2 cores with PostgreSQL; "

@@ -72,7 +72,12 @@ def _drain(url: str, workers: int, body: str) -> float:
             else:
                 prev = 0
                 while True:
-                    row = conn.execute("SELECT finish_and_claim(%s)", [prev]).fetchone()
+                    try:
+                        row = conn.execute("SELECT finish_and_claim(%s)", [prev]).fetchone()
+                    except psycopg.errors.DeadlockDetected:
+                        # a rare race of this one-statement floor (two modifying parts
+                        # in one statement): the statement rolled back, try it again
+                        continue
                     if row is None or row[0] is None:
                         return
                     prev = row[0]

