@@ -217,6 +217,20 @@ def main() -> None:
             higher_is_better=False,
         )
 
+        ran = size["depth"]
+        print(f"    running {ran:,} requests through 4 SEPs {BATCH} first", flush=True)
+        ours.drain(url, ran, w, *BATCH.split())
+        after = ours.dispatch_cost_ms(url, 1000, fresh=False)
+        report.add(
+            "depth",
+            "ours",
+            f"cost with 1K queued after {ran:,} ran",
+            after,
+            "ms",
+            baseline="ours/cost with 1K queued",
+            higher_is_better=False,
+        )
+
         print("phase 6: timers", flush=True)
         rate, p50, p99 = ours.timers(url, size["timers"])
         report.add("timers", "ours", f"{size['timers']:,} due: fires", rate, "fires/s")

@@ -178,18 +178,25 @@ def sustained(reg: Region_, sessions: int, seconds: float) -> tuple[float, list[
     return total / (time.perf_counter() - t0), lat
 
 
-def dispatch_cost_ms(url: str, queued: int, cycles: int = 300) -> float:
-    """Cost of one enqueue + claim + complete with QUERIED requests waiting (ms)."""
+def dispatch_cost_ms(url: str, queued: int, cycles: int = 300, fresh: bool = True) -> float:
+    """Cost of one enqueue + claim + complete with QUEUED requests waiting (ms).
+
+    fresh: on emptied tables; else on the tables as earlier phases left them (their
+    history, dead tuples and index pages), which is the point of measuring after a run.
+    """
     region = Region(connect(url), "bench")
     conn = region.conn
-    conn.execute("TRUNCATE dispatcher.request, dispatcher.request_history")
+    if fresh:
+        conn.execute("TRUNCATE dispatcher.request, dispatcher.request_history")
+    else:
+        conn.execute("DELETE FROM dispatcher.request")
     conn.execute(
         """INSERT INTO dispatcher.request (region, transid, priority, dispatch_key)
            SELECT 'bench', 'ECHO', 0, clock_timestamp() + interval '1 day'
            FROM generate_series(1, %s)""",
         [queued],
     )
-    conn.execute("VACUUM ANALYZE dispatcher.request")
+    conn.execute("VACUUM ANALYZE dispatcher.request" if fresh else "ANALYZE dispatcher.request")
     sep_id = int(region.register_sep("bench", os.getpid())["id"])
     times = []
     for i in range(cycles):
@@ -204,12 +211,14 @@ def dispatch_cost_ms(url: str, queued: int, cycles: int = 300) -> float:
     region.leave(sep_id)
     sizes = conn.execute(
         "SELECT pg_total_relation_size('dispatcher.request') AS t, "
-        "pg_indexes_size('dispatcher.request') AS i"
+        "pg_indexes_size('dispatcher.request') AS i, "
+        "pg_total_relation_size('dispatcher.request_history') AS h, "
+        "(SELECT count(*) FROM dispatcher.request_history) AS hn"
     ).fetchone()
     conn.close()
     print(
-        f"    request table {sizes['t'] / 1e6:.1f} MB, indexes {sizes['i'] / 1e6:.1f} MB "
-        f"with {queued} queued"
+        f"    request table {sizes['t'] / 1e6:.1f} MB (indexes {sizes['i'] / 1e6:.1f} MB) "
+        f"with {queued} queued; history {sizes['hn']} rows, {sizes['h'] / 1e6:.1f} MB"
     )
     return statistics.median(times)
 
