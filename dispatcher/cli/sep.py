@@ -7,6 +7,7 @@ actions go through the database (state + NOTIFY), so they work for SEPs on any h
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import click
 
@@ -139,10 +140,17 @@ def list_(app: App, as_json: bool) -> None:
         state = r["state"] + (" (standby)" if r["standby"] else "")
         click.echo(
             f"{r['id']:>5} {r['host'][:16]:16} {r['pid']:>7} {state:12} "
-            f"{r['current_request'] or '-':>9} {r['tasks_run']:>8}  "
+            f"{_request_cell(r):>9} {r['tasks_run']:>8}  "
             f"{r['heartbeat_at']:%H:%M:%S} ({r['heartbeat_age_s']:.0f} s ago)"
             + ("  SILENT: will be declared dead" if r["silent"] else "")
         )
+
+
+def _request_cell(row: dict[str, Any]) -> str:
+    """The request in hand, and how many more a batch holds (--batch K)."""
+    cell = str(row["current_request"] or "-")
+    held = len(row.get("held") or [])
+    return f"{cell}+{held}" if held else cell
 
 
 def _control(app: App, action: str, sep_ids: tuple[int, ...], all_: bool) -> None:

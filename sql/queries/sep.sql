@@ -23,7 +23,8 @@ SELECT * FROM dispatcher.control_sep_v1(%(sep)s, %(action)s);
 
 -- name: list_seps
 SELECT s.id, s.host, s.pid, s.state, s.paused, s.stop_requested, s.standby, s.capabilities,
-    s.current_request, s.current_attempt, s.tasks_run, s.address, s.started_at, s.heartbeat_at,
+    s.current_request, s.current_attempt, s.held, s.tasks_run, s.address, s.started_at,
+    s.heartbeat_at,
     round(extract(epoch FROM clock_timestamp() - s.heartbeat_at)::numeric, 1)::float8
         AS heartbeat_age_s,
     (s.state <> 'dead' AND s.heartbeat_at < clock_timestamp() - r.sep_dead_after) AS silent
