@@ -19,6 +19,7 @@ __all__ = [
     "ensure_schema",
     "head",
     "install_cross_region",
+    "revisions",
     "run_sql_files",
     "sqlalchemy_url",
     "upgrade",
@@ -81,24 +82,41 @@ def current(url: str) -> str | None:
         return None if found is None else str(found["version_num"])
 
 
-def ensure_schema(url: str) -> str:
-    """Migrate an empty database to head; refuse to work on an outdated one."""
+def ensure_schema(url: str, upgrade_older: bool = False) -> str:
+    """Migrate an empty database to head; refuse to work on an outdated one (or, with
+    UPGRADE_OLDER, as ``dispatcher up`` does, upgrade it: an older revision of ours)."""
+    import structlog
+
     from .errors import DispatcherError
 
+    log = structlog.get_logger("dispatcher.migrate")
     rev = current(url)
     code_head = head()
     if rev is None:
         upgrade(url)
-        import structlog
-
-        structlog.get_logger("dispatcher.migrate").info("database_migrated", revision=code_head)
+        log.info("database_migrated", revision=code_head)
         return code_head
     if rev != code_head:
+        if upgrade_older and rev in revisions():
+            upgrade(url)
+            log.info("database_upgraded", from_revision=rev, revision=code_head)
+            return code_head
+        newer = rev not in revisions()
         raise DispatcherError(
             f"the database is at revision {rev}, this code expects {code_head}",
-            hint="run: dispatcher db upgrade",
+            hint="this code is older than the database: run a newer release"
+            if newer
+            else "run: dispatcher db upgrade",
         )
     return rev
+
+
+def revisions() -> list[str]:
+    """Every revision this code knows, oldest first."""
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory.from_config(alembic_config(""))
+    return [r.revision for r in reversed(list(script.walk_revisions()))]
 
 
 def head() -> str:

@@ -105,10 +105,7 @@ def test_plain_alembic_command_works(empty_url: str) -> None:
 def test_each_revision_downgrades_to_exactly_the_one_before(empty_url: str) -> None:
     """For every revision: upgrading to it and downgrading one step gives back exactly
     the schema of the revision before (columns, indexes, procedure bodies)."""
-    from alembic.script import ScriptDirectory
-
-    script = ScriptDirectory.from_config(migrate.alembic_config(""))
-    revisions = [r.revision for r in reversed(list(script.walk_revisions()))]
+    revisions = migrate.revisions()
     assert revisions[0] == "0001" and len(revisions) >= 2
     for before, after in itertools.pairwise(revisions):
         migrate.upgrade(empty_url, before)
@@ -118,3 +115,16 @@ def test_each_revision_downgrades_to_exactly_the_one_before(empty_url: str) -> N
         migrate.downgrade(empty_url, before)
         assert migrate.current(empty_url) == before
         assert _schema(empty_url) == expected, f"{after} does not downgrade cleanly"
+
+
+def test_commands_refuse_an_older_database_and_up_upgrades_it(empty_url: str) -> None:
+    """A database at an older revision: ensure_schema refuses it with the command to
+    run; with upgrade_older (dispatcher up) it is upgraded to head."""
+    from dispatcher.errors import DispatcherError
+
+    migrate.upgrade(empty_url, "0001")
+    with pytest.raises(DispatcherError, match="revision 0001") as caught:
+        migrate.ensure_schema(empty_url)
+    assert "dispatcher db upgrade" in (caught.value.hint or "")
+    assert migrate.ensure_schema(empty_url, upgrade_older=True) == migrate.head()
+    assert migrate.current(empty_url) == migrate.head()

@@ -81,6 +81,13 @@ def _wait_for_port(host: str, port: int, timeout: float, children: list[Child]) 
     help="Serve Prometheus metrics of the listener here (monitor: +1, SEPs: +2).",
 )
 @click.option("--no-monitor", is_flag=True, help="Do not run an event monitor.")
+@click.option(
+    "--batch",
+    type=click.IntRange(1, 1000),
+    default=1,
+    show_default=True,
+    help="Requests each SEP takes per call (see dispatcher sep start --batch).",
+)
 @pass_app
 def up(
     app: App,
@@ -90,6 +97,7 @@ def up(
     port: int,
     metrics_port: int | None,
     no_monitor: bool,
+    batch: int,
 ) -> None:
     """Start a complete region here: database, listener, event monitor and SEPs."""
     settings = app.settings
@@ -103,7 +111,7 @@ def up(
             ) from None
     we_started_db = not settings.database_url and not embedded_running(settings)
     url = app.url
-    ensure_schema(url)
+    ensure_schema(url, upgrade_older=True)
     region = app.region(ensure=True)
     from sep.program import AppError, sync_app
 
@@ -128,7 +136,13 @@ def up(
 
     children = [
         Child(
-            "seps", [*py, "sep", "start", "--app", app_module, "--count", str(count), *metrics(2)]
+            "seps",
+            [
+                *py,
+                *("sep", "start", "--app", app_module, "--count", str(count)),
+                *("--batch", str(batch)),
+                *metrics(2),
+            ],
         ),
         Child("listener", [*py, "listener", "--host", host, "--port", str(port), *metrics(0)]),
     ]
