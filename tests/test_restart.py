@@ -49,15 +49,18 @@ def _restart(pgdata: Path, mode: str) -> None:
 
 
 @pytest.mark.slow
-def test_seps_ride_out_a_postgres_crash(own_server: tuple[str, Path]) -> None:
-    """Queued work survives an immediate (crash) stop; SEPs reconnect and finish it."""
+@pytest.mark.parametrize("batch", [1, 10], ids=["one-by-one", "batch-10"])
+def test_seps_ride_out_a_postgres_crash(own_server: tuple[str, Path], batch: int) -> None:
+    """Queued work survives an immediate (crash) stop; SEPs reconnect and finish it
+    (a batching SEP takes back what it held and runs what it had not reported)."""
     url, pgdata = own_server
     conn = connect(url)
     region = Region(conn, "r")
     region.ensure()
     sync_app(region, "tests.apps.basic")
-    with running_seps(url, "r", 2, "--poll", "0.5", "--heartbeat", "0.5"):
+    with running_seps(url, "r", 2, "--poll", "0.5", "--heartbeat", "0.5", "--batch", str(batch)):
         before = [region.enqueue("HOLD", {"seconds": 0.05}).request_id for _ in range(40)]
+        before += [region.enqueue("ECHO", i).request_id for i in range(40)]
         conn.close()
         _restart(pgdata, "immediate")
         conn = connect(url)
