@@ -110,3 +110,28 @@ def test_sessions_and_conversations_through_batching_seps(region: Region, db_url
         first = s.call("ORDER", {"item": "pen"})
         assert "How many pens" in first["prompt"] and s.next_transid == "ORDER2"
         assert s.input(4) == {"ordered": {"item": "pen", "quantity": 4}}
+
+
+def test_statistics_do_not_count_a_batch_as_running_at_once(region: Region, db_url: str) -> None:
+    """The history times of batched tasks follow the SEP's order, so the exact peak of
+    tasks running at once never exceeds max SEPs, while running and after."""
+    import datetime as dt
+
+    from dispatcher.stats import region_stats
+
+    region.set(max_seps=2)
+    sync_app(region, "tests.apps.basic")
+    since = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1)
+    items: list[tuple[str, Any]] = [("ECHO", i) for i in range(150)]
+    items += [("HOLD", {"seconds": 0.01}) for _ in range(30)]
+    with running_seps(db_url, "test", 2, *BATCH):
+        ids = _queued_batch(region, items)
+        peaks = []
+        while region.request(ids[-1])["state"] not in ("done", "failed"):
+            peaks.append(region_stats(region, since)["peak_running"])
+            time.sleep(0.02)
+        for rid in ids:
+            wait_final(region, rid)
+    stats = region_stats(region, since)
+    assert stats["tasks"] == len(items)
+    assert max([stats["peak_running"], *peaks]) <= 2, (stats, peaks)

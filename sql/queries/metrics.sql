@@ -1,7 +1,10 @@
 -- name: metrics_gauges
 SELECT
-    (SELECT count(*) FROM dispatcher.request
-     WHERE region = %(region)s AND state <> 'queued') AS running,
+    (SELECT count(*) FROM dispatcher.request r
+     WHERE region = %(region)s AND state <> 'queued'
+       -- not the rest of a SEP's batch (--batch K), which has not started
+       AND NOT EXISTS (SELECT 1 FROM dispatcher.sep s
+                       WHERE s.id = r.sep_id AND r.id = ANY (s.held))) AS running,
     (SELECT coalesce(extract(epoch FROM clock_timestamp() - min(enqueued_at)), 0)
      FROM dispatcher.request WHERE region = %(region)s AND state = 'queued') AS oldest_queued_s,
     (SELECT coalesce(jsonb_object_agg(state, n), '{}') FROM

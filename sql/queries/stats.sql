@@ -27,8 +27,10 @@ WITH tasks AS (
     WHERE region = %(region)s AND finished_at >= %(since)s AND started_at IS NOT NULL
     UNION ALL
     SELECT coalesce(started_at, dispatched_at), clock_timestamp(), enqueued_at
-    FROM dispatcher.request
+    FROM dispatcher.request r
     WHERE region = %(region)s AND state <> 'queued'
+      -- not the rest of a SEP's batch (--batch K), which has not started
+      AND NOT EXISTS (SELECT 1 FROM dispatcher.sep s WHERE s.id = r.sep_id AND r.id = ANY (s.held))
 ),
 events AS (
     SELECT s AS at, 1 AS delta FROM tasks
