@@ -201,12 +201,25 @@ class Worker:
                     ready.set()
                     self.events.put(("wake", None))  # look once after (re)listening
                     for note in conn.notifies():
+                        self._on_operator(note.payload)
                         self.events.put(("notify", note.payload))
                         if self.stopping:
                             return
             except psycopg.Error as exc:
                 self.log.warning("listen_lost", error=str(exc).strip())
                 time.sleep(0.2)
+
+    def _on_operator(self, payload: str) -> None:
+        """Operator actions take effect at once, even while a task runs: `sep stop`
+        lets the task in hand finish and takes no more (a batch hands back the rest);
+        `sep stop --force` ends the process now (the database already re-queued the
+        task)."""
+        if payload == "stop" and not self.stopping:
+            self.stopping = True
+            self.log.info("sep_stopping", by="operator")
+        elif payload == "kill":
+            self.log.warning("sep_killed_by_operator")
+            os._exit(EXIT_KILLED)
 
     def _heartbeat(self) -> None:
         beats = 0

@@ -7,6 +7,8 @@ import signal
 import time
 from typing import Any
 
+import pytest
+
 from dispatcher.region import Region
 from dispatcher.tokens import create_token
 from listener import connect
@@ -68,9 +70,10 @@ def test_one_bad_result_abends_alone_and_writes_keep_their_syncpoint(
     assert effects == [{"request_id": ids[4], "n": 7}]
 
 
-def test_graceful_stop_hands_back_what_never_started(region: Region, db_url: str) -> None:
-    """SIGTERM during a batch: the task in hand finishes; the rest go back to the queue
-    with their attempt not counted, and another SEP runs them."""
+@pytest.mark.parametrize("how", ["SIGTERM", "sep stop"])
+def test_graceful_stop_hands_back_what_never_started(region: Region, db_url: str, how: str) -> None:
+    """SIGTERM or `sep stop` during a batch: the task in hand finishes; the rest go back
+    to the queue with their attempt not counted, and another SEP runs them."""
     sync_app(region, "tests.apps.basic")
     ids = _queued_batch(region, [("HOLD", {"seconds": 0.5}) for _ in range(6)])
     proc = start_sep(db_url, "test", "tests.apps.basic", *BATCH)
@@ -82,7 +85,10 @@ def test_graceful_stop_hands_back_what_never_started(region: Region, db_url: str
         "SELECT count(*) AS n FROM dispatcher.request WHERE state = 'dispatched'"
     ).fetchone()
     assert held is not None and held["n"] == 5  # prefetched by the batch
-    proc.send_signal(signal.SIGTERM)
+    if how == "SIGTERM":
+        proc.send_signal(signal.SIGTERM)
+    else:
+        region.control_sep(region.request(ids[0])["sep_id"], "stop")
     assert proc.wait(timeout=30) == 0
     assert region.request(ids[0])["state"] == "done"
     rest = [region.request(rid) for rid in ids[1:]]

@@ -15,7 +15,7 @@ from dispatcher.cli import cli
 from dispatcher.region import Region
 from sep.program import sync_app
 
-from .seps import ROOT, running_seps, sep_env, wait_final, wait_registered
+from .seps import ROOT, running_seps, sep_env, start_sep, wait_final, wait_registered
 
 
 def _run(db_url: str, *args: str) -> Any:
@@ -126,6 +126,30 @@ def test_sep_stop_force_requeues_the_task(region: Region, db_url: str) -> None:
         assert _run(db_url, "sep", "stop", "--force", str(victim)).exit_code == 0
         row = wait_final(region, e.request_id, timeout=30)
         assert row["state"] == "done" and row["attempt"] == 2 and row["sep_id"] != victim
+
+
+def test_sep_stop_force_ends_a_long_task_at_once(region: Region, db_url: str) -> None:
+    """stop --force on a SEP in a 60 s task: the process exits within seconds (code 4,
+    killed by an operator) and the request is back in the queue."""
+    sync_app(region, "tests.apps.basic")
+    region.set(state="stopping")
+    e = region.enqueue("HOLD", {"seconds": 60})
+    proc = start_sep(db_url, "test", "tests.apps.basic", "--poll", "0.2")
+    try:
+        wait_registered(db_url, "test", 1)
+        region.set(state="running")
+        deadline = time.monotonic() + 10
+        while region.request(e.request_id)["state"] != "running":
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        victim = str(region.request(e.request_id)["sep_id"])
+        assert _run(db_url, "sep", "stop", "--force", victim).exit_code == 0
+        assert proc.wait(timeout=10) == 4
+        row = region.request(e.request_id)
+        assert row["state"] == "queued" and row["error"]["type"] == "SEPLost"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
 
 
 def test_supervisor_respects_operator_stop(region: Region, db_url: str) -> None:
