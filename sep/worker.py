@@ -452,14 +452,7 @@ class Worker:
                 if ran.tx:
                     ran.tx.pop().__exit__(None, None, None)
             else:
-                nxt = self._db(
-                    Region.complete,
-                    self.sep_id,
-                    task,
-                    ok=False,
-                    error=ran.error,
-                    take_next=not self.stopping,
-                )
+                nxt = self._complete_abend(ran)
         except CompletionRefused as exc:
             log.error("completion_refused", error=str(exc))
             self._rollback(ran.tx)
@@ -473,16 +466,20 @@ class Worker:
             self._rollback(ran.tx)
             log.error("completion_failed", error=str(exc))
             ran.abend(exc, "")
-            nxt = self._db(
-                Region.complete,
-                self.sep_id,
-                task,
-                ok=False,
-                error=ran.error,
-                take_next=not self.stopping,
-            )
+            nxt = self._complete_abend(ran)
         self._finished(ran)
         return nxt
+
+    def _complete_abend(self, ran: Ran) -> Task | None:
+        """Report an abend (outside the program's rolled-back transaction)."""
+        return self._db(
+            Region.complete,
+            self.sep_id,
+            ran.task,
+            ok=False,
+            error=ran.error,
+            take_next=not self.stopping,
+        )
 
     def _claim_after_refusal(self) -> Task | None:
         state = self._db(Region.row, "sep_state", sep=self.sep_id)
