@@ -1,4 +1,5 @@
-"""The query that picks the next request uses the queue index, with 100k queued."""
+"""The dispatch queries use their indexes with 100k queued (pick, and every statement
+of a batch claim and report)."""
 
 from __future__ import annotations
 
@@ -79,3 +80,41 @@ def test_pick_next_uses_queue_index_with_100k_queued(
         analyzed = json.loads(analyzed)
     scan = [n for n in _plan_nodes(analyzed[0]["Plan"]) if n.get("Index Name")]
     assert scan and scan[0]["Actual Rows"] <= 2
+
+
+def test_every_statement_of_a_batch_uses_an_index_with_100k_queued(
+    region: Region, conn: psycopg.Connection[dict[str, Any]]
+) -> None:
+    """claim_batch_v1 and complete_many_v1, traced statement by statement (auto_explain
+    of nested statements, sent as notices): no sequential scan of the hot table."""
+    from dispatcher.region import Outcome
+
+    region.define_transaction("T", "app:fn")
+    region.set(state="stopping")
+    region.enqueue_many([("T", i) for i in range(20)])
+    conn.execute(
+        """
+        INSERT INTO dispatcher.request (region, transid, priority, dispatch_key)
+        SELECT 'test', 'T', 0, clock_timestamp() + interval '1 day'
+        FROM generate_series(1, 100000) g
+        """
+    )
+    conn.execute("ANALYZE dispatcher.request")
+    region.set(state="running")
+    sep = int(region.register_sep("host", 1, ())["id"])
+    plans: list[str] = []
+    conn.add_notice_handler(lambda diag: plans.append(diag.message_primary or ""))
+    for setting in (
+        "LOAD 'auto_explain'",
+        "SET auto_explain.log_min_duration = 0",
+        "SET auto_explain.log_nested_statements = on",
+        "SET auto_explain.log_level = notice",
+    ):
+        conn.execute(setting)
+    batch = region.claim_batch(sep, 10)
+    region.complete_many(sep, [Outcome(t, True, 1) for t in batch], take=10)
+    conn.execute("RESET auto_explain.log_level")
+    assert len(batch) == 10
+    traced = "\n".join(plans)
+    assert "complete_many_v1" in traced and "request_queue_idx" in traced
+    assert "Seq Scan on request " not in traced, traced
