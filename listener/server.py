@@ -383,7 +383,8 @@ class Listener:
         finally:
             if session is not None:
                 self.sessions.pop(session.id, None)
-                with contextlib.suppress(Exception):
+                # (also when the listener is closing and cancels this task meanwhile)
+                with contextlib.suppress(Exception, asyncio.CancelledError):
                     async with self.pool.connection(timeout=2) as conn:
                         await AsyncRegion(conn, self.region).end_session(session.id)
             writer.close()
