@@ -10,6 +10,8 @@ result shapes defined here. Database errors of our own come out as
 from __future__ import annotations
 
 import datetime as dt
+import json
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -62,8 +64,9 @@ class Task:
 class Outcome:
     """How a task of a batch ended, as a batching SEP reports it (complete_many_v1).
 
-    ``started_ago``/``ended_ago``: seconds before the report that the task started and
-    ended, measured by the SEP; the procedure places them on the server's clock."""
+    ``started``/``ended``: the SEP's clock (``time.monotonic()``) when the task started
+    and ended; the report carries the clock's value at the time of the report, so the
+    procedure places them on the server's clock."""
 
     task: Task
     ok: bool
@@ -71,8 +74,26 @@ class Outcome:
     error: Any = None
     next_transid: str | None = None
     commarea: Any = None
-    started_ago: float = 0.0
-    ended_ago: float = 0.0
+    started: float = 0.0
+    ended: float = 0.0
+
+    def encode(self) -> str:
+        """The outcome as one element of a report (raises TypeError/ValueError when the
+        result or COMMAREA is not JSON)."""
+        return json.dumps(
+            {
+                "id": self.task.request_id,
+                "attempt": self.task.attempt,
+                "ok": self.ok,
+                "result": self.result,
+                "error": self.error,
+                "next_transid": self.next_transid,
+                "commarea": self.commarea,
+                "started": self.started,
+                "ended": self.ended,
+            },
+            separators=(",", ":"),
+        )
 
 
 @dataclass(frozen=True)
@@ -317,26 +338,22 @@ class Region:
     def complete_many(
         self,
         sep: int,
-        outcomes: Sequence[Outcome],
+        outcomes: Sequence[Outcome | str],
         *,
+        clock: float | None = None,
         release: Sequence[int] = (),
         take: int = 0,
         running: int | None = None,
     ) -> list[Task]:
-        """Report a batch's outcomes in one call; with TAKE > 0 also get the next batch;
-        RUNNING: a held request the SEP starts now."""
+        """Report a batch's outcomes (each an Outcome, or one already encoded) in one
+        call; CLOCK: the SEP's clock now (default: time.monotonic()); with TAKE > 0 also
+        get the next batch; RUNNING: a held request the SEP starts now."""
+        report = "[" + ",".join(o if isinstance(o, str) else o.encode() for o in outcomes) + "]"
         found = self.rows(
             "complete_many",
             sep=sep,
-            requests=[o.task.request_id for o in outcomes],
-            attempts=[o.task.attempt for o in outcomes],
-            ok=[o.ok for o in outcomes],
-            results=[Jsonb(o.result) for o in outcomes],
-            errors=[None if o.error is None else Jsonb(o.error) for o in outcomes],
-            next_transids=[o.next_transid for o in outcomes],
-            commareas=[None if o.commarea is None else Jsonb(o.commarea) for o in outcomes],
-            started_ago=[float(o.started_ago) for o in outcomes],
-            ended_ago=[float(o.ended_ago) for o in outcomes],
+            report=report,
+            clock=time.monotonic() if clock is None else clock,
             release=list(release),
             take=take,
             running=running,

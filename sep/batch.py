@@ -21,7 +21,6 @@ A SEP that dies loses the outcomes it had not reported: those requests run again
 from __future__ import annotations
 
 import collections
-import json
 import time
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
@@ -29,7 +28,7 @@ from typing import TYPE_CHECKING
 import psycopg
 
 from dispatcher.errors import CompletionRefused, DatabaseUnavailable, DispatcherError
-from dispatcher.region import Outcome, Region, Task
+from dispatcher.region import Region, Task
 
 from .ran import Ran
 
@@ -65,8 +64,7 @@ class Batch:
         if len(self.last_run) > 10_000:
             self.last_run.clear()
         self.last_run[task.transid] = ran.ended - ran.started
-        if ran.ok:
-            _check_encodable(ran)
+        _encode(ran)
         take = 0 if todo or w.stopping else self.size
         if ran.tx:
             nxt = self._report_own(ran, take)
@@ -117,22 +115,12 @@ class Batch:
     def _send(
         self, rans: Sequence[Ran], take: int, release: Sequence[int], running: int | None = None
     ) -> list[Task]:
-        now = time.monotonic()
-        outcomes = [
-            Outcome(
-                r.task,
-                r.ok,
-                r.result,
-                r.error,
-                r.next_transid,
-                r.commarea,
-                started_ago=now - r.started,
-                ended_ago=now - r.ended,
-            )
-            for r in rans
-        ]
         return self.worker._region().complete_many(
-            self.worker.sep_id, outcomes, release=release, take=take, running=running
+            self.worker.sep_id,
+            [r.encoded for r in rans],
+            release=release,
+            take=take,
+            running=running,
         )
 
     def _done(self, rans: Sequence[Ran]) -> None:
@@ -185,6 +173,7 @@ class Batch:
             w._rollback(ran.tx)
             ran.log.error("completion_failed", error=str(exc))
             ran.abend(exc, "")
+            _encode(ran)
         w._rollback(ran.tx)
         self.buffer.append(ran)
         return self.report(take=take) if take else []
@@ -196,11 +185,12 @@ class Batch:
             w.dead = True
 
 
-def _check_encodable(ran: Ran) -> None:
-    """A result or COMMAREA that is not JSON abends its task alone, not the batch."""
+def _encode(ran: Ran) -> None:
+    """Encode the outcome once, as the task ends. A result or COMMAREA that is not JSON
+    abends its task alone, not the batch."""
     try:
-        json.dumps(ran.result)
-        json.dumps(ran.commarea)
+        ran.encoded = ran.outcome().encode()
     except (TypeError, ValueError) as exc:
         ran.log.error("completion_failed", error=str(exc))
         ran.abend(exc, "")
+        ran.encoded = ran.outcome().encode()

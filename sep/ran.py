@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from dispatcher.region import Task
+from dispatcher.region import Outcome, Task
 
 from .conversation import Conversation
 
@@ -28,6 +28,19 @@ class Ran:
     conversation: Conversation | None = None
     started: float = 0.0  # time.monotonic()
     ended: float = 0.0
+    encoded: str = ""  # the outcome as a batch report carries it (sep/batch.py)
+
+    def outcome(self) -> Outcome:
+        return Outcome(
+            self.task,
+            self.ok,
+            self.result,
+            self.error,
+            self.next_transid,
+            self.commarea,
+            self.started,
+            self.ended,
+        )
 
     def abend(self, exc: BaseException, tb: str) -> None:
         """The task failed with EXC: no result, no next transaction."""

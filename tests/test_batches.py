@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import itertools
+import time
 from typing import Any
 
 import psycopg
@@ -28,8 +30,16 @@ def states(region: Region) -> dict[int, tuple[str, int | None, int]]:
 
 
 def done(tasks: list[Task]) -> list[Outcome]:
+    """Each task ran 1 ms, one after the other, ending just before the report."""
+    now = time.monotonic()
     return [
-        Outcome(t, True, {"echo": t.payload}, started_ago=0.002 * (len(tasks) - i))
+        Outcome(
+            t,
+            True,
+            {"echo": t.payload},
+            started=now - 0.002 * (len(tasks) - i),
+            ended=now - 0.002 * (len(tasks) - i) + 0.001,
+        )
         for i, t in enumerate(tasks)
     ]
 
@@ -165,16 +175,41 @@ def test_batches_never_take_more_of_a_class_than_its_max(region: Region) -> None
     assert n is not None and n["n"] == 2
 
 
-def test_complete_many_refuses_ragged_arrays(region: Region) -> None:
-    """Arrays of different lengths are refused with DP003 (InvalidValue) and a clear message."""
+def test_complete_many_refuses_a_report_that_is_not_a_list(region: Region) -> None:
+    """A report that is not a JSON array is refused with DP003 and a clear message;
+    an outcome that is not JSON never reaches the database."""
     s = sep(region)
-    with pytest.raises(psycopg.Error, match="differ in length") as caught:
-        region.conn.execute(
-            "SELECT * FROM dispatcher.complete_many_v1(%s, '{1,2}', '{1}', '{t,t}', "
-            "'{}', '{}', '{}', '{}', '{0,0}', '{0,0}')",
-            [s],
-        )
+    with pytest.raises(psycopg.Error, match="JSON array") as caught:
+        region.conn.execute("SELECT * FROM dispatcher.complete_many_v1(%s, '{\"id\": 1}', 0)", [s])
     assert caught.value.sqlstate == "DP003"
+    task = Task(1, 1, "T", None, None, None, None, None, dt.datetime.now(dt.UTC))
+    with pytest.raises(TypeError):
+        Outcome(task, True, {1, 2}).encode()
+
+
+def test_history_times_follow_the_sep_clock(region: Region) -> None:
+    """started/ended of a report are placed on the server's clock without overlap."""
+    region.define_transaction("T", "app:fn")
+    region.set(state="stopping")
+    region.enqueue_many([("T", i) for i in range(3)])
+    region.set(state="running")
+    s = sep(region)
+    batch = region.claim_batch(s, 3)
+    time.sleep(0.1)  # the tasks "ran" in the last 60 ms, 10 ms each, 10 ms apart
+    outcomes = [
+        Outcome(t, True, started=0.94 + 0.02 * i, ended=0.95 + 0.02 * i)
+        for i, t in enumerate(batch)
+    ]
+    region.complete_many(s, outcomes, clock=1.0)
+    rows = region.conn.execute(
+        "SELECT started_at, finished_at FROM dispatcher.request_history ORDER BY id"
+    ).fetchall()
+    spans = [(r["finished_at"] - r["started_at"]).total_seconds() for r in rows]
+    gaps = [
+        (b["started_at"] - a["finished_at"]).total_seconds() for a, b in itertools.pairwise(rows)
+    ]
+    assert all(abs(x - 0.01) < 0.002 for x in spans), spans
+    assert all(abs(x - 0.01) < 0.002 for x in gaps), gaps
 
 
 def test_session_state_is_kept_by_a_batch(region: Region) -> None:

@@ -57,7 +57,5 @@ SELECT set_config('synchronous_commit', 'off', false) AS synchronous_commit;
 SELECT * FROM dispatcher.claim_batch_v1(%(sep)s, %(take)s);
 
 -- name: complete_many
-SELECT * FROM dispatcher.complete_many_v1(%(sep)s, %(requests)s::bigint[], %(attempts)s::int[],
-    %(ok)s::boolean[], %(results)s::jsonb[], %(errors)s::jsonb[], %(next_transids)s::text[],
-    %(commareas)s::jsonb[], %(started_ago)s::float8[], %(ended_ago)s::float8[],
+SELECT * FROM dispatcher.complete_many_v1(%(sep)s, %(report)s::jsonb, %(clock)s,
     %(release)s::bigint[], %(take)s, %(running)s);

@@ -106,11 +106,13 @@ BEGIN
 END $$;
 
 -- A batching SEP reports the tasks it ran, in the order it ran them, and in the same
--- round trip gets its next batch. Arrays are parallel, one element per task:
---   p_requests, p_attempts   the task (fenced: refused, DP004, unless the SEP holds it)
---   p_ok, p_results, p_errors, p_next_transids, p_commareas   as for complete_v1
---   p_started_ago, p_ended_ago   seconds before this call that the task started/ended
---                                (measured by the SEP, placed on the server's clock)
+-- round trip gets its next batch. p_report is a JSON array, one object per task:
+--   "id", "attempt"         the task (fenced: refused, DP004, unless the SEP holds it)
+--   "ok", "result", "error", "next_transid", "commarea"   as for complete_v1
+--   "started", "ended"      the SEP's clock (seconds) when the task started and ended;
+--                           p_clock is that clock at the report: they are placed on the
+--                           server's clock as now - (p_clock - started)
+-- (one JSON document: the SEP encodes each outcome once, when its task ends).
 -- p_release: requests of the batch the SEP never started (it is stopping); they go
 -- back to the queue in their old place, their attempt not counted.
 -- p_take: 0 reports only (the SEP keeps what it still holds); K > 0 also takes the
@@ -119,15 +121,8 @@ END $$;
 -- the SEP reports this way before a task that may run long).
 CREATE FUNCTION dispatcher.complete_many_v1(
     p_sep bigint,
-    p_requests bigint[],
-    p_attempts integer[],
-    p_ok boolean[],
-    p_results jsonb[],
-    p_errors jsonb[],
-    p_next_transids text[],
-    p_commareas jsonb[],
-    p_started_ago double precision[],
-    p_ended_ago double precision[],
+    p_report jsonb,
+    p_clock double precision,
     p_release bigint[] DEFAULT '{}',
     p_take integer DEFAULT 0,
     p_running bigint DEFAULT NULL
@@ -136,18 +131,16 @@ LANGUAGE plpgsql AS $$
 DECLARE
     s dispatcher.sep;
     v_now timestamptz := clock_timestamp();
-    v_n integer := coalesce(cardinality(p_requests), 0);
     v_ok integer;
     v_done integer;
     v_classes text[];
     v_left bigint[];
     v_released integer := 0;
+    a record;
 BEGIN
-    IF v_n <> coalesce(cardinality(p_attempts), 0) OR v_n <> coalesce(cardinality(p_ok), 0)
-       OR v_n <> coalesce(cardinality(p_started_ago), 0)
-       OR v_n <> coalesce(cardinality(p_ended_ago), 0) THEN
+    IF p_report IS NULL OR jsonb_typeof(p_report) <> 'array' THEN
         RAISE EXCEPTION USING ERRCODE = 'DP003',
-            MESSAGE = 'complete_many: the arrays of a report differ in length';
+            MESSAGE = 'complete_many: the report must be a JSON array of outcomes';
     END IF;
     SELECT * INTO s FROM dispatcher.sep WHERE id = p_sep FOR UPDATE;
     IF NOT FOUND OR s.state = 'dead' THEN
@@ -156,9 +149,9 @@ BEGIN
 
     -- the tasks that ended well: to the history, set-based
     WITH item AS (
-        SELECT u.* FROM unnest(p_requests, p_attempts, p_ok, p_results, p_next_transids,
-                               p_commareas, p_started_ago, p_ended_ago)
-            AS u(id, attempt, ok, result, next_transid, commarea, started_ago, ended_ago)
+        SELECT u.* FROM jsonb_to_recordset(p_report)
+            AS u(id bigint, attempt integer, ok boolean, result jsonb, next_transid text,
+                 commarea jsonb, started double precision, ended double precision)
         WHERE u.ok
     ), gone AS (
         DELETE FROM dispatcher.request r USING item i
@@ -170,12 +163,12 @@ BEGIN
              idempotency_key, origin, result, error, enqueued_at, dispatched_at, started_at,
              finished_at)
         SELECT g.id, g.region, g.transid, g.payload, g.session_id, g.priority, 'done', g.attempt,
-               g.sep_id, g.class, g.idempotency_key, g.origin, i.result, NULL, g.enqueued_at,
-               g.dispatched_at,
+               g.sep_id, g.class, g.idempotency_key, g.origin, coalesce(i.result, 'null'), NULL,
+               g.enqueued_at, g.dispatched_at,
                greatest(coalesce(g.dispatched_at, g.enqueued_at),
-                        v_now - make_interval(secs => i.started_ago)),
+                        v_now - make_interval(secs => greatest(p_clock - i.started, 0))),
                greatest(coalesce(g.dispatched_at, g.enqueued_at),
-                        v_now - make_interval(secs => i.ended_ago))
+                        v_now - make_interval(secs => greatest(p_clock - i.ended, 0)))
         FROM gone g JOIN item i ON i.id = g.id
         RETURNING id, session_id, class
     ), sess AS (
@@ -189,19 +182,21 @@ BEGIN
     SELECT count(*), array_agg(DISTINCT h.class) FILTER (WHERE h.class IS NOT NULL)
     INTO v_done, v_classes
     FROM hist h;
-    SELECT count(*) INTO v_ok FROM unnest(p_ok) o WHERE o;
+    SELECT count(*) INTO v_ok FROM jsonb_array_elements(p_report) e
+    WHERE (e ->> 'ok')::boolean;
     IF v_done <> v_ok THEN
         RAISE EXCEPTION USING ERRCODE = 'DP004',
             MESSAGE = format('completion refused: SEP %s no longer holds %s of the %s requests it reported',
                              p_sep, v_ok - v_done, v_ok);
     END IF;
 
-    -- abends: one by one, through the same rules as complete_v1 (retry or fail)
-    FOR i IN 1..v_n LOOP
-        CONTINUE WHEN p_ok[i];
-        PERFORM dispatcher.complete_v1(p_sep, p_requests[i], p_attempts[i], false,
-                                       p_results[i], p_errors[i], false, NULL, NULL);
-        -- (complete_v1 counted the task in sep.tasks_run)
+    -- abends: one by one, through the same rules as complete_v1 (retry or fail);
+    -- complete_v1 counts each in sep.tasks_run
+    FOR a IN SELECT u.* FROM jsonb_to_recordset(p_report)
+                 AS u(id bigint, attempt integer, ok boolean, error jsonb)
+             WHERE NOT coalesce(u.ok, false) LOOP
+        PERFORM dispatcher.complete_v1(p_sep, a.id, a.attempt, false, NULL, a.error,
+                                       false, NULL, NULL);
     END LOOP;
 
     -- requests never started: back in their old place, the attempt not counted

@@ -4,8 +4,8 @@
 SELECT dispatcher.requeue_held(s, 'the batching SEPs were removed by a downgrade')
 FROM dispatcher.sep s WHERE s.held <> '{}' AND s.state <> 'dead';
 
-DROP FUNCTION dispatcher.complete_many_v1(bigint, bigint[], integer[], boolean[], jsonb[], jsonb[],
-    text[], jsonb[], double precision[], double precision[], bigint[], integer, bigint);
+DROP FUNCTION dispatcher.complete_many_v1(bigint, jsonb, double precision, bigint[], integer,
+    bigint);
 DROP FUNCTION dispatcher.claim_batch_v1(bigint, integer);
 DROP FUNCTION dispatcher.next_batch(dispatcher.sep, integer, integer);
 
