@@ -522,7 +522,9 @@ class Listener:
         accepted: dict[str, Any] = {"type": "accepted", "id": cid, "request_id": e.request_id}
         if e.duplicate:
             accepted["duplicate"] = True
-        await s.send(accepted)
+        # written at once (no wait for the client to read it): the hand-over below is on
+        # the critical path of the call
+        s.push(accepted)
         self.log.info(
             "request_accepted",
             session=str(s.id),
@@ -820,13 +822,27 @@ class GroupCommit:
         self.max_batch = max_batch
         self.slots = asyncio.Semaphore(parallel)
         self._flushing: set[asyncio.Task[None]] = set()
+        self._inline = False  # a lone call is being enqueued by submit itself
         self.queue: asyncio.Queue[_Item] = asyncio.Queue()
 
     async def submit(
         self, transid: str, data: Any, session: UUID, commarea: Any, key: str | None = None
     ) -> Enqueued:
         fut: asyncio.Future[Enqueued] = asyncio.get_running_loop().create_future()
-        await self.queue.put(((transid, data, session, commarea, key), fut))
+        item: _Item = ((transid, data, session, commarea, key), fut)
+        if self.queue.empty() and not self._flushing and not self._inline:
+            # nothing to group with and no batch in flight: enqueue right here, without
+            # the hops through the batching task (the latency of a lone call); calls
+            # that arrive meanwhile queue up and go together as before
+            self._inline = True
+            await self.slots.acquire()
+            try:
+                await self._many([item])
+            finally:
+                self.slots.release()
+                self._inline = False
+        else:
+            await self.queue.put(item)
         return await fut
 
     async def run(self) -> None:
