@@ -50,34 +50,68 @@ BEGIN
 END $$;
 
 -- Work for SEP s (its row locked by the caller): up to p_take requests, or rest if
--- there is none. The first is started ('running'); the rest are 'dispatched' to the
--- SEP and listed in sep.held. Same order, limits and wake-up fence as next_or_rest.
+-- there is none. The first is started ('running', through next_or_rest: same order,
+-- limits and wake-up fence); the rest are 'dispatched' to the SEP and listed in
+-- sep.held. The rest come from one scan of the queue index, in order, so that the
+-- index entries of requests dispatched since the last vacuum are walked over once per
+-- batch, not once per request; a request of a class without room is passed over, as
+-- pick_request does.
 CREATE FUNCTION dispatcher.next_batch(s dispatcher.sep, p_done integer, p_take integer)
 RETURNS SETOF dispatcher.task
 LANGUAGE plpgsql AS $$
 DECLARE
     t dispatcher.task;
-    p record;
+    c record;
+    v_full text[] := '{}';
     v_held bigint[] := '{}';
+    v_plain bigint[] := '{}';
 BEGIN
     t := dispatcher.next_or_rest(s, p_done);
     IF t.request_id IS NULL THEN
         RETURN;
     END IF;
     RETURN NEXT t;
-    FOR i IN 2..least(coalesce(p_take, 1), 1000) LOOP
-        p := dispatcher.pick_request(s.region, s.capabilities);
-        EXIT WHEN p.request_id IS NULL;
-        UPDATE dispatcher.request r SET
-            state = 'dispatched', sep_id = s.id, attempt = r.attempt + 1,
-            dispatched_at = clock_timestamp()
-        WHERE r.id = p.request_id;
-        v_held := v_held || p.request_id;
-        RETURN NEXT dispatcher.task_of(p.request_id);
-    END LOOP;
-    IF v_held <> '{}' THEN
-        UPDATE dispatcher.sep SET held = v_held WHERE id = s.id;
+    IF coalesce(p_take, 1) < 2 THEN
+        RETURN;
     END IF;
+    FOR c IN
+        SELECT r.id, r.class FROM dispatcher.request r
+        WHERE r.region = s.region AND r.state = 'queued'
+          AND r.requires <@ s.capabilities
+          AND (r.not_before IS NULL OR r.not_before <= clock_timestamp())
+          AND (r.deadline IS NULL OR r.deadline > clock_timestamp())
+        ORDER BY r.dispatch_key, r.id
+        LIMIT least(p_take, 1000) - 1
+        FOR UPDATE OF r SKIP LOCKED
+    LOOP
+        IF c.class IS NOT NULL THEN
+            CONTINUE WHEN c.class = ANY (v_full);
+            IF dispatcher.class_room(s.region, c.class) <> 1 THEN
+                v_full := v_full || c.class;   -- full, or being dispatched by another
+                CONTINUE;
+            END IF;
+            -- counted at once: class_room counts what is no longer queued
+            UPDATE dispatcher.request r SET
+                state = 'dispatched', sep_id = s.id, attempt = r.attempt + 1,
+                dispatched_at = clock_timestamp()
+            WHERE r.id = c.id;
+        ELSE
+            v_plain := v_plain || c.id;
+        END IF;
+        v_held := v_held || c.id;
+    END LOOP;
+    IF v_held = '{}' THEN
+        RETURN;
+    END IF;
+    UPDATE dispatcher.request r SET
+        state = 'dispatched', sep_id = s.id, attempt = r.attempt + 1,
+        dispatched_at = clock_timestamp()
+    WHERE r.id = ANY (v_plain);
+    UPDATE dispatcher.sep SET held = v_held WHERE id = s.id;
+    RETURN QUERY
+        SELECT x.* FROM unnest(v_held) WITH ORDINALITY AS h(id, n),
+             LATERAL dispatcher.task_of(h.id) AS x
+        ORDER BY h.n;
 END $$;
 
 -- Give a batching SEP work: what it already holds (after a reconnect, or what an
