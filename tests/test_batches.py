@@ -20,6 +20,14 @@ def sep(region: Region) -> int:
     return int(region.register_sep("host", 1, ())["id"])
 
 
+def queued(region: Region, items: list[tuple[str, Any]]) -> list[int]:
+    """Enqueue ITEMS while no SEP may take them, so that one claim sees them all."""
+    region.set(state="stopping")
+    ids = [e.request_id for e in region.enqueue_many(items)]
+    region.set(state="running")
+    return ids
+
+
 def states(region: Region) -> dict[int, tuple[str, int | None, int]]:
     return {
         r["id"]: (r["state"], r["sep_id"], r["attempt"])
@@ -71,9 +79,7 @@ def test_complete_many_reports_and_takes_the_next_batch(region: Region) -> None:
     """One call moves a batch to the history (results, session state) and returns the
     next batch; the history times follow the SEP's order without overlapping."""
     region.define_transaction("T", "app:fn")
-    region.set(state="stopping")
-    ids = [r.request_id for r in region.enqueue_many([("T", i) for i in range(7)])]
-    region.set(state="running")
+    ids = queued(region, [("T", i) for i in range(7)])
     s = sep(region)
     first = region.claim_batch(s, 4)
     assert [t.request_id for t in first] == ids[:4]
@@ -99,9 +105,7 @@ def test_complete_many_abends_retry_or_fail_and_releases_go_back(region: Region)
     """An abend in a batch follows complete_v1's rules; released requests go back to
     the queue with their attempt not counted; a flush with take 0 keeps the rest held."""
     region.define_transaction("R", "app:fn", max_attempts=2)
-    region.set(state="stopping")
-    ids = [r.request_id for r in region.enqueue_many([("R", i) for i in range(4)])]
-    region.set(state="running")
+    ids = queued(region, [("R", i) for i in range(4)])
     s = sep(region)
     batch = region.claim_batch(s, 4)
     assert len(batch) == 4
@@ -125,9 +129,7 @@ def test_a_dead_sep_loses_its_whole_batch_and_cannot_report_it(region: Region) -
     """Declared dead, a batching SEP's prefetched requests are all re-queued and its
     report is refused (fenced), leaving nothing half-recorded."""
     region.define_transaction("T", "app:fn")
-    region.set(state="stopping")
-    ids = [r.request_id for r in region.enqueue_many([("T", i) for i in range(3)])]
-    region.set(state="running")
+    ids = queued(region, [("T", i) for i in range(3)])
     s = sep(region)
     batch = region.claim_batch(s, 3)
     region.control_sep(s, "kill")
@@ -148,9 +150,7 @@ def test_a_dead_sep_loses_its_whole_batch_and_cannot_report_it(region: Region) -
 def test_leave_hands_back_a_batch(region: Region) -> None:
     """A SEP that leaves with a batch in hand re-queues all of it."""
     region.define_transaction("T", "app:fn")
-    region.set(state="stopping")
-    region.enqueue_many([("T", i) for i in range(5)])
-    region.set(state="running")
+    queued(region, [("T", i) for i in range(5)])
     s = sep(region)
     assert len(region.claim_batch(s, 5)) == 5
     assert region.leave(s) == 5
@@ -162,9 +162,7 @@ def test_batches_never_take_more_of_a_class_than_its_max(region: Region) -> None
     region.define_transaction("C", "app:fn", cls="small")
     region.define_transaction("T", "app:fn")
     region.set_class("small", 2)
-    region.set(state="stopping")
-    region.enqueue_many([("C", i) for i in range(4)] + [("T", 9)])
-    region.set(state="running")
+    queued(region, [("C", i) for i in range(4)] + [("T", 9)])
     a, b = sep(region), sep(region)
     got = region.claim_batch(a, 10)
     assert [t.transid for t in got] == ["C", "C", "T"]
@@ -190,9 +188,7 @@ def test_complete_many_refuses_a_report_that_is_not_a_list(region: Region) -> No
 def test_history_times_follow_the_sep_clock(region: Region) -> None:
     """started/ended of a report are placed on the server's clock without overlap."""
     region.define_transaction("T", "app:fn")
-    region.set(state="stopping")
-    region.enqueue_many([("T", i) for i in range(3)])
-    region.set(state="running")
+    queued(region, [("T", i) for i in range(3)])
     s = sep(region)
     batch = region.claim_batch(s, 3)
     time.sleep(0.1)  # the tasks "ran" in the last 60 ms, 10 ms each, 10 ms apart
