@@ -34,10 +34,9 @@ def test_fast_outcomes_are_reported_before_a_slow_task_runs(region: Region, db_u
     sync_app(region, "tests.apps.basic")
     with running_seps(db_url, "test", 1, *BATCH):
         ids = _queued_batch(region, [("ECHO", i) for i in range(5)] + [("HOLD", {"seconds": 2})])
-        t0 = time.monotonic()
         for rid in ids[:5]:
             assert wait_final(region, rid, timeout=10)["state"] == "done"
-        assert time.monotonic() - t0 < 1.5
+        # (had the quick outcomes waited for the slow task, all six would be done now)
         assert region.request(ids[5])["state"] == "running"
         assert wait_final(region, ids[5])["result"] == "held"
 
