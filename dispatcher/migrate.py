@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
 
-from .queries import SQL_DIR
+from .resources import MIGRATIONS_DIR, SQL_DIR
 
 __all__ = [
     "MIGRATIONS_DIR",
@@ -25,7 +24,6 @@ __all__ = [
     "upgrade",
 ]
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 VERSION_TABLE = "dispatcher_alembic_version"
 
 
@@ -48,10 +46,9 @@ def run_sql_files(bind: Any, names: list[str], subdir: str = "schema") -> None:
 def install_cross_region(url: str) -> None:
     """Install or update the timer schema on a separate cross-region server (idempotent)."""
     from .database import connect
-    from .queries import SQL_DIR as sql_dir
 
     with connect(url, application_name="dispatcher-migrate") as conn:
-        conn.execute((sql_dir / "schema" / "040_timers.sql").read_text(encoding="utf-8"))
+        conn.execute((SQL_DIR / "schema" / "040_timers.sql").read_text(encoding="utf-8"))
 
 
 def alembic_config(url: str) -> Config:

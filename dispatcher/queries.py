@@ -1,4 +1,4 @@
-"""Named SQL, loaded from the ``sql/queries`` directory.
+"""Named SQL, loaded from the ``sql/queries`` directory (shipped as ``dispatcher.sql``).
 
 Each ``.sql`` file holds queries introduced by a ``-- name: NAME`` line; every value
 is a bound parameter (``%(name)s``). ``QUERIES["enqueue"]`` is the text of a query.
@@ -11,9 +11,10 @@ from collections.abc import Mapping
 from functools import cache
 from pathlib import Path
 
+from .resources import SQL_DIR
+
 __all__ = ["QUERIES", "SQL_DIR", "load_queries", "schema_files"]
 
-SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 
 _NAME = re.compile(r"^--\s*name:\s*([a-z_][a-z0-9_]*)\s*$", re.MULTILINE)
 

@@ -110,15 +110,22 @@ def up(
                 "choose another --port)"
             ) from None
     we_started_db = not settings.database_url and not embedded_running(settings)
-    url = app.url
-    ensure_schema(url, upgrade_older=True)
-    region = app.region(ensure=True)
-    from sep.program import AppError, sync_app
-
     try:
-        sync_app(region, app_module)  # before the listener accepts its first call
-    except AppError as exc:
-        raise click.UsageError(str(exc)) from None
+        url = app.url
+        ensure_schema(url, upgrade_older=True)
+        region = app.region(ensure=True)
+        from sep.program import AppError, sync_app
+
+        try:
+            sync_app(region, app_module)  # before the listener accepts its first call
+        except AppError as exc:
+            raise click.UsageError(str(exc)) from None
+    except BaseException:
+        # nothing started: leave the machine as it was (no embedded server left running)
+        if we_started_db:
+            app.close()
+            stop_embedded(settings)
+        raise
     count = seps or max(2, os.cpu_count() or 2)
     info = region.info()
     if info["max_seps"] < count:

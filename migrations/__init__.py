@@ -1,0 +1,1 @@
+"""Alembic migrations, shipped as ``dispatcher.migrations`` (see dispatcher/resources.py)."""

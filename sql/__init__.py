@@ -1,0 +1,1 @@
+"""The SQL of the program, shipped as ``dispatcher.sql`` (see dispatcher/resources.py)."""
