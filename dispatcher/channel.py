@@ -45,6 +45,8 @@ __all__ = [
     "encode_frame",
     "open_connection",
     "parse_address",
+    "parse_json",
+    "read_body",
     "read_frame",
     "read_frame_sync",
     "task_from_dict",
@@ -60,17 +62,34 @@ class ChannelError(Exception):
 
 
 def encode_frame(message: dict[str, Any], max_frame: int = MAX_FRAME) -> bytes:
-    body = json.dumps(message, separators=(",", ":"), default=_default).encode()
+    try:  # UTF-8 as it is: a text echoed back is as long as it was sent
+        body = json.dumps(
+            message, separators=(",", ":"), default=_default, ensure_ascii=False
+        ).encode()
+    except UnicodeEncodeError:  # a lone surrogate: only the escaped form can carry it
+        body = json.dumps(message, separators=(",", ":"), default=_default).encode()
     if len(body) > max_frame:
         raise ChannelError(f"frame of {len(body)} bytes exceeds the maximum of {max_frame}")
     return _HEADER.pack(len(body)) + body
 
 
-def decode_frame(body: bytes) -> dict[str, Any]:
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not a JSON value")
+
+
+def parse_json(body: bytes) -> Any:
+    """The JSON value of BODY (strict JSON: no NaN/Infinity); ChannelError for anything
+    else, including nesting too deep to parse and integers too long to convert."""
     try:
-        message = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ChannelError(f"frame is not JSON: {exc}") from exc
+        return json.loads(body, parse_constant=_not_json)
+    except RecursionError:
+        raise ChannelError("the JSON is nested too deeply to parse") from None
+    except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError, int digit limit
+        raise ChannelError(f"not JSON: {exc}") from None
+
+
+def decode_frame(body: bytes) -> dict[str, Any]:
+    message = parse_json(body)
     if not isinstance(message, dict) or not isinstance(message.get("type"), str):
         raise ChannelError("frame is not an object with a type")
     return message
@@ -84,6 +103,12 @@ async def read_frame(
     reader: asyncio.StreamReader, max_frame: int = MAX_FRAME
 ) -> dict[str, Any] | None:
     """The next message, or None at a clean end of stream."""
+    body = await read_body(reader, max_frame)
+    return None if body is None else decode_frame(body)
+
+
+async def read_body(reader: asyncio.StreamReader, max_frame: int = MAX_FRAME) -> bytes | None:
+    """The body of the next frame (not decoded), or None at a clean end of stream."""
     try:
         header = await reader.readexactly(_HEADER.size)
     except asyncio.IncompleteReadError as exc:
@@ -94,10 +119,9 @@ async def read_frame(
     if length > max_frame:
         raise FrameTooLarge(f"frame of {length} bytes exceeds the maximum of {max_frame}")
     try:
-        body = await reader.readexactly(length)
+        return await reader.readexactly(length)
     except asyncio.IncompleteReadError as exc:
         raise ChannelError("stream ended inside a frame") from exc
-    return decode_frame(body)
 
 
 def _recv_exactly(sock: socket.socket, n: int) -> bytes:

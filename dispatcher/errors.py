@@ -106,7 +106,12 @@ _BY_SQLSTATE: dict[str, type[DispatcherError]] = {
 def translate(exc: psycopg.Error) -> DispatcherError | None:
     """The DispatcherError for a database error, or None when it is not one of ours."""
     diag = exc.diag
-    cls = _BY_SQLSTATE.get(diag.sqlstate or "")
+    state = diag.sqlstate or ""
+    cls = _BY_SQLSTATE.get(state)
+    if cls is None and (state.startswith("22") or state == "54001"):
+        # any data exception (a value PostgreSQL refuses: NUL, bad Unicode, out of range)
+        # or a value too deeply nested to process is the sender's bad value, not a fault
+        cls = InvalidValue
     if cls is None:
         if isinstance(exc, psycopg.OperationalError) and diag.sqlstate in (
             None,

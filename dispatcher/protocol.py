@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .channel import ChannelError, decode_frame, encode_frame
+from .channel import ChannelError, encode_frame, parse_json
 
 __all__ = [
     "DEFAULT_PORT",
@@ -41,17 +41,19 @@ ERRORS: dict[str, bool] = {
     "sep_lost": True,  # the SEP running the task died (it is run again)
     "database_unavailable": True,  # the region database is down or restarting
     "shutting_down": True,  # the listener is stopping
+    "result_too_large": False,  # the outcome does not fit in a frame (it stays stored)
     "internal": True,
 }
 
 
 class ProtocolError(Exception):
-    """A frame the peer sent that breaks the protocol."""
+    """A frame the peer sent that breaks the protocol (``id``: the frame's, if it had one)."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, id: Any = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.id = id
 
 
 def encode(message: dict[str, Any]) -> bytes:
@@ -62,10 +64,17 @@ def encode(message: dict[str, Any]) -> bytes:
 
 
 def decode(body: bytes) -> dict[str, Any]:
+    """The message in BODY; ProtocolError ``bad_frame`` (with the message's ``id`` when
+    the body was a JSON object) for anything that is not an object with a string type."""
     try:
-        return decode_frame(body)
+        message = parse_json(body)
     except ChannelError as exc:
         raise ProtocolError("bad_frame", str(exc)) from exc
+    if not isinstance(message, dict):
+        raise ProtocolError("bad_frame", "a frame must be a JSON object with a type")
+    if not isinstance(message.get("type"), str):
+        raise ProtocolError("bad_frame", 'a frame needs a "type" (a string)', id=message.get("id"))
+    return message
 
 
 def error(

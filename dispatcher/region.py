@@ -23,6 +23,7 @@ from psycopg.types.json import Jsonb
 
 from .errors import UnknownRequest, translate
 from .queries import QUERIES
+from .values import check_data, check_text
 
 __all__ = [
     "AsyncRegion",
@@ -127,6 +128,9 @@ def enqueue_params(
     origin: str = "api",
     notify: bool = True,
 ) -> dict[str, Any]:
+    _check_request(transid, payload, idempotency_key)
+    if commarea is not None:
+        check_data(commarea, "the COMMAREA")
     return {
         "region": region,
         "transid": transid,
@@ -151,6 +155,9 @@ def enqueue_many_params(
     origin: str = "api",
     notify: bool = True,
 ) -> dict[str, Any]:
+    keys = list(idempotency_keys) if idempotency_keys is not None else [None] * len(items)
+    for (transid, payload), key in zip(items, keys, strict=True):
+        _check_request(transid, payload, key)
     return {
         "region": region,
         "transids": [t for t, _ in items],
@@ -161,6 +168,14 @@ def enqueue_many_params(
         "origin": origin,
         "notify": notify,
     }
+
+
+def _check_request(transid: str, payload: Any, idempotency_key: str | None) -> None:
+    """The limits of dispatcher.values, checked before anything reaches the database."""
+    check_text(transid, "the transaction id")
+    check_data(payload)
+    if idempotency_key is not None:
+        check_text(idempotency_key, "the idempotency key")
 
 
 @contextmanager

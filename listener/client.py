@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from dispatcher.channel import read_frame, read_frame_sync
-from dispatcher.protocol import DEFAULT_PORT, MAX_FRAME, PROTOCOL_VERSION, encode
+from dispatcher.protocol import DEFAULT_PORT, MAX_FRAME, PROTOCOL_VERSION, ProtocolError, encode
 
 __all__ = [
     "AsyncSession",
@@ -36,6 +36,16 @@ def _with_key(message: dict[str, Any], key: str | None) -> dict[str, Any]:
     if key is not None:
         message["key"] = key
     return message
+
+
+def _encode(message: dict[str, Any]) -> bytes:
+    """MESSAGE as a frame; CallError ``frame_too_large`` (nothing sent) if it cannot be one."""
+    try:
+        return encode(message)
+    except ProtocolError as exc:
+        raise CallError(
+            {"code": exc.code, "message": f"not sent: {exc.message}", "retryable": False}
+        ) from None
 
 
 class CallError(Exception):
@@ -79,7 +89,7 @@ class Session:
         self.next_transid: str | None = None
 
     def send(self, message: dict[str, Any]) -> None:
-        self.sock.sendall(encode(message))
+        self.sock.sendall(_encode(message))
 
     def receive(self, timeout: float | None = None) -> dict[str, Any]:
         self.sock.settimeout(timeout)
@@ -222,7 +232,7 @@ class AsyncSession:
         self.next_transid: str | None = None
 
     async def send(self, message: dict[str, Any]) -> None:
-        self.writer.write(encode(message))
+        self.writer.write(_encode(message))
         await self.writer.drain()
 
     async def receive(self) -> dict[str, Any]:

@@ -32,15 +32,24 @@ from dispatcher.channel import (
     FrameTooLarge,
     encode_frame,
     open_connection,
+    read_body,
     read_frame,
     task_to_dict,
 )
 from dispatcher.database import Backoff
-from dispatcher.errors import DatabaseUnavailable, DispatcherError
+from dispatcher.errors import DatabaseUnavailable, DispatcherError, InvalidValue
 from dispatcher.logs import get_logger
-from dispatcher.protocol import MAX_FRAME, PROTOCOL_VERSION, encode, error
+from dispatcher.protocol import (
+    MAX_FRAME,
+    PROTOCOL_VERSION,
+    ProtocolError,
+    decode,
+    encode,
+    error,
+)
 from dispatcher.region import AsyncRegion, Enqueued, Task
 from dispatcher.tokens import hash_token
+from dispatcher.values import check_data, check_text
 
 __all__ = ["Listener"]
 
@@ -79,7 +88,7 @@ class Session:
         """Send and wait for the socket to take it (backpressure on this client only)."""
         async with self.lock:
             try:
-                self.writer.write(encode(message))
+                self.writer.write(_frame(message))
                 await self.writer.drain()
             except (ConnectionError, RuntimeError):
                 pass  # the client went away; its session ends with the connection
@@ -89,7 +98,7 @@ class Session:
         client that lets more than MAX_PENDING_BYTES of replies pile up is dropped."""
         if self.writer.is_closing():
             return False
-        self.writer.write(encode(message))
+        self.writer.write(_frame(message))
         transport = self.writer.transport
         if transport.get_write_buffer_size() > MAX_PENDING_BYTES:
             self.writer.close()
@@ -360,17 +369,19 @@ class Listener:
                 return
             while not self.stopping.is_set():
                 try:
-                    msg = await read_frame(reader, MAX_FRAME)
+                    body = await read_body(reader, MAX_FRAME)
                 except FrameTooLarge as exc:
                     await session.send(error("frame_too_large", str(exc)))
                     return
-                except ChannelError as exc:
-                    if "ended inside" in str(exc):
-                        return  # truncated: the client went away mid-frame
-                    await session.send(error("bad_frame", str(exc)))
-                    continue
-                if msg is None:
+                except ChannelError:
+                    return  # truncated: the client went away mid-frame
+                if body is None:
                     return
+                try:
+                    msg = decode(body)
+                except ProtocolError as exc:
+                    await session.send(error(exc.code, exc.message, id=exc.id))
+                    continue
                 try:
                     await self._handle(session, msg)
                 except Exception as exc:  # one bad message never ends the session
@@ -391,27 +402,32 @@ class Listener:
 
     async def _reply(self, writer: asyncio.StreamWriter, message: dict[str, Any]) -> None:
         with contextlib.suppress(ConnectionError):
-            writer.write(encode(message))
+            writer.write(_frame(message))
             await writer.drain()
 
     async def _hello(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> Session | None:
         try:
-            msg = await asyncio.wait_for(read_frame(reader, MAX_FRAME), HELLO_TIMEOUT)
+            body = await asyncio.wait_for(read_body(reader, MAX_FRAME), HELLO_TIMEOUT)
         except TimeoutError:
             await self._reply(writer, error("bad_hello", "no hello within 10 s"))
             return None
         except FrameTooLarge as exc:
             await self._reply(writer, error("frame_too_large", str(exc)))
             return None
-        except ChannelError as exc:
-            await self._reply(writer, error("bad_frame", str(exc)))
+        except ChannelError:
+            return None  # the client went away mid-frame
+        if body is None:
             return None
-        if msg is None:
+        try:
+            msg = decode(body)
+        except ProtocolError as exc:
+            await self._reply(writer, error(exc.code, exc.message, id=exc.id))
             return None
-        if msg.get("type") != "hello":
-            await self._reply(writer, error("bad_hello", "the first frame must be a hello"))
+        hid = msg.get("id")
+        if msg["type"] != "hello":
+            await self._reply(writer, error("bad_hello", "the first frame must be a hello", id=hid))
             return None
         if msg.get("version") != PROTOCOL_VERSION:
             await self._reply(
@@ -420,34 +436,36 @@ class Listener:
                     "bad_hello",
                     f"unsupported protocol version {msg.get('version')!r}; "
                     f"this listener speaks {PROTOCOL_VERSION}",
+                    id=hid,
                 ),
             )
             return None
         token = msg.get("token")
         if not isinstance(token, str) or not token:
-            await self._reply(writer, error("unauthorized", "a token is required"))
+            await self._reply(writer, error("unauthorized", "a token is required", id=hid))
             return None
         if not self.db_ok:
-            await self._reply(writer, self._unavailable())
+            await self._reply(writer, self._unavailable(hid))
             return None
         try:
             async with self.pool.connection() as conn:
                 r = AsyncRegion(conn, self.region)
-                found = await r.rows("find_token", region=self.region, hash=hash_token(token))
+                found = await r.rows("find_token", region=self.region, hash=_token_hash(token))
                 if not found:
-                    await self._reply(writer, error("unauthorized", "unknown token"))
+                    await self._reply(writer, error("unauthorized", "unknown token", id=hid))
                     return None
                 tok = found[0]
                 sid = await r.register_session(self.listener_id, tok["name"], tok["priority"])
         except _DB_ERRORS as exc:
             self._db_lost(exc)
-            await self._reply(writer, self._unavailable(exc=exc))
+            await self._reply(writer, self._unavailable(hid, exc=exc))
             return None
         session = Session(sid, tok["name"], tok["priority"], tok["allow"], writer)
         self.sessions[sid] = session
         await session.send(
             {
                 "type": "welcome",
+                **({} if hid is None else {"id": hid}),
                 "version": PROTOCOL_VERSION,
                 "session_id": str(sid),
                 "user": tok["name"],
@@ -461,25 +479,17 @@ class Listener:
     async def _handle(self, s: Session, msg: dict[str, Any]) -> None:
         kind = msg["type"]
         cid = msg.get("id")
-        if kind == "call":
-            transid, data, key = msg.get("transid"), msg.get("data"), msg.get("key")
-            if not isinstance(transid, str):
-                await s.send(error("bad_frame", "call needs a transid (string)", id=cid))
-                return
-            if key is not None and (not isinstance(key, str) or not 0 < len(key) <= MAX_KEY):
-                await s.send(
-                    error("bad_frame", f"key must be a string of 1-{MAX_KEY} characters", id=cid)
-                )
-                return
-            await self._start_call(s, cid, transid, data, None, key)
-        elif kind == "input":
-            key = msg.get("key")
-            if key is not None and (not isinstance(key, str) or not 0 < len(key) <= MAX_KEY):
-                await s.send(
-                    error("bad_frame", f"key must be a string of 1-{MAX_KEY} characters", id=cid)
-                )
-                return
-            await self._input(s, cid, msg.get("data"), key)
+        if kind in ("call", "input"):
+            bad = _check_call(msg)
+            if bad is not None:
+                if cid is not None:
+                    bad["id"] = cid
+                await s.send(bad)
+            elif kind == "call":
+                transid, data, key = msg["transid"], msg.get("data"), msg.get("key")
+                await self._start_call(s, cid, transid, data, None, key)
+            else:
+                await self._input(s, cid, msg.get("data"), msg.get("key"))
         elif kind == "result_of":
             await self._result_of(s, cid, msg.get("request_id"))
         elif kind == "ping":
@@ -653,10 +663,13 @@ class Listener:
         )
 
     async def _result_of(self, s: Session, cid: Any, request_id: Any) -> None:
-        if type(request_id) is not int or not 0 < request_id < 2**63:
+        if type(request_id) is not int:
             await s.send(
                 error("bad_frame", "result_of needs a request_id (a positive integer)", id=cid)
             )
+            return
+        if not 0 < request_id < 2**63:
+            await s.send(error("invalid_value", f"request_id {request_id} is out of range", id=cid))
             return
         if not self.db_ok:
             await s.send(self._unavailable(cid))
@@ -727,6 +740,17 @@ class Listener:
             self.log.warning("client_dropped", session=str(s.id), request_id=request_id)
         self.log.info("request_answered", session=str(s.id), request_id=request_id, ok=ok)
 
+    async def _final(self, request_id: int) -> bool:
+        """Has REQUEST_ID finished for good (not requeued for another attempt)? When the
+        database cannot tell, False: the outcome poll answers the call later."""
+        try:
+            async with self.pool.connection() as conn:
+                rows = await AsyncRegion(conn, self.region).rows("outcomes", ids=[request_id])
+        except _DB_ERRORS as exc:
+            self._db_lost(exc)
+            return False
+        return bool(rows)
+
     # ------------------------------------------------------- SEP channel
     async def _channel_client(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
@@ -787,6 +811,11 @@ class Listener:
             call.waiting = True
             s.push({"type": "waiting", "id": call.id, "request_id": rid})
         elif kind == "end":
+            if not msg.get("ok") and not await self._final(int(rid)):
+                # the attempt failed but the request will run again (its retry policy):
+                # the caller gets the final outcome, delivered when it is known
+                self.log.info("request_retry_pending", session=str(s.id), request_id=rid)
+                return
             await self._finish(
                 s,
                 int(rid),
@@ -892,13 +921,17 @@ class GroupCommit:
                         origin="listener",
                         notify=False,
                     )
-        except DatabaseUnavailable as exc:
+        except (*_DB_ERRORS, asyncio.CancelledError) as exc:
             # no point halving: every part would fail the same way
             for _, fut in batch:
                 if not fut.done():
                     fut.set_exception(exc)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
             return
-        except DispatcherError as exc:
+        except Exception as exc:
+            # one request spoiled the batch (a value the database refuses, an unknown
+            # transaction, or a fault we did not foresee): only its caller may see it
             if len(batch) == 1:
                 if not batch[0][1].done():
                     batch[0][1].set_exception(exc)
@@ -907,14 +940,87 @@ class GroupCommit:
             await self._many(batch[:half])
             await self._many(batch[half:])
             return
-        except BaseException as exc:
-            for _, fut in batch:
-                if not fut.done():
-                    fut.set_exception(exc)
-            return
         for (_, fut), e in zip(batch, out, strict=True):
             if not fut.done():
                 fut.set_result(e)
+
+
+def _frame(message: dict[str, Any]) -> bytes:
+    """MESSAGE as a frame; a reply too large for a frame is replaced by one that fits, so
+    that every call still gets exactly one answer: a result becomes the error
+    ``result_too_large`` (the result stays stored), an output loses its data (``dropped``),
+    an error keeps the first 1,000 characters of its message and no detail."""
+    try:
+        return encode(message)
+    except ProtocolError:
+        pass
+    kind = message.get("type")
+    keep = {k: message[k] for k in ("id", "request_id") if k in message}
+    if kind == "result":
+        size = len(encode_frame(message, max_frame=2**31)) - 4
+        smaller = error(
+            "result_too_large",
+            f"the result is {size:,} bytes as a frame, over the limit of {MAX_FRAME:,}: "
+            "the request is done and its result is stored, but it cannot be sent",
+            id=keep.get("id"),
+            request_id=keep.get("request_id"),
+        )
+    elif kind == "output":
+        smaller = {**message, "data": None, "dropped": "too_large"}
+    else:
+        smaller = {
+            **{k: v for k, v in message.items() if k != "detail"},
+            "message": str(message.get("message", ""))[:1000],
+        }
+    for k in ("id", "request_id"):
+        if k in smaller and len(encode_frame({k: smaller[k]}, max_frame=2**31)) > 4096:
+            del smaller[k]  # an id too large to echo
+    return encode(smaller)
+
+
+def _token_hash(token: str) -> bytes:
+    """The stored hash of TOKEN (b"" for a string no token can be: it finds nothing)."""
+    try:
+        return hash_token(token)
+    except UnicodeEncodeError:  # a lone surrogate
+        return b""
+
+
+def _check_key(key: Any) -> dict[str, Any] | None:
+    """The error for a bad idempotency key (None when KEY is absent or good)."""
+    if key is None:
+        return None
+    if not isinstance(key, str):
+        return error("bad_frame", f"key must be a string of 1-{MAX_KEY} characters")
+    if not 0 < len(key) <= MAX_KEY:
+        return error("invalid_value", f"key must be 1-{MAX_KEY} characters, not {len(key)}")
+    try:
+        check_text(key, "the key")
+    except InvalidValue as exc:
+        return error("invalid_value", exc.message)
+    return None
+
+
+def _check_call(msg: dict[str, Any]) -> dict[str, Any] | None:
+    """The error for a call or input frame whose fields are missing, mistyped or out of
+    range (None when it may go on): bad_frame for a missing or mistyped field,
+    invalid_value for a value out of range (docs/protocol.md)."""
+    if msg["type"] == "call":
+        transid = msg.get("transid")
+        if not isinstance(transid, str):
+            return error("bad_frame", "call needs a transid (a string)")
+        try:
+            check_text(transid, "the transid")
+        except InvalidValue as exc:
+            return error("invalid_value", exc.message)
+    bad = _check_key(msg.get("key"))
+    if bad is not None:
+        return bad
+    try:
+        check_data(msg.get("data"))
+    except InvalidValue as exc:
+        return error("invalid_value", exc.message)
+    return None
 
 
 def _code(exc: DispatcherError) -> str:

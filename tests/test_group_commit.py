@@ -79,3 +79,60 @@ def test_a_lone_request_is_not_delayed(region: Region, db_url: str, n: int) -> N
 
     e = asyncio.run(main())
     assert e.reason == "no_idle_sep" and e.request_id > 0
+
+
+@pytest.mark.parametrize(
+    "bad",
+    ["bad\x00", {"k\x00": 1}, ["\ud800"], float("nan"), 10**5000],
+    ids=["nul", "nul-key", "surrogate", "nan", "huge-int"],
+)
+def test_a_refused_value_spoils_no_other_request_of_its_batch(
+    region: Region, db_url: str, conn: Any, bad: Any
+) -> None:
+    """A value PostgreSQL cannot store fails alone with InvalidValue; the 39 other
+    requests submitted together are all queued."""
+    from dispatcher.errors import InvalidValue
+
+    region.define_transaction("ECHO", "app:echo")
+    sessions = [region.register_session(user="u") for _ in range(40)]
+
+    async def main() -> list[Any]:
+        pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+            db_url,
+            min_size=2,
+            max_size=4,
+            open=False,
+            kwargs={"autocommit": True, "row_factory": dict_row},
+        )
+        await pool.open()
+        gc = GroupCommit(pool, "test", max_batch=40, parallel=1)
+        runner = asyncio.create_task(gc.run())
+        try:
+            return await asyncio.gather(
+                *(
+                    gc.submit("ECHO", bad if i == 17 else {"n": i}, sid, None)
+                    for i, sid in enumerate(sessions)
+                ),
+                return_exceptions=True,
+            )
+        finally:
+            runner.cancel()
+            await pool.close()
+
+    results = asyncio.run(main())
+    assert isinstance(results[17], InvalidValue), results[17]
+    assert [i for i, r in enumerate(results) if isinstance(r, BaseException)] == [17]
+    row = conn.execute("SELECT count(*) AS n FROM dispatcher.request").fetchone()
+    assert row["n"] == 39
+
+
+def test_a_value_refused_by_the_database_itself_is_invalid_value(region: Region) -> None:
+    """Any data exception of PostgreSQL (class 22) reaches callers as InvalidValue."""
+    import psycopg
+
+    from dispatcher.errors import InvalidValue, translate
+
+    for sql in ("SELECT '\"\\u0000\"'::jsonb", "SELECT 1/0", "SELECT repeat('9', 200000)::numeric"):
+        with pytest.raises(psycopg.Error) as caught, region.conn.transaction():
+            region.conn.execute(sql)
+        assert isinstance(translate(caught.value), InvalidValue), sql

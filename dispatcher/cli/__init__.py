@@ -36,11 +36,20 @@ def _failure(exc: BaseException) -> Failure | None:
         return Failure(f"database unavailable: {str(exc).strip()}")
     if isinstance(exc, sqlalchemy.exc.OperationalError):
         return Failure(f"database unavailable: {str(exc.orig).strip()}")
-    if isinstance(exc, psycopg.Error):
+    if isinstance(
+        exc,
+        psycopg.errors.UndefinedFunction
+        | psycopg.errors.UndefinedTable
+        | psycopg.errors.UndefinedColumn
+        | psycopg.errors.InvalidSchemaName,
+    ):
         return Failure(
             f"the database refused: {str(exc).strip()} "
             "(hint: is it migrated? run: dispatcher db upgrade)"
         )
+    if isinstance(exc, psycopg.Error):
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return Failure(f"the database refused: {first}")
     return None
 
 

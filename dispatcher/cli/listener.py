@@ -14,6 +14,7 @@ import click
 from ..protocol import DEFAULT_PORT
 from ..tokens import create_token, local_token
 from ._app import App, echo_json, pass_app
+from ._data import DATA_HELP, read_data
 
 DEFAULT_ADDRESS = f"127.0.0.1:{DEFAULT_PORT}"
 
@@ -108,7 +109,7 @@ def _token(app: App, token: str | None) -> str:
 
 @click.command("call")
 @click.argument("transid")
-@click.option("--data", default="null", help="The request's data, as JSON.")
+@click.option("--data", default="null", help=DATA_HELP)
 @click.option("--address", default=DEFAULT_ADDRESS, show_default=True, help="HOST:PORT")
 @click.option("--token", envvar="DISPATCHER_TOKEN", help="[env DISPATCHER_TOKEN; default: local]")
 @click.option("--tls", is_flag=True, help="Connect with TLS.")
@@ -137,10 +138,7 @@ def call(
     input, a line is read from standard input (as JSON, else as a string)."""
     from listener.client import CallError, connect
 
-    try:
-        payload = json.loads(data)
-    except json.JSONDecodeError as exc:
-        raise click.BadParameter(f"--data is not valid JSON: {exc}") from None
+    payload = read_data(data)
 
     def on_output(value: Any, wants_input: bool) -> Any:
         if value is not None:
@@ -176,7 +174,7 @@ def _parse_line(line: str) -> Any:
     text = line.strip()
     try:
         return json.loads(text)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):  # not JSON (or too deep): the line as a string
         return text
 
 

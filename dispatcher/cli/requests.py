@@ -11,15 +11,16 @@ import click
 
 from ..errors import DispatcherError
 from ._app import App, echo_json, pass_app
+from ._data import DATA_HELP, parse_data, read_data
 
 FINAL_STATES = ("done", "failed", "cancelled")
 
 
 def parse_json(text: str, what: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise click.BadParameter(f"{what} is not valid JSON: {exc}") from None
+    """TEXT as request data: JSON, @FILE or - (see dispatcher.cli._data)."""
+    if what == "--data":
+        return read_data(text, what)
+    return parse_data(text.encode("utf-8", "surrogatepass"), what)
 
 
 def wait_for(app: App, request_id: int, timeout: float) -> dict[str, Any]:
@@ -40,7 +41,7 @@ def wait_for(app: App, request_id: int, timeout: float) -> dict[str, Any]:
 
 @click.command("start")
 @click.argument("transid", required=False)
-@click.option("--data", "data", default=None, help="The task's data, as JSON.")
+@click.option("--data", "data", default=None, help=DATA_HELP)
 @click.option(
     "--data-file",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),

@@ -84,3 +84,9 @@ def touch(ctx: Any) -> Any:
     with open(ctx.data["path"], "a") as f:
         f.write(f"{ctx.request_id}:{ctx.attempt}\n")
     return "touched"
+
+
+@program("BIG")
+def big(ctx: Any) -> Any:
+    """A result of about ``size`` bytes (default 2 MB): larger than a client frame."""
+    return {"blob": "x" * int((ctx.data or {}).get("size", 2_000_000))}

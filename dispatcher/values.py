@@ -1,0 +1,101 @@
+"""What a request's data may hold: the limits every entry point checks the same way.
+
+A request's data (and a program's COMMAREA, and idempotency keys) is stored as
+PostgreSQL ``jsonb``/``text``, which refuses some values that JSON allows. Every way
+in (the listener, the CLI, timers, ``ctx.start``) checks a value here before it goes
+to the database, so that a bad value fails alone with ``invalid_value`` and never
+spoils a batch of other clients' requests:
+
+- strings and object keys: no NUL character (U+0000) and no lone surrogate
+  (U+D800-U+DFFF): PostgreSQL cannot store them;
+- numbers: finite (no NaN or Infinity, which are not JSON), integers of at most 4,300
+  digits (the most Python converts to and from text);
+- nesting: at most :data:`MAX_DEPTH` levels of arrays/objects;
+- size: where data arrives as text (a client frame, a CLI option or file) the text is
+  at most :data:`MAX_DATA` bytes, the client frame limit (``max_bytes`` checks a value's
+  encoded size where there is no text to measure).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from typing import Any
+
+from .errors import InvalidValue
+
+__all__ = ["MAX_DATA", "MAX_DEPTH", "check_data", "check_text", "encoded_size"]
+
+MAX_DEPTH = 100
+MAX_DATA = 1024 * 1024
+
+_MAX_INT_BITS = 14284  # 4,300 decimal digits: the most Python converts to text
+_BAD_CHAR = re.compile("[\x00\ud800-\udfff]")
+
+
+def _bad_char(text: str, what: str, where: str) -> InvalidValue | None:
+    found = _BAD_CHAR.search(text)
+    if found is None:
+        return None
+    ch = found.group()
+    kind = "a NUL character (U+0000)" if ch == "\x00" else f"a lone surrogate (U+{ord(ch):04X})"
+    return InvalidValue(f"{what} holds {kind} at {where}: PostgreSQL cannot store it")
+
+
+def check_text(text: str, what: str) -> None:
+    """Raise InvalidValue if TEXT (a key, a name) cannot be stored as PostgreSQL text."""
+    found = _BAD_CHAR.search(text)
+    if found is not None:
+        bad = _bad_char(text, what, f"character {found.start()}")
+        assert bad is not None
+        raise bad
+
+
+def check_data(value: Any, what: str = "data", max_bytes: int | None = None) -> None:
+    """Raise InvalidValue if VALUE cannot be stored as a request's data (see module doc).
+
+    Iterative (no recursion), so any depth is refused cleanly; cost is one pass over
+    the value, plus one encoding when MAX_BYTES is set.
+    """
+    stack: list[tuple[Any, str, int]] = [(value, "$", 0)]
+    while stack:
+        v, path, depth = stack.pop()
+        if isinstance(v, str):
+            bad = _bad_char(v, what, path)
+            if bad is not None:
+                raise bad
+        elif isinstance(v, bool) or v is None:
+            continue
+        elif isinstance(v, int):
+            if v.bit_length() > _MAX_INT_BITS:
+                raise InvalidValue(f"{what} holds an integer of over 4,300 digits at {path}")
+        elif isinstance(v, float):
+            if not math.isfinite(v):
+                raise InvalidValue(f"{what} holds {v!r} at {path}: numbers must be finite")
+        elif isinstance(v, dict | list | tuple):
+            if depth >= MAX_DEPTH:
+                raise InvalidValue(f"{what} is nested deeper than {MAX_DEPTH} levels (at {path})")
+            if isinstance(v, dict):
+                for k, item in v.items():
+                    if not isinstance(k, str):
+                        raise InvalidValue(f"{what} has a non-string key {k!r} at {path}")
+                    bad = _bad_char(k, what, f"a key of {path}")
+                    if bad is not None:
+                        raise bad
+                    stack.append((item, f"{path}.{k[:40]}", depth + 1))
+            else:
+                stack.extend((item, f"{path}[{i}]", depth + 1) for i, item in enumerate(v))
+        else:
+            raise InvalidValue(f"{what} holds a {type(v).__name__} at {path}: not JSON")
+    if max_bytes is not None:
+        size = encoded_size(value)
+        if size > max_bytes:
+            raise InvalidValue(
+                f"{what} is {size:,} bytes as JSON, over the limit of {max_bytes:,} bytes"
+            )
+
+
+def encoded_size(value: Any) -> int:
+    """The size of VALUE as compact UTF-8 JSON, as stored and sent."""
+    return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())

@@ -1,0 +1,235 @@
+"""One client's bad input never harms another's: values PostgreSQL refuses, deep
+nesting, results larger than a frame, replies that carry their id, retried calls.
+
+Everything here runs against a real listener process and real SEP processes, with a
+client written from docs/protocol.md alone (tests/wire.py)."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dispatcher.protocol import MAX_FRAME
+from dispatcher.region import Region
+from dispatcher.tokens import create_token
+from dispatcher.values import MAX_DEPTH
+
+from .listeners import running_listener
+from .seps import running_seps
+from .wire import Wire
+
+APP = "tests.apps.basic"
+DOC = (Path(__file__).resolve().parent.parent / "docs" / "protocol.md").read_text()
+
+
+@pytest.fixture
+def live(region: Region, db_url: str) -> Iterator[tuple[str, str, Region]]:
+    """3 SEPs of the test app and one listener: (address, token, region)."""
+    from sep.program import sync_app
+
+    sync_app(region, APP)
+    token = create_token(region, "tester")
+    with running_seps(db_url, "test", 3, app=APP), running_listener(db_url, "test") as address:
+        yield address, token, region
+
+
+def _session(address: str, token: str) -> Wire:
+    w = Wire(address)
+    assert w.hello(token)["type"] == "welcome"
+    return w
+
+
+def _still_serves(w: Wire) -> None:
+    w.send({"type": "ping", "id": "after"})
+    assert w.read() == {"type": "pong", "id": "after"}
+
+
+BAD_VALUES = {
+    "nul in a string": rb'{"s": "bad\u0000"}',
+    "nul in a key": rb'{"k\u0000": 1}',
+    "lone surrogate": rb'["\ud800"]',
+    "lone low surrogate in a key": rb'{"\udc00": 1}',
+    "too deep": b"[" * (MAX_DEPTH + 1) + b"]" * (MAX_DEPTH + 1),
+}
+
+
+@pytest.mark.parametrize("bad", list(BAD_VALUES), ids=list(BAD_VALUES))
+def test_a_refused_value_fails_alone_among_39_good_calls(
+    live: tuple[str, str, Region], bad: str
+) -> None:
+    """A value PostgreSQL cannot store, sent with 39 good calls from other sessions,
+    gets invalid_value (not retryable); every good call is stored and runs."""
+    address, token, region = live
+    sessions = [_session(address, token) for _ in range(40)]
+    go = threading.Barrier(40)
+    replies: list[list[dict[str, Any]]] = [[] for _ in range(40)]
+
+    def one(i: int) -> None:
+        w = sessions[i]
+        data = BAD_VALUES[bad] if i == 17 else json.dumps({"n": i}).encode()
+        body = b'{"type":"call","id":%d,"transid":"ECHO","data":%s}' % (i, data)
+        go.wait()
+        w.send_body(body)
+        first = w.read()
+        replies[i].append(first)
+        if first["type"] == "accepted":
+            replies[i].append(w.read())
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(40)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    bad_reply = replies[17]
+    assert len(bad_reply) == 1, bad_reply
+    assert bad_reply[0]["type"] == "error" and bad_reply[0]["code"] == "invalid_value"
+    assert bad_reply[0]["retryable"] is False and bad_reply[0]["id"] == 17
+    for i, r in enumerate(replies):
+        if i != 17:
+            assert [m["type"] for m in r] == ["accepted", "result"], (i, r)
+            assert r[1]["data"] == {"n": i} and r[1]["id"] == i
+    stored = region.conn.execute(
+        "SELECT count(*) AS n FROM dispatcher.request_history WHERE transid = 'ECHO'"
+    ).fetchone()
+    assert stored is not None and stored["n"] == 39
+    _still_serves(sessions[17])
+    for w in sessions:
+        w.close()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"type":"call","id":1,"transid":"ECHO","data":' + b"[" * 3000 + b"]" * 3000 + b"}",
+        b'{"type":"call","id":1,"transid":"ECHO","data":' + b"9" * 5000 + b"}",
+        b'{"type":"call","id":1,"transid":"ECHO","data":NaN}',
+        b'{"type":"call","id":1,"transid":"ECHO","data":[Infinity]}',
+    ],
+    ids=["3000 deep", "5000-digit number", "NaN", "Infinity"],
+)
+def test_a_frame_that_cannot_be_parsed_is_a_bad_frame_and_the_session_goes_on(
+    live: tuple[str, str, Region], body: bytes
+) -> None:
+    """Nesting too deep to parse, numbers too long, NaN: bad_frame, and the session goes on."""
+    address, token, _ = live
+    with _session(address, token) as w:
+        w.send_body(body)
+        reply = w.read()
+        assert reply["type"] == "error" and reply["code"] == "bad_frame", reply
+        assert reply["retryable"] is False
+        _still_serves(w)
+
+
+def test_data_at_the_nesting_limit_runs(live: tuple[str, str, Region]) -> None:
+    """Data nested exactly MAX_DEPTH levels deep is accepted and echoed back."""
+    address, token, _ = live
+    data: Any = []
+    for _ in range(MAX_DEPTH - 1):
+        data = [data]
+    with _session(address, token) as w:
+        w.send({"type": "call", "id": 1, "transid": "ECHO", "data": data})
+        assert w.read()["type"] == "accepted"
+        reply = w.read()
+        assert reply["type"] == "result" and reply["data"] == data
+
+
+def test_a_result_larger_than_a_frame_is_one_error_reply(live: tuple[str, str, Region]) -> None:
+    """A 2 MB result, and a 1 MiB call echoed back, each get exactly one error
+    result_too_large (with id and request_id) right after accepted; result_of says the same."""
+    address, token, region = live
+    with _session(address, token) as w:
+        w.send({"type": "call", "id": "big", "transid": "BIG", "data": None})
+        accepted = w.read()
+        assert accepted["type"] == "accepted"
+        reply = w.read()
+        assert reply["type"] == "error" and reply["code"] == "result_too_large", reply
+        assert reply["id"] == "big" and reply["request_id"] == accepted["request_id"]
+        assert reply["retryable"] is False
+        assert region.request(accepted["request_id"])["state"] == "done"
+        w.send({"type": "result_of", "id": "again", "request_id": accepted["request_id"]})
+        again = w.read()
+        assert again["code"] == "result_too_large" and again["id"] == "again"
+
+        # under the frame limit as sent, over it as echoed back (1e9 comes back as
+        # 1000000000.0): the result grows past the limit
+        head = b'{"type":"call","id":2,"transid":"ECHO","data":['
+        n = (MAX_FRAME - len(head) - 2) // 4
+        body = head + b",".join([b"1e9"] * n) + b"]}"
+        assert len(body) <= MAX_FRAME
+        w.send_body(body)
+        assert w.read()["type"] == "accepted"
+        echoed = w.read()
+        assert echoed["type"] == "error" and echoed["code"] == "result_too_large"
+        assert echoed["id"] == 2
+        _still_serves(w)
+
+
+def test_every_reply_to_a_hello_carries_its_id(live: tuple[str, str, Region]) -> None:
+    """welcome, unauthorized and bad_hello answer a hello with its id."""
+    address, token, _ = live
+    with Wire(address) as w:
+        welcome = w.hello(token, id="h1")
+        assert welcome["type"] == "welcome" and welcome["id"] == "h1"
+    with Wire(address) as w:
+        refused = w.hello("dsp_wrong", id={"n": 2})
+        assert refused["code"] == "unauthorized" and refused["id"] == {"n": 2}
+    with Wire(address) as w:
+        refused = w.hello("", id=3)
+        assert refused["code"] == "unauthorized" and refused["id"] == 3
+    with Wire(address) as w:
+        w.send({"type": "call", "id": 4})
+        refused = w.read()
+        assert refused["code"] == "bad_hello" and refused["id"] == 4
+    with Wire(address) as w:
+        w.send({"type": "hello", "version": 99, "token": token, "id": 5})
+        refused = w.read()
+        assert refused["code"] == "bad_hello" and refused["id"] == 5
+    with Wire(address) as w:
+        refused = w.hello("dsp_\ud800", id=6)
+        assert refused["code"] == "unauthorized" and refused["id"] == 6
+
+
+def _bad_input_rows() -> list[tuple[str, str]]:
+    """The rows of the page's "Bad input" table: (frame sent, answer's type or code)."""
+    section = DOC.split("## Bad input", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| `(\{.*\})` \| `([a-z_]+)` \|", section, re.MULTILINE)
+    assert len(rows) >= 10, "the Bad input table of docs/protocol.md is missing"
+    return rows
+
+
+@pytest.mark.parametrize("frame,answer", _bad_input_rows())
+def test_the_page_bad_input_table_holds_on_a_live_listener(
+    live: tuple[str, str, Region], frame: str, answer: str
+) -> None:
+    """Each row of docs/protocol.md's Bad input table is what the live listener answers,
+    with the frame's id, and the session goes on."""
+    address, token, _ = live
+    with _session(address, token) as w:
+        w.send_body(frame.encode())
+        reply = w.read()
+        got = reply["code"] if reply["type"] == "error" else reply["type"]
+        assert got == answer, reply
+        sent = json.loads(frame)
+        if "id" in sent:
+            assert reply.get("id") == sent["id"], reply
+        _still_serves(w)
+
+
+def test_a_call_that_succeeds_on_its_third_attempt_answers_its_result(
+    live: tuple[str, str, Region],
+) -> None:
+    """A call to a transaction retried twice gets only its final outcome, not the first
+    attempt's error."""
+    address, token, _ = live
+    with _session(address, token) as w:
+        w.send({"type": "call", "id": 1, "transid": "FLAKY", "data": None})
+        assert w.read()["type"] == "accepted"
+        reply = w.read()
+        assert reply["type"] == "result", reply
+        assert reply["data"] == {"attempt": 3}

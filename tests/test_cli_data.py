@@ -1,0 +1,116 @@
+"""The data a command sends: --data JSON, @FILE or - (stdin), checked against the same
+limits as the listener's, each refusal one line (real `dispatcher` subprocesses)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from dispatcher.region import Region
+from dispatcher.values import MAX_DATA
+
+from .listeners import running_listener
+from .seps import ROOT, running_seps
+
+APP = "tests.apps.basic"
+
+
+@pytest.fixture
+def env(db_url: str, tmp_path: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        "DISPATCHER_DATABASE_URL": db_url,
+        "DISPATCHER_REGION": "test",
+        "DISPATCHER_HOME": str(tmp_path),
+        "DISPATCHER_TOKEN": "",
+        "DISPATCHER_LOG_LEVEL": "warning",
+    }
+
+
+def dispatcher(
+    env: dict[str, str], *args: str, stdin: bytes | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "dispatcher", *args],
+        env=env,
+        cwd=ROOT,
+        input=None if stdin is None else stdin.decode("utf-8", "surrogateescape"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.fixture
+def address(region: Region, db_url: str) -> Iterator[str]:
+    from sep.program import sync_app
+
+    sync_app(region, APP)
+    with running_seps(db_url, "test", 1, app=APP), running_listener(db_url, "test") as a:
+        yield a
+
+
+def test_call_reads_data_from_a_file_and_from_stdin(
+    env: dict[str, str], address: str, tmp_path: Path
+) -> None:
+    """`call --data @FILE` and `call --data -` send the file's or stdin's JSON."""
+    f = tmp_path / "data.json"
+    f.write_text(json.dumps({"from": "file"}))
+    out = dispatcher(env, "call", "ECHO", "--data", f"@{f}", "--address", address)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == {"from": "file"}
+    out = dispatcher(env, "call", "ECHO", "--data", "-", "--address", address, stdin=b"[1, 2]")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == [1, 2]
+
+
+BAD = {
+    "nul": '{"s": "bad\\u0000"}',
+    "nul key": '{"k\\u0000": 1}',
+    "surrogate": '["\\ud800"]',
+    "deep": "[" * 3000 + "]" * 3000,
+    "too deep": "[" * 101 + "]" * 101,
+    "NaN": "[NaN]",
+    "long int": "9" * 5000,
+    "not json": "{",
+}
+
+
+@pytest.mark.parametrize("text", list(BAD.values()), ids=list(BAD))
+@pytest.mark.parametrize("command", ["call", "start"])
+def test_a_bad_value_is_one_line_and_nothing_is_stored(
+    env: dict[str, str], region: Region, command: str, text: str
+) -> None:
+    """`call`/`start --data` with a value the region refuses: one line on stderr, exit 2,
+    no traceback, no hint to upgrade the database, nothing queued."""
+    region.define_transaction("ECHO", "tests.apps.basic:echo")
+    extra = ["--address", "127.0.0.1:1"] if command == "call" else []
+    out = dispatcher(env, command, "ECHO", "--data", text, *extra)
+    assert out.returncode == 2, out
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert "Traceback" not in out.stderr and "upgrade" not in out.stderr, out.stderr
+    assert lines and "--data" in out.stderr, out.stderr
+    n = region.conn.execute("SELECT count(*) AS n FROM dispatcher.request").fetchone()
+    assert n is not None and n["n"] == 0
+
+
+def test_start_data_file_refuses_what_the_listener_refuses(
+    env: dict[str, str], region: Region, tmp_path: Path
+) -> None:
+    """`start --data-file`: a line the listener would refuse (NUL, over the 1 MiB frame
+    limit) stops the whole file with one line naming it; nothing is queued."""
+    region.define_transaction("ECHO", "tests.apps.basic:echo")
+    for bad in ('{"s": "\\u0000"}', json.dumps("x" * MAX_DATA)):
+        f = tmp_path / "tasks.jsonl"
+        f.write_text(f"1\n{bad}\n3\n")
+        out = dispatcher(env, "start", "ECHO", "--data-file", str(f))
+        assert out.returncode == 2, out
+        assert "line 2" in out.stderr and "Traceback" not in out.stderr, out.stderr
+    n = region.conn.execute("SELECT count(*) AS n FROM dispatcher.request").fetchone()
+    assert n is not None and n["n"] == 0
