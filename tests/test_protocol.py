@@ -95,3 +95,13 @@ def test_the_page_states_the_constants() -> None:
         assert f"`{kind}`" in DOC or f'"type": "{kind}"' in DOC, kind
     for kind in ("accepted", "output", "waiting", "result", "pending", "error"):
         assert f"| `{kind}` |" in DOC, kind
+
+
+def test_every_code_the_listener_sends_is_on_the_page() -> None:
+    """Each error code written in the listener's source is in ERRORS (and so, by the test
+    above, documented with its retryable flag)."""
+    root = Path(__file__).resolve().parent.parent / "listener"
+    source = "".join(p.read_text() for p in sorted(root.glob("*.py")))
+    sent = set(re.findall(r'(?<![.\w])error\(\s*"([a-z_]+)"', source))
+    assert sent, "no error(...) calls found: the pattern is stale"
+    assert sent <= set(ERRORS), sent - set(ERRORS)
