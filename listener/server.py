@@ -429,7 +429,8 @@ class Listener:
         if msg["type"] != "hello":
             await self._reply(writer, error("bad_hello", "the first frame must be a hello", id=hid))
             return None
-        if msg.get("version") != PROTOCOL_VERSION:
+        version = msg.get("version")
+        if type(version) is not int or version != PROTOCOL_VERSION:  # not true, not 1.0
             await self._reply(
                 writer,
                 error(

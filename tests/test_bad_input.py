@@ -190,6 +190,11 @@ def test_every_reply_to_a_hello_carries_its_id(live: tuple[str, str, Region]) ->
         w.send({"type": "hello", "version": 99, "token": token, "id": 5})
         refused = w.read()
         assert refused["code"] == "bad_hello" and refused["id"] == 5
+    for version in (True, 1.0, "1", None):
+        with Wire(address) as w:
+            w.send({"type": "hello", "version": version, "token": token, "id": 7})
+            refused = w.read()
+            assert refused["code"] == "bad_hello" and refused["id"] == 7, version
     with Wire(address) as w:
         refused = w.hello("dsp_\ud800", id=6)
         assert refused["code"] == "unauthorized" and refused["id"] == 6
