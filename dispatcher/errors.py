@@ -48,7 +48,9 @@ class UnknownTransaction(DispatcherError):
     code = "unknown_transaction"
 
 
-class InvalidValue(DispatcherError):
+class InvalidValue(DispatcherError, ValueError):
+    """A value out of range, or one PostgreSQL cannot store (also a ValueError)."""
+
     code = "invalid_value"
 
 

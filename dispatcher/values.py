@@ -25,7 +25,7 @@ from typing import Any
 
 from .errors import InvalidValue
 
-__all__ = ["MAX_DATA", "MAX_DEPTH", "check_data", "check_text", "encoded_size"]
+__all__ = ["MAX_DATA", "MAX_DEPTH", "check_data", "check_text", "encoded_size", "scrub"]
 
 MAX_DEPTH = 100
 MAX_DATA = 1024 * 1024
@@ -99,3 +99,18 @@ def check_data(value: Any, what: str = "data", max_bytes: int | None = None) -> 
 def encoded_size(value: Any) -> int:
     """The size of VALUE as compact UTF-8 JSON, as stored and sent."""
     return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
+
+
+def scrub(value: Any) -> Any:
+    """VALUE with every character PostgreSQL cannot store (NUL, lone surrogates) in its
+    strings and keys replaced by U+FFFD: for text the dispatcher writes itself about a
+    failure (an error message, a traceback), which must be stored whatever it quotes."""
+    if isinstance(value, str):
+        return _BAD_CHAR.sub("\ufffd", value)
+    if isinstance(value, dict):
+        return {scrub(str(k)): scrub(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [scrub(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value

@@ -87,6 +87,7 @@ class Session:
         self.session_id: str = welcome["session_id"]
         self._ids = itertools.count(1)
         self.next_transid: str | None = None
+        self.request_id: int | None = None  # of the last call accepted
 
     def send(self, message: dict[str, Any]) -> None:
         self.sock.sendall(_encode(message))
@@ -155,6 +156,7 @@ class Session:
                 continue
             kind = msg["type"]
             if kind == "accepted":
+                self.request_id = msg.get("request_id")
                 continue
             if kind == "result":
                 self.next_transid = msg.get("next_transid")

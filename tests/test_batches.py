@@ -181,8 +181,11 @@ def test_complete_many_refuses_a_report_that_is_not_a_list(region: Region) -> No
         region.conn.execute("SELECT * FROM dispatcher.complete_many_v1(%s, '{\"id\": 1}', 0)", [s])
     assert caught.value.sqlstate == "DP003"
     task = Task(1, 1, "T", None, None, None, None, None, dt.datetime.now(dt.UTC))
-    with pytest.raises(TypeError):
-        Outcome(task, True, {1, 2}).encode()
+    for not_storable in ({1, 2}, "bad\x00", {"k": float("nan")}, ["\ud800"]):
+        with pytest.raises((TypeError, ValueError)):
+            Outcome(task, True, not_storable).encode()
+    # an error's text is the SEP's own: it is stored whatever it quotes
+    assert "\\u0000" not in Outcome(task, False, None, {"message": "bad\x00"}).encode()
 
 
 def test_history_times_follow_the_sep_clock(region: Region) -> None:

@@ -114,3 +114,16 @@ def test_start_data_file_refuses_what_the_listener_refuses(
         assert "line 2" in out.stderr and "Traceback" not in out.stderr, out.stderr
     n = region.conn.execute("SELECT count(*) AS n FROM dispatcher.request").fetchone()
     assert n is not None and n["n"] == 0
+
+
+def test_call_past_its_timeout_names_the_request_not_the_listener(
+    env: dict[str, str], address: str
+) -> None:
+    """`call --timeout` that expires says which request may still run, not that the
+    listener cannot be reached."""
+    out = dispatcher(
+        env, "call", "HOLD", "--data", '{"seconds": 3}', "--timeout", "1", "--address", address
+    )
+    assert out.returncode == 1
+    assert "did not finish in 1 s" in out.stderr and "request show" in out.stderr, out.stderr
+    assert "cannot reach" not in out.stderr

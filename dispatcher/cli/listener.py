@@ -147,6 +147,7 @@ def call(
             return _parse_line(sys.stdin.readline())
         return None
 
+    session = None
     try:
         with connect(address, _token(app, token), tls=tls, cafile=cafile) as session:
             result = session.call(transid, payload, on_output=on_output, timeout=timeout, key=key)
@@ -163,6 +164,19 @@ def call(
             ),
             err=True,
         )
+        raise SystemExit(1) from None
+    except TimeoutError:
+        rid = None if session is None else session.request_id
+        if rid is None:
+            click.echo(
+                f"error: no answer from the listener at {address} in {timeout:g} s", err=True
+            )
+        else:
+            click.echo(
+                f"error: request {rid} did not finish in {timeout:g} s (--timeout); it may "
+                f"still run: dispatcher request show {rid}",
+                err=True,
+            )
         raise SystemExit(1) from None
     except OSError as exc:
         click.echo(f"error: cannot reach the listener at {address}: {exc}", err=True)

@@ -90,3 +90,9 @@ def touch(ctx: Any) -> Any:
 def big(ctx: Any) -> Any:
     """A result of about ``size`` bytes (default 2 MB): larger than a client frame."""
     return {"blob": "x" * int((ctx.data or {}).get("size", 2_000_000))}
+
+
+@program("NULOUT")
+def nul_out(ctx: Any) -> Any:
+    """A result PostgreSQL cannot store (a NUL character, or a lone surrogate)."""
+    return {"s": "bad\x00"} if ctx.data != "surrogate" else ["\ud800"]
