@@ -204,7 +204,7 @@ def dispatch_cost_ms(url: str, queued: int, cycles: int = 300, fresh: bool = Tru
         [queued],
     )
     conn.execute("VACUUM ANALYZE dispatcher.request" if fresh else "ANALYZE dispatcher.request")
-    sep_id = int(region.register_sep("bench", os.getpid())["id"])
+    sep_id = int(region.register_sep("bench", os.getpid(), app=APP)["id"])
     times = []
     for i in range(cycles):
         t0 = time.perf_counter()

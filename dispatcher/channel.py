@@ -10,6 +10,10 @@ Listener -> SEP
   request, which the enqueue procedure dispatched to you (no database poll needed).
 - ``input``: ``{"type": "input", "request_id": N, "data": ANY}``: the session's next
   input for a conversational task waiting in ``ctx.receive()``.
+- ``session_ended``: ``{"type": "session_ended", "request_id": N, "session_id": S}``:
+  the session of request N ended (its client closed or said bye, or the listener is
+  stopping): the task's ``ctx.receive()`` raises ``SessionEnded``, now or when it
+  next waits for input.
 
 SEP -> Listener (the listener owning the task's session)
 - ``output``: ``{"type": "output", "request_id": N, "session_id": S, "sep_id": N,

@@ -48,7 +48,8 @@ def install_cross_region(url: str) -> None:
     from .database import connect
 
     with connect(url, application_name="dispatcher-migrate") as conn:
-        conn.execute((SQL_DIR / "schema" / "040_timers.sql").read_text(encoding="utf-8"))
+        for name in ("040_timers.sql", "061_timers.sql"):  # each may run again safely
+            conn.execute((SQL_DIR / "schema" / name).read_text(encoding="utf-8"))
 
 
 def alembic_config(url: str) -> Config:

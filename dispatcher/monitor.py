@@ -7,6 +7,12 @@ fires once. With the timers in the region database, the claim, the enqueue and t
 removal of the timer are one transaction. With the timers on another server the
 enqueue commits first, carrying the firing's id as the request's idempotency key,
 so a crash between the two commits neither loses nor doubles the request.
+
+All its time arithmetic is on the clock of the database holding the timers
+(``dispatcher_xr.clock()``): which timers are due, how long to sleep, a cron's next
+slot (always strictly after the slot just fired), the lag. Its own clock is never
+read for a time of day (only ``time.monotonic`` for intervals). It also forgets
+firings older than the retention (7 days), a bounded batch every 10 minutes.
 """
 
 from __future__ import annotations
@@ -29,6 +35,9 @@ from .region import Region
 __all__ = ["Monitor", "firing_id"]
 
 CRASH_HOOK = "DISPATCHER_MONITOR_CRASH_BETWEEN_COMMITS"
+FIRING_RETENTION_S = 7 * 86400.0  # dispatcher_xr.firing keeps a firing this long
+PURGE_EVERY_S = 600.0  # how often a monitor purges older firings
+PURGE_BATCH = 10000  # at most this many rows per purge statement
 
 
 def firing_id(timer_id: int, due_at: dt.datetime) -> str:
@@ -44,6 +53,8 @@ class Monitor:
         xr_url: str | None = None,
         batch: int = 200,
         max_sleep: float = 5.0,
+        firing_retention_s: float = FIRING_RETENTION_S,
+        purge_every_s: float = PURGE_EVERY_S,
     ) -> None:
         self.region_url = region_url
         self.xr_url = xr_url or region_url
@@ -51,6 +62,9 @@ class Monitor:
         self.region = region
         self.batch = batch
         self.max_sleep = max_sleep
+        self.firing_retention_s = firing_retention_s
+        self.purge_every_s = purge_every_s
+        self._next_purge = 0.0  # time.monotonic() of the next purge: the first loop
         self.stopping = False
         self.fired = 0
         self.log = get_logger("monitor", region=region, pid=os.getpid())
@@ -90,6 +104,8 @@ class Monitor:
             try:
                 listen.execute("LISTEN dispatcher_timers")
                 while not self.stopping:
+                    if time.monotonic() >= self._next_purge:
+                        self.purge_firings(xr)
                     n = self.fire_due(xr, region_conn)
                     if n >= self.batch:
                         continue
@@ -109,6 +125,21 @@ class Monitor:
             return self.max_sleep
         return max(0.0, min(self.max_sleep, float(row["in_s"])))
 
+    def purge_firings(self, xr: psycopg.Connection[Any]) -> int:
+        """Forget the region's firings older than the retention (database clock), at most
+        PURGE_BATCH of them; the next purge is due at once if there may be more."""
+        with xr.transaction(), xr.cursor() as cur:
+            cur.execute(
+                QUERIES["purge_firings"],
+                {"region": self.region, "keep_s": self.firing_retention_s, "limit": PURGE_BATCH},
+            )
+            n = cur.rowcount
+        more = n >= PURGE_BATCH
+        self._next_purge = time.monotonic() + (0.0 if more else self.purge_every_s)
+        if n:
+            self.log.info("firings_purged", count=n, more=more)
+        return n
+
     def fire_due(
         self, xr: psycopg.Connection[Any], region_conn: psycopg.Connection[Any] | None = None
     ) -> int:
@@ -118,6 +149,7 @@ class Monitor:
             timers = cur.fetchall()
             if not timers:
                 return 0
+            claimed = time.monotonic()
             fids = [firing_id(t["id"], t["due_at"]) for t in timers]
             # same database: the whole batch in one enqueue call, in this transaction
             request_ids = self._enqueue_batch(xr, timers) if region_conn is None else None
@@ -140,12 +172,15 @@ class Monitor:
             cur.execute(
                 QUERIES["timers_fired_once"], {"ids": [t["id"] for t in timers if not t["cron"]]}
             )
-            now = dt.datetime.now(dt.UTC)
             for t in timers:
                 if t["cron"]:
-                    nxt = cron.next_after(t["cron"], now, t["tz"])
+                    # the first slot after now on the database clock, and always after
+                    # the slot that fired, so that a slot fires once
+                    after = max(t["now"], t["due_at"])
+                    nxt = cron.next_after(t["cron"], after, t["tz"])
                     cur.execute(QUERIES["timer_fired_schedule"], {"id": t["id"], "next_due": nxt})
-        lags = sorted((now - t["due_at"]).total_seconds() * 1000 for t in timers)
+        queued_ms = (time.monotonic() - claimed) * 1000
+        lags = sorted(float(t["lag_ms"]) + queued_ms for t in timers)
         self.log.info(
             "timers_fired",
             count=len(timers),
@@ -176,7 +211,7 @@ class Monitor:
         return [e.request_id for e in out]
 
     def _enqueue(self, conn: psycopg.Connection[Any], t: dict[str, Any], fid: str) -> int | None:
-        lag_ms = (dt.datetime.now(dt.UTC) - t["due_at"]).total_seconds() * 1000
+        lag_ms = float(t["lag_ms"])  # at the claim, on the database clock
         try:
             if conn.autocommit:
                 e = Region(conn, self.region).enqueue(

@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -23,14 +23,16 @@ from psycopg.types.json import Jsonb
 
 from .errors import UnknownRequest, translate
 from .queries import QUERIES
-from .values import check_data, check_text
+from .values import check_data, check_text, scrub
 
 __all__ = [
+    "TRANSACTION_FIELDS",
     "AsyncRegion",
     "Enqueued",
     "Outcome",
     "Region",
     "Task",
+    "app_capability",
     "enqueue_params",
     "jsonb",
 ]
@@ -81,13 +83,17 @@ class Outcome:
     def encode(self) -> str:
         """The outcome as one element of a report (raises TypeError/ValueError when the
         result or COMMAREA is not JSON)."""
+        if self.ok:
+            check_data(self.result, "the result")
+        if self.commarea is not None:
+            check_data(self.commarea, "the COMMAREA")
         return json.dumps(
             {
                 "id": self.task.request_id,
                 "attempt": self.task.attempt,
                 "ok": self.ok,
                 "result": self.result,
-                "error": self.error,
+                "error": scrub(self.error),
                 "next_transid": self.next_transid,
                 "commarea": self.commarea,
                 "started": self.started,
@@ -178,6 +184,26 @@ def _check_request(transid: str, payload: Any, idempotency_key: str | None) -> N
         check_text(idempotency_key, "the idempotency key")
 
 
+# The fields of a transaction definition, as define_transaction_v2 names them.
+TRANSACTION_FIELDS = (
+    "program",
+    "priority",
+    "class",
+    "timeout",
+    "max_attempts",
+    "retry_backoff",
+    "max_backoff",
+    "requires",
+    "description",
+)
+
+
+def app_capability(app: str) -> str:
+    """The capability of SEPs running app module APP, required by the transactions
+    that ``tx sync --app APP`` stores."""
+    return f"app:{app}"
+
+
 @contextmanager
 def _translated() -> Iterator[None]:
     try:
@@ -246,26 +272,47 @@ class Region:
     def define_transaction(
         self,
         transid: str,
-        program: str,
+        program: str | None = None,
         *,
-        priority: int = 0,
+        priority: int | None = 0,
         cls: str | None = None,
         timeout_s: float | None = None,
-        max_attempts: int = 1,
-        requires: Sequence[str] = (),
-        description: str = "",
+        max_attempts: int | None = 1,
+        retry_backoff_s: float | None = 2.0,
+        max_backoff_s: float | None = 3600.0,
+        requires: Sequence[str] | None = (),
+        description: str | None = "",
+        given: Collection[str] | None = None,
+        by: str = "operator",
+        app: str | None = None,
+        release: Collection[str] = (),
     ) -> Row:
+        """Define or redefine TRANSID (define_transaction_v2).
+
+        ``given``: the fields this call sets (names in :data:`TRANSACTION_FIELDS`;
+        default: all of them); the others keep their value, or their default for a new
+        transaction. ``by="operator"`` (``tx define``) records the fields given as the
+        operator's, which ``by="app"`` (``tx sync``) then leaves alone; ``app``: with
+        ``by="app"``, the app module that declares the transaction (its requests then
+        need the SEP capability ``app:MODULE``). ``release``: fields an operator hands
+        back to the app."""
         return self._one(
             "define_transaction",
             region=self.name,
             transid=transid,
+            given=list(TRANSACTION_FIELDS if given is None else given),
+            by=by,
             program=program,
             priority=priority,
             **{"class": cls},
             timeout_s=timeout_s,
             max_attempts=max_attempts,
-            requires=list(requires),
+            retry_backoff_s=retry_backoff_s,
+            max_backoff_s=max_backoff_s,
+            requires=None if requires is None else list(requires),
             description=description,
+            app=app,
+            release=list(release),
         )
 
     def transactions(self) -> list[Row]:
@@ -302,13 +349,20 @@ class Region:
         *,
         standby: bool = False,
         address: str | None = None,
+        app: str | None = None,
     ) -> Row:
+        """Register a SEP. ``app``: the app module it runs; it then also has the
+        capability ``app:MODULE`` that ``tx sync --app MODULE`` makes the app's
+        transactions require (see :func:`app_capability`)."""
+        caps = list(capabilities)
+        if app is not None and app_capability(app) not in caps:
+            caps.append(app_capability(app))
         return self._one(
             "register_sep",
             region=self.name,
             host=host,
             pid=pid,
-            capabilities=list(capabilities),
+            capabilities=caps,
             standby=standby,
             address=address,
         )
@@ -332,6 +386,10 @@ class Region:
         next_transid: str | None = None,
         commarea: Any = None,
     ) -> Task | None:
+        if ok:
+            check_data(result, "the result")
+        if commarea is not None:
+            check_data(commarea, "the COMMAREA")
         found = self.row(
             "complete",
             sep=sep,
@@ -339,7 +397,7 @@ class Region:
             attempt=task.attempt,
             ok=ok,
             result=Jsonb(result),
-            error=None if error is None else Jsonb(error),
+            error=None if error is None else Jsonb(scrub(error)),
             take_next=take_next,
             next_transid=next_transid,
             commarea=None if commarea is None else Jsonb(commarea),

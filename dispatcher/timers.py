@@ -21,6 +21,7 @@ from psycopg.types.json import Jsonb
 from . import cron
 from .errors import InvalidValue, UnknownTimer, translate
 from .queries import QUERIES
+from .values import check_data
 
 __all__ = [
     "QUERIES",
@@ -31,7 +32,11 @@ __all__ = [
     "start_after",
     "start_at",
     "start_in_transaction",
+    "timer_clock",
 ]
+
+
+MAX_DELAY = dt.timedelta(days=36500)  # a due time stays well inside what every part can hold
 
 
 def new_reqid() -> str:
@@ -57,12 +62,15 @@ def _set_timer(
     region: str,
     transid: str,
     data: Any,
-    due_at: dt.datetime,
+    due_at: dt.datetime | None,
     priority: int,
     reqid: str | None,
     cron_expr: str | None,
     tz: str | None,
+    delay: dt.timedelta | None = None,
 ) -> str:
+    """Set a timer due at DUE_AT, or (DUE_AT None) DELAY after the database's now."""
+    check_data(data)  # the limits of every request's data (dispatcher.values)
     row = _one(
         conn,
         "set_timer",
@@ -72,6 +80,7 @@ def _set_timer(
         payload=Jsonb(data),
         priority=priority,
         due_at=due_at,
+        delay=delay,
         cron=cron_expr,
         tz=tz,
     )
@@ -94,7 +103,8 @@ def start_at(
     priority: int = 0,
     reqid: str | None = None,
 ) -> str:
-    """START TRANSID at time AT; returns the timer's REQID (for cancel)."""
+    """START TRANSID at time AT; returns the timer's REQID (for cancel). A time in the
+    past (on the database's clock) is now: the timer fires at once."""
     return _set_timer(conn, region, transid, data, _aware(at), priority, reqid, None, None)
 
 
@@ -108,19 +118,17 @@ def start_after(
     priority: int = 0,
     reqid: str | None = None,
 ) -> str:
-    """START TRANSID after a delay (seconds or a timedelta); returns its REQID."""
-    delay = after if isinstance(after, dt.timedelta) else dt.timedelta(seconds=float(after))
+    """START TRANSID after a delay (seconds or a timedelta) from now on the database's
+    clock; returns its REQID."""
+    try:
+        delay = after if isinstance(after, dt.timedelta) else dt.timedelta(seconds=float(after))
+    except (OverflowError, ValueError):
+        raise InvalidValue(f"{after!r} is not a delay this program can hold") from None
     if delay < dt.timedelta(0):
         raise InvalidValue("a delay cannot be negative")
-    return start_at(
-        conn,
-        region,
-        transid,
-        data,
-        at=dt.datetime.now(dt.UTC) + delay,
-        priority=priority,
-        reqid=reqid,
-    )
+    if delay > MAX_DELAY:
+        raise InvalidValue(f"a delay is at most {MAX_DELAY.days:,} days (100 years)")
+    return _set_timer(conn, region, transid, data, None, priority, reqid, None, None, delay)
 
 
 def schedule_cron(
@@ -134,9 +142,16 @@ def schedule_cron(
     priority: int = 0,
     reqid: str | None = None,
 ) -> str:
-    """START TRANSID on a cron schedule (five fields, in time zone TZ, default UTC)."""
-    due = cron.next_after(expr, dt.datetime.now(dt.UTC), tz)
+    """START TRANSID on a cron schedule (five fields, in time zone TZ, default UTC); its
+    first slot is the first after now on the database's clock."""
+    due = cron.next_after(expr, timer_clock(conn), tz)
     return _set_timer(conn, region, transid, data, due, priority, reqid, expr, tz or "UTC")
+
+
+def timer_clock(conn: psycopg.Connection[Any]) -> dt.datetime:
+    """Now on the clock of the database holding the timers (``dispatcher_xr.clock()``)."""
+    now: dt.datetime = _one(conn, "timer_clock")["now"]
+    return now
 
 
 def cancel(conn: psycopg.Connection[Any], region: str, reqid: str) -> None:

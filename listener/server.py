@@ -221,6 +221,8 @@ class Listener:
         self.stopping.set()
         if self._client_server is not None:
             self._client_server.close()
+        # a conversation waiting for its client would wait out the grace: end it now
+        await asyncio.gather(*(self._end_conversation(s) for s in self.sessions.values()))
         deadline = asyncio.get_running_loop().time() + grace
         while any(s.call for s in self.sessions.values()):
             if asyncio.get_running_loop().time() > deadline:
@@ -394,11 +396,23 @@ class Listener:
         finally:
             if session is not None:
                 self.sessions.pop(session.id, None)
+                with contextlib.suppress(Exception, asyncio.CancelledError):
+                    await self._end_conversation(session)
                 # (also when the listener is closing and cancels this task meanwhile)
                 with contextlib.suppress(Exception, asyncio.CancelledError):
                     async with self.pool.connection(timeout=2) as conn:
                         await AsyncRegion(conn, self.region).end_session(session.id)
             writer.close()
+
+    async def _end_conversation(self, s: Session) -> None:
+        """S ended (bye, close, listener stopping): tell the SEP running its call, so that
+        a task waiting in ctx.receive learns it now (SessionEnded) and its SEP goes free."""
+        call = s.call
+        if call is None or call.sep_id is None:
+            return
+        message = {"type": "session_ended", "request_id": call.request_id, "session_id": str(s.id)}
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._hand_over(call.sep_id, message), 2.0)
 
     async def _reply(self, writer: asyncio.StreamWriter, message: dict[str, Any]) -> None:
         with contextlib.suppress(ConnectionError):

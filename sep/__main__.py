@@ -2,7 +2,9 @@
 
 The database and region come from the environment (DISPATCHER_DATABASE_URL or the
 embedded server of DISPATCHER_HOME, DISPATCHER_REGION). Exit codes: 0 stopped,
-2 bad arguments or app, 3 no room in the region, 1 other errors.
+2 bad arguments or app, 3 no room in the region, 4 stopped by force by an operator,
+5 declared dead, 6 a task overran its timeout (the SEP abended it and declared itself
+dead; see docs/sep.md, "Timeouts"), 1 other errors.
 """
 
 from __future__ import annotations

@@ -11,11 +11,22 @@ from uuid import UUID
 
 from dispatcher.channel import ChannelError, connect_sync, encode_frame
 
-__all__ = ["Conversation", "ConversationError", "ListenerLinks"]
+__all__ = ["Conversation", "ConversationError", "ListenerLinks", "SessionEnded"]
 
 
 class ConversationError(Exception):
     """The session's listener cannot be reached, or no input came in time."""
+
+
+class SessionEnded(ConversationError):
+    """The task's client session ended (the client closed, said bye, or its listener
+    stopped; or the SEP is stopping): ``ctx.receive`` and ``ctx.converse`` raise it at
+    once, waiting or not, since no input will ever come (``ctx.send`` output is
+    dropped). Uncaught, it abends the task (error type ``SessionEnded``)."""
+
+
+class _Ended:
+    """Put in a task's input queue when its session ends (wakes a waiting receive)."""
 
 
 class ListenerLinks:
@@ -77,8 +88,26 @@ class Conversation:
         self.inputs = inputs
         # called before the task waits for input (a batching SEP reports its buffer)
         self.before_wait: Callable[[], None] | None = None
+        self.ended: str | None = None  # why the session ended, once it has
+
+    def deliver(self, data: Any) -> None:
+        """The session's next input (from the listener)."""
+        self.inputs.put(data)
+
+    def end_session(self, why: str) -> None:
+        """The session ended: a waiting ``receive`` raises SessionEnded at once, and
+        so does every later one (callable from any thread)."""
+        if self.ended is None:
+            self.ended = why
+            self.inputs.put(_Ended())
+
+    def _check_session(self) -> None:
+        if self.ended is not None:
+            raise SessionEnded(f"the session of request {self.request_id} ended: {self.ended}")
 
     def send(self, data: Any, *, wants_input: bool) -> None:
+        if self.ended is not None:
+            return  # no client to show it to (a receive that follows raises)
         self.links.send(
             self.address,
             {
@@ -92,6 +121,7 @@ class Conversation:
         )
 
     def receive(self, timeout: float | None, announce: bool = True) -> Any:
+        self._check_session()
         if self.before_wait is not None:
             self.before_wait()
         if announce:
@@ -105,11 +135,15 @@ class Conversation:
                 },
             )
         try:
-            return self.inputs.get(timeout=timeout)
+            data = self.inputs.get(timeout=timeout)
         except queue.Empty:
             raise ConversationError(
                 f"no input for request {self.request_id} within {timeout} s"
             ) from None
+        if isinstance(data, _Ended):
+            self.inputs.put(data)  # for a later receive too
+            self._check_session()
+        return data
 
     def end(self, ok: bool, result: Any, error: Any, next_transid: str | None) -> None:
         self.links.send(

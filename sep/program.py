@@ -36,6 +36,8 @@ class ProgramDef:
     max_attempts: int = 1
     requires: tuple[str, ...] = ()
     description: str = ""
+    retry_backoff: float = 2.0
+    max_backoff: float = 3600.0
     is_async: bool = field(default=False)
 
     @property
@@ -60,11 +62,15 @@ def program(
     max_attempts: int = 1,
     requires: Sequence[str] = (),
     description: str | None = None,
+    retry_backoff: float = 2.0,
+    max_backoff: float = 3600.0,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Declare ``transid`` as a transaction run by the decorated function.
 
     The function takes a :class:`sep.TaskContext` and returns the task's result (any
-    JSON value). ``def`` and ``async def`` both work.
+    JSON value). ``def`` and ``async def`` both work. An abended task with attempts
+    left is retried after ``retry_backoff`` seconds, doubled at each attempt up to
+    ``max_backoff`` (+-10% jitter; docs/sep.md, "Retries").
     """
     if not 0 <= priority <= 255:
         raise ValueError(f"priority of {transid} must be between 0 and 255, not {priority}")
@@ -79,6 +85,8 @@ def program(
             max_attempts=max_attempts,
             requires=tuple(requires),
             description=(description or inspect.getdoc(fn) or "").split("\n")[0],
+            retry_backoff=retry_backoff,
+            max_backoff=max_backoff,
             is_async=inspect.iscoroutinefunction(fn),
         )
         _BY_MODULE.setdefault(fn.__module__, {})[transid] = d
@@ -143,7 +151,11 @@ def resolve_program(path: str) -> Callable[..., Any]:
 
 
 def sync_app(region: Any, module: str) -> list[str]:
-    """Store an app's declared transactions in the region (a dispatcher.region.Region)."""
+    """Store an app's declared transactions in the region (a dispatcher.region.Region).
+
+    The fields an operator set with ``dispatcher tx define`` are left as they are, and
+    each transaction requires the capability ``app:MODULE`` that SEPs started with
+    ``--app MODULE`` have, so that only they run it (docs/sep.md, "Apps")."""
     defs = load_app(module)
     for d in defs.values():
         region.define_transaction(
@@ -153,7 +165,11 @@ def sync_app(region: Any, module: str) -> list[str]:
             cls=d.cls,
             timeout_s=d.timeout,
             max_attempts=d.max_attempts,
+            retry_backoff_s=d.retry_backoff,
+            max_backoff_s=d.max_backoff,
             requires=d.requires,
             description=d.description,
+            by="app",
+            app=module,
         )
     return list(defs)

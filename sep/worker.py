@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 from uuid import UUID
 
 import psycopg
+from psycopg.types.json import Jsonb
 
 from dispatcher.channel import ChannelError, read_frame_sync, task_from_dict
 from dispatcher.database import Backoff, connect, connect_with_retry
@@ -38,7 +39,14 @@ from .conversation import Conversation, ConversationError, ListenerLinks
 from .program import AppError, ProgramDef, load_app, resolve_program
 from .ran import Ran
 
-__all__ = ["SEPConfig", "Worker"]
+__all__ = [
+    "EXIT_TIMED_OUT",
+    "TIMEOUT_GRACE",
+    "SEPConfig",
+    "Worker",
+    "end_overdue_task",
+    "timeout_error",
+]
 
 _DB_LOST = (psycopg.OperationalError, DatabaseUnavailable)
 
@@ -47,7 +55,63 @@ _DB_LOST = (psycopg.OperationalError, DatabaseUnavailable)
 EXIT_STOPPED = 0
 EXIT_KILLED = 4
 EXIT_DECLARED_DEAD = 5
+# The SEP ended itself because a task overran its timeout (the task is abended with
+# TaskTimeout and the SEP declared dead first): restarted at once.
+EXIT_TIMED_OUT = 6
+# How long past its timeout a task that ignores the timeout may go on before the SEP
+# ends its process (docs/sep.md, "Timeouts").
+TIMEOUT_GRACE = 2.0
 T = TypeVar("T")
+
+
+def timeout_error(timeout: float, how: str) -> dict[str, Any]:
+    """The error of a task that ran past its timeout (the SEP's or its supervisor's)."""
+    return {
+        "type": TaskTimeout.__name__,
+        "message": f"task ran longer than its timeout of {timeout} s; {how}",
+        "traceback": "",
+    }
+
+
+def end_overdue_task(
+    region: Region, sep: int, request: int, attempt: int, error: dict[str, Any]
+) -> None:
+    """Fence a SEP whose task overran: in one transaction, abend the task with ERROR
+    (it fails, or runs again by its retry policy) and declare the SEP dead (what else it
+    holds is re-queued; its own late completion is refused). Either step is skipped
+    when the database already settled it."""
+    conn = region.conn
+    with conn.transaction():
+        for step in ("complete", "kill"):
+            try:
+                with conn.transaction():  # a savepoint: a refused step spoils nothing
+                    if step == "complete":
+                        region.rows(
+                            "complete",
+                            sep=sep,
+                            request=request,
+                            attempt=attempt,
+                            ok=False,
+                            result=Jsonb(None),
+                            error=Jsonb(error),
+                            take_next=False,
+                            next_transid=None,
+                            commarea=None,
+                        )
+                    else:
+                        region.control_sep(sep, "kill")
+            except (CompletionRefused, UnknownSEP):
+                pass
+
+
+@dataclass
+class _Watch:
+    """The task the watchdog watches: when it started (monotonic) and its timeout."""
+
+    task: Task
+    started: float
+    timeout: float | None
+    fencing: bool = False
 
 
 @dataclass
@@ -69,13 +133,25 @@ class _Stop(Exception):
     pass
 
 
+def _request_id(msg: dict[str, Any]) -> int:
+    try:
+        return int(msg.get("request_id", 0))
+    except (TypeError, ValueError):
+        return 0
+
+
 class Worker:
     def __init__(self, config: SEPConfig) -> None:
         self.config = config
         self.log = get_logger("sep", region=config.region, pid=os.getpid())
         self.events: queue.Queue[tuple[str, Any]] = queue.Queue()
-        self.inputs: dict[int, queue.Queue[Any]] = {}
+        self.inputs: dict[int, Conversation] = {}  # running conversations by request
         self.inputs_lock = threading.Lock()
+        # requests whose session ended before their conversation began
+        self._ended: collections.OrderedDict[int, str] = collections.OrderedDict()
+        self._watch_lock = threading.Lock()
+        self._watched: _Watch | None = None
+        self._kill_exit = EXIT_KILLED  # exit code when the database says "kill"
         self._listeners: dict[UUID, str] = {}  # session -> its listener's channel address
         self._ran: set[tuple[int, int]] = set()  # (request, attempt) run lately
         self._ran_order: collections.deque[tuple[int, int]] = collections.deque()
@@ -112,6 +188,7 @@ class Worker:
             self.config.capabilities,
             standby=self.config.standby,
             address=self.address,
+            app=self.config.app,
         )
         self.sep_id = int(row["id"])
         self.log = self.log.bind(sep=self.sep_id)
@@ -125,6 +202,7 @@ class Worker:
         threading.Thread(target=self._listen, args=(listening,), daemon=True).start()
         listening.wait(30)
         threading.Thread(target=self._heartbeat, daemon=True).start()
+        threading.Thread(target=self._watchdog, daemon=True).start()
         try:
             self._loop()
         except _Stop:
@@ -138,6 +216,29 @@ class Worker:
             self.stopping = True
             self.log.info("sep_stopping", signal=signum)
             self.events.put(("stop", None))
+            # a conversation waiting for its client would hold the stop up: end it (from
+            # a thread: this handler may have interrupted the queue it would touch)
+            threading.Thread(
+                target=self._end_conversations, args=("the SEP is stopping",), daemon=True
+            ).start()
+
+    def _end_conversations(self, why: str) -> None:
+        with self.inputs_lock:
+            running = list(self.inputs.values())
+        for conversation in running:
+            conversation.end_session(why)
+
+    def _session_ended(self, request_id: int, why: str) -> None:
+        """A listener says the session of REQUEST_ID ended: its conversation ends now,
+        or as soon as it begins."""
+        with self.inputs_lock:
+            conversation = self.inputs.get(request_id)
+            if conversation is None:
+                self._ended[request_id] = why
+                while len(self._ended) > 10_000:
+                    self._ended.popitem(last=False)
+        if conversation is not None:
+            conversation.end_session(why)
 
     def _serve_channel(self) -> None:
         path = self._sockdir / "sep.sock"
@@ -178,11 +279,14 @@ class Worker:
                         self.log.warning("channel_frame_refused", error=str(exc))
                 elif msg["type"] == "input":
                     with self.inputs_lock:
-                        q = self.inputs.get(int(msg.get("request_id", 0)))
-                    if q is not None:
-                        q.put(msg.get("data"))
+                        conversation = self.inputs.get(_request_id(msg))
+                    if conversation is not None:
+                        conversation.deliver(msg.get("data"))
                     else:
                         self.log.warning("input_without_task", request_id=msg.get("request_id"))
+                elif msg["type"] == "session_ended":
+                    self.log.info("session_ended", request_id=msg.get("request_id"))
+                    self._session_ended(_request_id(msg), "the client's session ended")
 
     def _listen(self, ready: threading.Event) -> None:
         """NOTIFY on the SEP's channel -> events. Reconnects with backoff."""
@@ -219,7 +323,7 @@ class Worker:
             self.log.info("sep_stopping", by="operator")
         elif payload == "kill":
             self.log.warning("sep_killed_by_operator")
-            os._exit(EXIT_KILLED)
+            os._exit(self._kill_exit)
 
     def _heartbeat(self) -> None:
         beats = 0
@@ -331,7 +435,7 @@ class Worker:
             return [] if (task.request_id, task.attempt) in self._ran else [task]
         if payload == "kill":
             self.log.warning("sep_killed_by_operator")
-            os._exit(EXIT_KILLED)
+            os._exit(self._kill_exit)
         if payload == "stop":
             self.stopping = True
             return []
@@ -364,10 +468,15 @@ class Worker:
                 return None
             address = str(row["address"])
             self._remember_listener(task.session_id, address)
-        q: queue.Queue[Any] = queue.Queue()
+        conversation = Conversation(
+            self.links, address, task.request_id, task.session_id, self.sep_id, queue.Queue()
+        )
         with self.inputs_lock:
-            self.inputs[task.request_id] = q
-        return Conversation(self.links, address, task.request_id, task.session_id, self.sep_id, q)
+            self.inputs[task.request_id] = conversation
+            why = self._ended.pop(task.request_id, None)
+        if why is not None:
+            conversation.end_session(why)
+        return conversation
 
     def _run_task(
         self,
@@ -404,8 +513,11 @@ class Worker:
             ran.conversation.before_wait = before_wait
         ctx = TaskContext(task, self.config.region, conn, log, ran.conversation, begin)
         ran.started = time.monotonic()
+        overdue = False
         try:
+            self._watch(task, ran.started)
             value = self._run_program(task, ctx)
+            overdue = self._unwatch()
             if isinstance(value, ReturnTransid):
                 ran.result, ran.next_transid, ran.commarea = (
                     value.output,
@@ -415,11 +527,13 @@ class Worker:
             else:
                 ran.result = value
         except _DB_LOST as exc:
+            self._unwatch()
             log.warning("database_lost_during_task", error=str(exc).strip())
             self._drop_inputs(task)
             self._reconnect()
             return None
         except BaseException as exc:
+            overdue = self._unwatch()
             if isinstance(exc, KeyboardInterrupt | SystemExit):
                 raise
             ran.abend(exc, traceback.format_exc())
@@ -428,6 +542,11 @@ class Worker:
                     ran.tx.pop().__exit__(type(exc), exc, exc.__traceback__)
                 except psycopg.Error:
                     pass
+        if overdue and (ran.ok or (ran.error or {}).get("type") != TaskTimeout.__name__):
+            # whatever the program did with its timeout (caught it, blocked past it),
+            # an outcome that comes after it is a timeout: never done
+            ran.abend(TaskTimeout(f"task ran longer than its timeout of {task.timeout_s} s"), "")
+            self._rollback(ran.tx)
         ran.ended = time.monotonic()
         self._drop_inputs(task)
         return ran
@@ -548,6 +667,68 @@ class Worker:
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
             signal.signal(signal.SIGALRM, previous)
+
+    # -------------------------------------------------------------- timeouts
+    def _watch(self, task: Task, started: float) -> None:
+        with self._watch_lock:
+            self._watched = _Watch(task, started, task.timeout_s)
+
+    def _unwatch(self) -> bool:
+        """The task's program is over: stop watching it. True if it overran its timeout.
+        If the watchdog is already ending the process, wait for that (the task's outcome
+        is the watchdog's to report)."""
+        with self._watch_lock:
+            w, self._watched = self._watched, None
+        if w is not None and w.fencing:
+            while True:
+                time.sleep(60)
+        if w is None or not w.timeout:
+            return False
+        return time.monotonic() - w.started > w.timeout
+
+    def _watchdog(self) -> None:
+        """A task that runs TIMEOUT_GRACE past its timeout (its program caught the
+        timeout, or blocks where no signal reaches it) ends the process: the task is
+        abended with TaskTimeout and the SEP declared dead; its supervisor starts a
+        new one."""
+        while True:
+            time.sleep(0.1)
+            with self._watch_lock:
+                w = self._watched
+                if w is None or not w.timeout or w.fencing:
+                    continue
+                if time.monotonic() < w.started + w.timeout + TIMEOUT_GRACE:
+                    continue
+                w.fencing = True
+            self._end_overdue(w)
+
+    def _end_overdue(self, w: _Watch) -> None:
+        task = w.task
+        self._kill_exit = EXIT_TIMED_OUT  # our own "kill" notice must not read as an operator's
+        self.log.error(
+            "task_overran_timeout",
+            request_id=task.request_id,
+            transid=task.transid,
+            timeout_s=w.timeout,
+            grace_s=TIMEOUT_GRACE,
+        )
+        try:
+            with connect(self.config.url, application_name="dispatcher-sep-watchdog") as conn:
+                region = Region(conn, self.config.region)
+                if self.conn is not None and not self.conn.closed:
+                    # the task's transaction goes now, even inside a long statement
+                    region.rows("end_backend", pid=self.conn.info.backend_pid)
+                end_overdue_task(
+                    region,
+                    self.sep_id,
+                    task.request_id,
+                    task.attempt,
+                    timeout_error(w.timeout or 0.0, f"the SEP ended it {TIMEOUT_GRACE} s later"),
+                )
+        except Exception as exc:  # the process ends all the same; its supervisor fences it
+            self.log.error("timeout_fence_failed", error=str(exc).strip())
+        finally:
+            os._exit(EXIT_TIMED_OUT)
 
     def _leave(self) -> None:
         self.stopping = True

@@ -127,3 +127,28 @@ def test_call_past_its_timeout_names_the_request_not_the_listener(
     assert out.returncode == 1
     assert "did not finish in 1 s" in out.stderr and "request show" in out.stderr, out.stderr
     assert "cannot reach" not in out.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--after", "99999999999d"],
+        ["--after", "40000d"],
+        ["--after", "-5s"],
+        ["--cron", "0 0 31 2 *"],
+        ["--cron", "* * * * *", "--tz", "Mars/Base"],
+        ["--at", "tomorrow"],
+        ["--after", "1s", "--data", '"\\u0000"'],
+    ],
+    ids=["huge delay", "over 100 years", "negative", "no such date", "no such zone", "at", "nul"],
+)
+def test_a_bad_timer_is_one_line_and_sets_nothing(
+    env: dict[str, str], region: Region, args: list[str]
+) -> None:
+    """`start` with a timer the region cannot keep: one line, no traceback, no timer."""
+    region.define_transaction("ECHO", "tests.apps.basic:echo")
+    out = dispatcher(env, "start", "ECHO", *args)
+    assert out.returncode in (1, 2), out
+    assert "Traceback" not in out.stderr and out.stderr.strip(), out.stderr
+    n = region.conn.execute("SELECT count(*) AS n FROM dispatcher_xr.timer").fetchone()
+    assert n is not None and n["n"] == 0

@@ -147,3 +147,121 @@ def test_cross_region_crash_between_commits(
         healthy.wait(timeout=30)
     rows = conn.execute("SELECT payload FROM dispatcher.request ORDER BY payload").fetchall()
     assert [r["payload"] for r in rows] == [0, 1, 2, 3, 4]
+
+
+class DatabaseClock:
+    """The timers' clock of a test database (dispatcher_xr.clock()), set by the test:
+    it runs at the real pace from the time it was last set to."""
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+        conn.execute("CREATE TABLE public.test_clock (base timestamptz, set_at timestamptz)")
+        conn.execute("INSERT INTO public.test_clock VALUES (clock_timestamp(), clock_timestamp())")
+        conn.execute(
+            """CREATE OR REPLACE FUNCTION dispatcher_xr.clock() RETURNS timestamptz
+               LANGUAGE sql VOLATILE AS
+               $$ SELECT base + (clock_timestamp() - set_at) FROM public.test_clock $$"""
+        )
+
+    def set(self, when: dt.datetime) -> None:
+        self.conn.execute(
+            "UPDATE public.test_clock SET base = %s, set_at = clock_timestamp()", [when]
+        )
+        self.conn.execute("SELECT pg_notify('dispatcher_timers', 'test')")  # wake monitors
+
+
+def _firings(conn: Any, reqid: str) -> list[dt.datetime]:
+    rows = conn.execute(
+        "SELECT due_at FROM dispatcher_xr.firing WHERE reqid = %s ORDER BY due_at", [reqid]
+    ).fetchall()
+    return [r["due_at"] for r in rows]
+
+
+def _wait_firings(conn: Any, reqid: str, n: int, settle: float = 0.0) -> list[dt.datetime]:
+    deadline = time.monotonic() + 15
+    while len(_firings(conn, reqid)) < n and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(settle)
+    return _firings(conn, reqid)
+
+
+@pytest.mark.slow
+def test_daily_cron_fires_once_across_dst_with_the_real_monitor(
+    region: Region, db_url: str, conn: Any
+) -> None:
+    """With the real monitor on a database clock the test sets: a daily wall time that
+    happens twice (Paris 02:30 on 2026-10-25, New York 01:15 on 2026-11-01) fires once,
+    one that does not exist (Paris 02:30 on 2026-03-29) fires once, shifted to 03:30."""
+    from dispatcher import timers
+
+    region.define_transaction("ECHO", "app:echo")
+    clock = DatabaseClock(conn)
+    utc = dt.UTC
+    second = dt.timedelta(seconds=1)
+    monitor = _monitor(db_url, "test")
+    try:
+        # spring forward in Paris: 02:30 does not exist on 2026-03-29
+        clock.set(dt.datetime(2026, 3, 28, 12, tzinfo=utc))
+        paris = {"expr": "30 2 * * *", "tz": "Europe/Paris"}
+        timers.schedule_cron(conn, "test", "ECHO", "spring", **paris, reqid="spring")
+        spring = [
+            dt.datetime(2026, 3, 29, 1, 30, tzinfo=utc),
+            dt.datetime(2026, 3, 30, 0, 30, tzinfo=utc),
+        ]
+        clock.set(spring[0] - second)
+        assert _wait_firings(conn, "spring", 1) == spring[:1]
+        clock.set(spring[1] - second)
+        assert _wait_firings(conn, "spring", 2) == spring
+        timers.cancel(conn, "test", "spring")
+        # fall back: 02:30 happens twice in Paris on 2026-10-25, 01:15 in New York on 11-01
+        for reqid, tz, expr, day in [
+            ("paris", "Europe/Paris", "30 2 * * *", (2026, 10, 25)),
+            ("new-york", "America/New_York", "15 1 * * *", (2026, 11, 1)),
+        ]:
+            clock.set(dt.datetime(*day, tzinfo=utc) - dt.timedelta(hours=12))
+            timers.schedule_cron(conn, "test", "ECHO", reqid, expr=expr, tz=tz, reqid=reqid)
+            (timer,) = timers.list_timers(conn, "test")
+            first = timer["due_at"]
+            clock.set(first - second)
+            assert _wait_firings(conn, reqid, 1) == [first]
+            clock.set(first + dt.timedelta(hours=1) - second)  # the same wall time again
+            time.sleep(2.5)
+            assert _firings(conn, reqid) == [first]
+            (timer,) = timers.list_timers(conn, "test")
+            assert timer["due_at"] == first + dt.timedelta(hours=25)  # next day, standard time
+            clock.set(timer["due_at"] - second)
+            assert _wait_firings(conn, reqid, 2) == [first, timer["due_at"]]
+            timers.cancel(conn, "test", reqid)
+    finally:
+        monitor.send_signal(signal.SIGTERM)
+        monitor.wait(timeout=30)
+    assert conn.execute("SELECT count(*) AS n FROM dispatcher.request").fetchone()["n"] == 6
+
+
+def test_monitor_purges_firings_past_the_retention(region: Region, db_url: str, conn: Any) -> None:
+    """A running monitor deletes its region's firings older than 7 days (database
+    clock) and keeps the newer ones."""
+    conn.execute(
+        """INSERT INTO dispatcher_xr.firing (firing_id, region, reqid, due_at, fired_at)
+           SELECT 'f' || g || r, r, 'x', now(), now() - make_interval(days => g)
+           FROM generate_series(1, 10) g, unnest(ARRAY['test', 'other']) r"""
+    )
+    monitor = _monitor(db_url, "test")
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            rows = conn.execute(
+                "SELECT region, count(*) AS n FROM dispatcher_xr.firing GROUP BY region"
+            ).fetchall()
+            if {r["region"]: r["n"] for r in rows} == {"test": 6, "other": 10}:
+                break
+            time.sleep(0.1)
+    finally:
+        monitor.send_signal(signal.SIGTERM)
+        monitor.wait(timeout=30)
+    kept = conn.execute(
+        "SELECT region, max(now() - fired_at) AS oldest, count(*) AS n FROM dispatcher_xr.firing"
+        " GROUP BY region ORDER BY region"
+    ).fetchall()
+    assert [(r["region"], r["n"]) for r in kept] == [("other", 10), ("test", 6)]
+    assert kept[1]["oldest"] < dt.timedelta(days=7)

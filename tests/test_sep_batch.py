@@ -62,7 +62,8 @@ def test_one_bad_result_abends_alone_and_writes_keep_their_syncpoint(
         )
         rows = [wait_final(region, rid) for rid in ids]
     assert [r["state"] for r in rows] == ["done", "failed", "done", "failed", "done", "done"]
-    assert rows[1]["error"]["type"] == "TypeError"
+    assert rows[1]["error"]["type"] == "InvalidValue"
+    assert "not JSON" in rows[1]["error"]["message"]
     assert rows[3]["error"]["type"] == "ValueError"
     assert [r["result"] for r in (rows[0], rows[2], rows[5])] == [1, 2, 3]
     effects = conn.execute("SELECT request_id, n FROM app_effect").fetchall()

@@ -135,3 +135,42 @@ def test_cli_start_with_timers_cancel_and_list(tregion: Region, db_url: str) -> 
     status = json.loads(run(cli, ["status", "--json"], env=env).stdout)
     assert status["timers"]["pending"] == 2
     time.sleep(0)
+
+
+def test_timer_set_in_the_past_fires_at_once_with_lag_from_when_it_was_set(
+    tregion: Region, conn: Conn, db_url: str
+) -> None:
+    """A START at a time in the past is due now (database clock): it fires at once and
+    its lag (firing, `status`) counts from when it was set, not from the past time."""
+    env = {"DISPATCHER_DATABASE_URL": db_url, "DISPATCHER_REGION": "test"}
+    run = CliRunner().invoke
+    out = run(cli, ["start", "ECHO", "--data", "1", "--at", "2020-01-01T00:00:00Z"], env=env)
+    assert out.exit_code == 0, out.output
+    timers.start_at(conn, "test", "ECHO", 2, at=dt.datetime(2001, 1, 1, tzinfo=dt.UTC))
+    late = conn.execute(
+        "SELECT max(abs(extract(epoch FROM due_at - clock_timestamp()))) AS s"
+        " FROM dispatcher_xr.timer"
+    ).fetchone()
+    assert late["s"] < 5
+    with connect(db_url, autocommit=False) as xr:
+        assert Monitor(db_url, "test").fire_due(xr) == 2
+    lag = conn.execute(
+        "SELECT max(extract(epoch FROM fired_at - due_at)) AS s FROM dispatcher_xr.firing"
+    ).fetchone()
+    assert 0 <= lag["s"] < 5
+    status = json.loads(run(cli, ["status", "--json"], env=env).stdout)["timers"]
+    assert status["fired_last_hour"] == 2 and 0 <= status["lag_ms_p99"] < 5000, status
+
+
+def test_cron_lag_is_measured_from_the_slot_it_fired_for(
+    tregion: Region, conn: Conn, db_url: str
+) -> None:
+    """A cron firing's lag is from the slot it fired for, on the database clock."""
+    timers.schedule_cron(conn, "test", "ECHO", "tick", expr="*/5 * * * *", reqid="tick")
+    conn.execute("UPDATE dispatcher_xr.timer SET due_at = clock_timestamp() - interval '90 s'")
+    with connect(db_url, autocommit=False) as xr:
+        assert Monitor(db_url, "test").fire_due(xr) == 1
+    lag = conn.execute(
+        "SELECT extract(epoch FROM fired_at - due_at) AS s FROM dispatcher_xr.firing"
+    ).fetchone()
+    assert 90 <= lag["s"] < 95

@@ -8,6 +8,7 @@ import selectors
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -109,3 +110,88 @@ def test_up_refuses_a_busy_port(tmp_path: Path) -> None:
         )
     assert result.exit_code == 2 and "is a region already up?" in result.stderr
     assert not (tmp_path / "h" / "pgdata").exists()
+
+
+def _live_seps(db_url: str, region: str) -> list[dict[str, object]]:
+    from dispatcher.database import connect
+    from dispatcher.region import Region
+
+    with connect(db_url) as conn:
+        return [s for s in Region(conn, region).seps() if s["state"] != "dead"]
+
+
+def _wait_seps(db_url: str, region: str, ok, timeout: float = 60) -> list[dict[str, object]]:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        seps = _live_seps(db_url, region)
+        if ok(seps):
+            return seps
+        time.sleep(0.1)
+    raise AssertionError(f"SEPs not as expected in {timeout} s: {_live_seps(db_url, region)}")
+
+
+@pytest.mark.slow
+def test_up_restarts_a_crashed_sep_but_not_the_ones_an_operator_stopped(
+    db_url: str, tmp_path: Path
+) -> None:
+    """Under up, a crashed SEP is replaced but SEPs an operator stopped stay stopped."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DISPATCHER_")}
+    env.update(
+        DISPATCHER_HOME=str(tmp_path / "home"),
+        DISPATCHER_DATABASE_URL=db_url,
+        DISPATCHER_REGION="uptest",
+    )
+    proc = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "dispatcher", "up"),
+            *("--seps", "2", "--port", str(port), "--no-monitor"),
+        ],
+        env=env,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
+    lines: list[str] = []
+    assert proc.stderr is not None
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, "")))
+    reader.start()
+
+    def seen(needle: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not any(needle in line for line in lines):
+            assert time.monotonic() < deadline, f"{needle!r} not seen:\n{''.join(lines)}"
+            time.sleep(0.1)
+
+    try:
+        seen("is up", timeout=120)
+        first = _wait_seps(db_url, "uptest", lambda s: len(s) == 2)
+        # a crash: the SEP is replaced
+        os.kill(int(str(first[0]["pid"])), signal.SIGKILL)
+        _wait_seps(
+            db_url,
+            "uptest",
+            lambda s: len(s) == 2 and first[0]["id"] not in [x["id"] for x in s],
+        )
+        # the operator stops one SEP, then the last: neither comes back
+        ids = [str(s["id"]) for s in _live_seps(db_url, "uptest")]
+        for sep_id in ids:
+            subprocess.run(
+                [sys.executable, "-m", "dispatcher", "sep", "stop", sep_id],
+                env=env,
+                check=True,
+                capture_output=True,
+                timeout=60,
+            )
+        _wait_seps(db_url, "uptest", lambda s: s == [])
+        time.sleep(5)  # up used to restart the SEPs ~1 s after they stopped
+        assert _live_seps(db_url, "uptest") == []
+        seen("seps_stopped_by_operator", timeout=10)
+        assert proc.poll() is None, "up keeps running (listener) without SEPs"
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=90) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        reader.join(timeout=10)

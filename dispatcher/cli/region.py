@@ -18,10 +18,18 @@ def region() -> None:
     "--state", type=click.Choice(["running", "stopping"]), help="stopping: no new dispatch."
 )
 @click.option(
-    "--aging-ms", type=click.IntRange(1), help="A waiting request gains 1 priority per interval."
+    "--aging-ms",
+    type=click.IntRange(1, 3_600_000),
+    help="A waiting request gains 1 priority per interval.",
 )
-@click.option("--sep-dead-after", type=click.FloatRange(0.1), help="Seconds without heartbeat.")
-@click.option("--history-retention", type=click.FloatRange(0), help="Seconds to keep outcomes.")
+@click.option(
+    "--sep-dead-after", type=click.FloatRange(0.1, 86400), help="Seconds without heartbeat."
+)
+@click.option(
+    "--history-retention",
+    type=click.FloatRange(0, 315_360_000),
+    help="Seconds to keep outcomes (at most 10 years).",
+)
 @pass_app
 def set_(
     app: App,

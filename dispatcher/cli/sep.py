@@ -125,7 +125,8 @@ def start(
 @click.option("--json", "as_json", is_flag=True)
 @pass_app
 def list_(app: App, as_json: bool) -> None:
-    """List the region's SEPs: id, host, pid, state, current request, heartbeat, tasks run."""
+    """List the region's SEPs: id, host, pid, state, current request, heartbeat, tasks run,
+    capabilities (app:MODULE for the app a SEP runs)."""
     rows = app.region().seps()
     if as_json:
         echo_json(rows)
@@ -143,6 +144,7 @@ def list_(app: App, as_json: bool) -> None:
             f"{_request_cell(r):>9} {r['tasks_run']:>8}  "
             f"{r['heartbeat_at']:%H:%M:%S} ({r['heartbeat_age_s']:.0f} s ago)"
             + ("  SILENT: will be declared dead" if r["silent"] else "")
+            + (f"  [{', '.join(r['capabilities'])}]" if r.get("capabilities") else "")
         )
 
 

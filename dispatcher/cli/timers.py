@@ -25,7 +25,10 @@ def parse_delay(text: str) -> dt.timedelta:
     m = _DELAY.match(text.strip())
     if not m:
         raise click.BadParameter(f"{text!r} is not a delay like 30s, 5m, 2h")
-    return dt.timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2)])
+    try:
+        return dt.timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2)])
+    except OverflowError:
+        raise click.BadParameter(f"{text!r} is too long a delay") from None
 
 
 def parse_time(text: str) -> dt.datetime:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-import click
+import math
 
+import click
+from click.core import ParameterSource
+
+from ..region import TRANSACTION_FIELDS
 from ._app import App, echo_json, pass_app
 
 
@@ -12,37 +16,124 @@ def tx() -> None:
     """Transaction definitions (TRANSID -> program) and transaction classes."""
 
 
+class Seconds(click.ParamType[float]):
+    """A finite number of seconds in [LOW, HIGH] (click.FloatRange lets "nan" through)."""
+
+    name = "seconds"
+
+    def __init__(self, low: float, high: float, *, low_open: bool = False) -> None:
+        self.low, self.high, self.low_open = low, high, low_open
+
+    def convert(
+        self, value: object, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        try:
+            f = float(value)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        below = f <= self.low if self.low_open else f < self.low
+        if not math.isfinite(f) or below or f > self.high:
+            low, high = f"{self.low:.10g}", f"{self.high:.10g}"
+            span = f"more than {low} and at most {high}" if self.low_open else f"{low} to {high}"
+            self.fail(f"must be {span} seconds, not {value}", param, ctx)
+        return f
+
+
+# The limits of tx define (also checked by define_transaction_v2; docs/sep.md, "Retries").
+MAX_TIMEOUT_S = 30 * 86400.0
+MAX_ATTEMPTS = 100_000
+MAX_RETRY_BACKOFF_S = 86400.0
+MAX_MAX_BACKOFF_S = 7 * 86400.0
+
+# option name -> the field of define_transaction_v2 it sets
+_FIELD_OF = {
+    "program": "program",
+    "priority": "priority",
+    "cls": "class",
+    "timeout": "timeout",
+    "max_attempts": "max_attempts",
+    "retry_backoff": "retry_backoff",
+    "max_backoff": "max_backoff",
+    "requires": "requires",
+    "description": "description",
+}
+
+
 @tx.command("define")
 @click.argument("transid")
-@click.option("--program", required=True, help="module.path:function")
-@click.option("--priority", type=click.IntRange(0, 255), default=0, show_default=True)
-@click.option("--class", "cls", help="Transaction class (caps how many run at once).")
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), help="Seconds.")
-@click.option("--max-attempts", type=click.IntRange(1), default=1, show_default=True)
-@click.option("--requires", multiple=True, help="SEP capability needed (repeatable).")
-@click.option("--description", default="")
+@click.option("--program", help="module.path:function (required for a new TRANSID).")
+@click.option("--priority", type=click.IntRange(0, 255), help="0-255  [default: 0]")
+@click.option("--class", "cls", help="Transaction class (caps how many run at once); '' for none.")
+@click.option(
+    "--timeout",
+    type=Seconds(0, MAX_TIMEOUT_S),
+    help="Seconds a task may run, at most 30 days; 0 for no timeout  [default: none]",
+)
+@click.option(
+    "--max-attempts",
+    type=click.IntRange(1, MAX_ATTEMPTS),
+    help=f"Runs of an abending request, 1-{MAX_ATTEMPTS}  [default: 1]",
+)
+@click.option(
+    "--retry-backoff",
+    type=Seconds(0, MAX_RETRY_BACKOFF_S),
+    help="Seconds before the 2nd attempt, doubled at each retry, at most 1 day  [default: 2]",
+)
+@click.option(
+    "--max-backoff",
+    type=Seconds(0, MAX_MAX_BACKOFF_S),
+    help="Cap of the retry backoff (+-10% jitter), at most 7 days  [default: 3600]",
+)
+@click.option("--requires", multiple=True, help="SEP capability needed (repeatable); '' for none.")
+@click.option("--description")
+@click.option(
+    "--release",
+    multiple=True,
+    type=click.Choice([*TRANSACTION_FIELDS, "all"]),
+    help="Hand a field you set back to the app: the next tx sync sets it (repeatable).",
+)
 @pass_app
 def define(
     app: App,
     transid: str,
-    program: str,
-    priority: int,
+    program: str | None,
+    priority: int | None,
     cls: str | None,
     timeout: float | None,
-    max_attempts: int,
+    max_attempts: int | None,
+    retry_backoff: float | None,
+    max_backoff: float | None,
     requires: tuple[str, ...],
-    description: str,
+    description: str | None,
+    release: tuple[str, ...],
 ) -> None:
-    """Define (or redefine) transaction TRANSID."""
+    """Define (or redefine) transaction TRANSID.
+
+    Only the options given change; the fields you set stick: tx sync (run by sep start
+    and up) leaves them as you set them until you set them again or --release them."""
+    ctx = click.get_current_context()
+    given = [
+        field
+        for name, field in _FIELD_OF.items()
+        if ctx.get_parameter_source(name)
+        in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+    ]
+    if not given and not release:
+        raise click.UsageError("nothing to define: give --program and/or other options")
     row = app.region(ensure=True).define_transaction(
         transid,
         program,
         priority=priority,
-        cls=cls,
-        timeout_s=timeout,
+        cls=cls or None,
+        timeout_s=timeout or None,
         max_attempts=max_attempts,
-        requires=requires,
+        retry_backoff_s=retry_backoff,
+        max_backoff_s=max_backoff,
+        requires=[r for r in requires if r],
         description=description,
+        given=given,
+        by="operator",
+        release=TRANSACTION_FIELDS if "all" in release else release,
     )
     click.echo(f"defined {row['transid']} -> {row['program']} (priority {row['priority']})")
 
@@ -51,7 +142,7 @@ def define(
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @pass_app
 def list_(app: App, as_json: bool) -> None:
-    """List the region's transactions."""
+    """List the region's transactions (* marks what an operator set with tx define)."""
     rows = app.region().transactions()
     if as_json:
         echo_json(rows)
@@ -59,9 +150,32 @@ def list_(app: App, as_json: bool) -> None:
     if not rows:
         click.echo("no transactions defined (dispatcher tx define, or tx sync --app MODULE)")
         return
-    click.echo(f"{'TRANSID':12} {'PRIO':>4} {'CLASS':10} PROGRAM")
+    click.echo(
+        f"{'TRANSID':12} {'PRIO':>5} {'CLASS':10} {'TIMEOUT':>8} {'ATTEMPTS':>9} "
+        f"{'BACKOFF':>8} {'MAXBACKOFF':>10}  PROGRAM"
+    )
     for r in rows:
-        click.echo(f"{r['transid']:12} {r['priority']:>4} {r['class'] or '-':10} {r['program']}")
+        mine = set(r["operator_set"])
+        timeout = "-" if r["timeout_s"] is None else f"{r['timeout_s']:g}"
+        cells = [
+            _mark(r["priority"], "priority" in mine).rjust(5),
+            _mark(r["class"] or "-", "class" in mine).ljust(10),
+            _mark(timeout, "timeout" in mine).rjust(8),
+            _mark(r["max_attempts"], "max_attempts" in mine).rjust(9),
+            _mark(f"{r['retry_backoff_s']:g}", "retry_backoff" in mine).rjust(8),
+            _mark(f"{r['max_backoff_s']:g}", "max_backoff" in mine).rjust(10),
+        ]
+        requires = ",".join(r["requires"])
+        requires = f"  requires {_mark(requires, 'requires' in mine)}" if requires else ""
+        click.echo(
+            f"{r['transid']:12} {' '.join(cells)}  "
+            f"{_mark(r['program'], 'program' in mine)}{requires}"
+        )
+
+
+def _mark(value: object, operator_set: bool) -> str:
+    """A cell of tx list: the value, with * when an operator set it."""
+    return f"{value}*" if operator_set else str(value)
 
 
 @tx.command("sync")

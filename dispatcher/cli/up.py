@@ -191,6 +191,17 @@ def up(
                 if rc is None:
                     continue
                 now = time.monotonic()
+                if c.name == "seps" and rc == 0:
+                    if c.next_start != float("inf"):
+                        # the SEP supervisor ends well only when an operator stopped its
+                        # last SEP (dispatcher sep stop): that decision stands; a crash
+                        # (any other exit) is restarted below
+                        c.next_start = float("inf")
+                        log.warning(
+                            "seps_stopped_by_operator",
+                            hint=f"start SEPs again with: dispatcher sep start --app {app_module}",
+                        )
+                    continue
                 if c.next_start == 0.0:
                     c.restarts += 1
                     delay = min(30.0, 0.5 * 2 ** min(c.restarts, 6))

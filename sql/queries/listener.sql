@@ -32,12 +32,6 @@ SELECT next_transid, commarea FROM dispatcher.session WHERE id = %(session)s;
 -- name: outcomes
 SELECT id, state, result, error FROM dispatcher.request_history WHERE id = ANY(%(ids)s);
 
--- name: held_by_dead_sep
--- In-flight requests whose SEP is gone (dead or left) while the request still names it.
-SELECT r.id FROM dispatcher.request r
-LEFT JOIN dispatcher.sep s ON s.id = r.sep_id
-WHERE r.id = ANY(%(ids)s) AND r.sep_id IS NOT NULL AND (s.id IS NULL OR s.state = 'dead');
-
 -- name: bind_session
 -- The session's task is in a conversation with this SEP: if the SEP dies, the request
 -- fails (SEPLost) instead of running again from its start.

@@ -16,5 +16,3 @@ SELECT id, region, transid, state, attempt, sep_id, payload, result, error,
     priority, session_id, origin, enqueued_at, dispatched_at, started_at, finished_at
 FROM dispatcher.request_history WHERE id = %(id)s AND region = %(region)s;
 
--- name: request_outcome
-SELECT state, result, error FROM dispatcher.request_history WHERE id = %(id)s;

@@ -31,9 +31,6 @@ SELECT s.id, s.host, s.pid, s.state, s.paused, s.stop_requested, s.standby, s.ca
 FROM dispatcher.sep s JOIN dispatcher.region r ON r.name = s.region
 WHERE s.region = %(region)s ORDER BY s.id;
 
--- name: live_sep_ids
-SELECT id FROM dispatcher.sep WHERE region = %(region)s AND state <> 'dead' ORDER BY id;
-
 -- name: session_listener_address
 SELECT l.address FROM dispatcher.session s JOIN dispatcher.listener l ON l.id = s.listener_id
 WHERE s.id = %(session)s;
@@ -59,3 +56,26 @@ SELECT * FROM dispatcher.claim_batch_v1(%(sep)s, %(take)s);
 -- name: complete_many
 SELECT * FROM dispatcher.complete_many_v1(%(sep)s, %(report)s::jsonb, %(clock)s,
     %(release)s::bigint[], %(take)s, %(running)s);
+
+-- name: sep_of_process
+-- The live SEP that a supervisor's child process registered (sep/supervisor.py).
+SELECT id FROM dispatcher.sep
+WHERE region = %(region)s AND host = %(host)s AND pid = %(pid)s AND state <> 'dead';
+
+-- name: overdue_seps
+-- The supervisor's watchdog: SEPs among its children (host, pids) whose current task
+-- has run longer than its transaction's timeout plus GRACE seconds (a task handed over
+-- by a listener runs while still 'dispatched': it counts from its dispatch).
+SELECT s.id AS sep_id, s.pid, r.id AS request_id, r.attempt, x.timeout_s
+FROM dispatcher.sep s
+JOIN dispatcher.request r ON r.id = s.current_request AND r.sep_id = s.id
+JOIN dispatcher.transaction x ON x.region = r.region AND x.transid = r.transid
+WHERE s.region = %(region)s AND s.host = %(host)s AND s.pid = ANY (%(pids)s::integer[])
+  AND s.state <> 'dead' AND r.state IN ('dispatched', 'running') AND x.timeout_s IS NOT NULL
+  AND coalesce(r.started_at, r.dispatched_at)
+      < clock_timestamp() - make_interval(secs => x.timeout_s + %(grace)s);
+
+-- name: end_backend
+-- A SEP whose task overran: end the backend of its task's connection (its transaction
+-- rolls back and its locks go at once, even while a statement runs).
+SELECT pg_terminate_backend(%(pid)s) AS ended;

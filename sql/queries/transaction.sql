@@ -1,10 +1,12 @@
 -- name: define_transaction
-SELECT * FROM dispatcher.define_transaction_v1(%(region)s, %(transid)s, %(program)s,
-    %(priority)s, %(class)s, %(timeout_s)s, %(max_attempts)s, %(requires)s, %(description)s);
+SELECT * FROM dispatcher.define_transaction_v2(%(region)s, %(transid)s, %(given)s, %(by)s,
+    %(program)s, %(priority)s, %(class)s, %(timeout_s)s, %(max_attempts)s,
+    %(retry_backoff_s)s, %(max_backoff_s)s, %(requires)s, %(description)s, %(app)s,
+    %(release)s);
 
 -- name: list_transactions
-SELECT transid, program, priority, class, timeout_s, max_attempts, retry_backoff_s, requires,
-    description, updated_at
+SELECT transid, program, priority, class, timeout_s, max_attempts, retry_backoff_s,
+    max_backoff_s, requires, description, operator_set, updated_at
 FROM dispatcher.transaction WHERE region = %(region)s ORDER BY transid;
 
 -- name: set_class
