@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -142,7 +143,10 @@ class Supervisor:
     def _on_signal(self, signum: int, _frame: Any) -> None:
         if not self.stopping:
             self.stopping = True
-            self.log.info("supervisor_stopping", signal=signum)
+            # logged from a thread: the handler may have interrupted a write to stderr
+            threading.Thread(
+                target=self.log.info, args=("supervisor_stopping",), kwargs={"signal": signum}
+            ).start()
 
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self._on_signal)

@@ -214,13 +214,15 @@ class Worker:
     def _on_term(self, signum: int, _frame: Any) -> None:
         if not self.stopping:
             self.stopping = True
-            self.log.info("sep_stopping", signal=signum)
-            self.events.put(("stop", None))
-            # a conversation waiting for its client would hold the stop up: end it (from
-            # a thread: this handler may have interrupted the queue it would touch)
-            threading.Thread(
-                target=self._end_conversations, args=("the SEP is stopping",), daemon=True
-            ).start()
+            # the rest from a thread: this handler may have interrupted the main thread
+            # while it held the lock of the event queue or of stderr (not reentrant)
+            threading.Thread(target=self._stopping, args=(signum,), daemon=True).start()
+
+    def _stopping(self, signum: int) -> None:
+        self.log.info("sep_stopping", signal=signum)
+        self.events.put(("stop", None))
+        # a conversation waiting for its client would hold the stop up: end it
+        self._end_conversations("the SEP is stopping")
 
     def _end_conversations(self, why: str) -> None:
         with self.inputs_lock:
