@@ -238,3 +238,23 @@ def test_a_call_that_succeeds_on_its_third_attempt_answers_its_result(
         reply = w.read()
         assert reply["type"] == "result", reply
         assert reply["data"] == {"attempt": 3}
+
+
+@pytest.mark.parametrize("data", [None, "surrogate"], ids=["nul", "surrogate"])
+def test_a_result_postgres_refuses_abends_its_task_alone(
+    live: tuple[str, str, Region], data: Any
+) -> None:
+    """A program returning a value PostgreSQL cannot store: its call gets one abend
+    (InvalidValue, stored), its SEP goes on, and the next call runs."""
+    address, token, region = live
+    with _session(address, token) as w:
+        w.send({"type": "call", "id": 1, "transid": "NULOUT", "data": data})
+        accepted = w.read()
+        assert accepted["type"] == "accepted"
+        reply = w.read()
+        assert reply["type"] == "error" and reply["code"] == "abend", reply
+        assert reply["detail"]["type"] == "InvalidValue"
+        assert region.request(accepted["request_id"])["state"] == "failed"
+        w.send({"type": "call", "id": 2, "transid": "ECHO", "data": "next"})
+        assert w.read()["type"] == "accepted"
+        assert w.read()["data"] == "next"
