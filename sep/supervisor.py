@@ -12,7 +12,9 @@ its task abended with TaskTimeout. When the operator stops the SEPs that were ru
 
 from __future__ import annotations
 
+import glob
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -37,6 +39,7 @@ from .worker import (
     EXIT_TIMED_OUT,
     TIMEOUT_GRACE,
     end_overdue_task,
+    sockdir_glob,
     timeout_error,
 )
 
@@ -194,6 +197,8 @@ class Supervisor:
             return False
         pid = slot.proc.pid
         slot.proc = None
+        for leftover in glob.glob(sockdir_glob(pid)):  # a child that died left its socket
+            shutil.rmtree(leftover, ignore_errors=True)
         if rc in (EXIT_STOPPED, EXIT_KILLED) and not self.stopping:
             # `dispatcher sep stop [--force]`: the operator's word is final
             slot.restart_at = float("inf")

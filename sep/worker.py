@@ -12,6 +12,7 @@ import asyncio
 import collections
 import os
 import queue
+import shutil
 import signal
 import socket
 import tempfile
@@ -129,6 +130,14 @@ class SEPConfig:
     batch_window: float = 0.005  # s an outcome may wait in a batch before it is reported
 
 
+SOCKDIR_PREFIX = "dispatcher-sep-"
+
+
+def sockdir_glob(pid: int) -> str:
+    """The pattern of the channel socket folder of SEP process PID."""
+    return str(Path(tempfile.gettempdir()) / f"{SOCKDIR_PREFIX}{pid}-*")
+
+
 class _Stop(Exception):
     pass
 
@@ -162,7 +171,8 @@ class Worker:
         self.dead = False
         self.conn: psycopg.Connection[Any] | None = None
         self.loop = asyncio.new_event_loop()
-        self._sockdir = Path(tempfile.mkdtemp(prefix="dispatcher-sep-"))
+        # named by pid: a supervisor removes the folder of a child that died (sockdir_glob)
+        self._sockdir = Path(tempfile.mkdtemp(prefix=f"{SOCKDIR_PREFIX}{os.getpid()}-"))
         self.address = ""
         self._server: socket.socket | None = None
         self._batch = Batch(self, config.batch, config.batch_window)
@@ -737,6 +747,7 @@ class Worker:
         self.links.close()
         if self._server is not None:
             self._server.close()
+        shutil.rmtree(self._sockdir, ignore_errors=True)
         if self.dead or self.conn is None:
             return
         try:

@@ -3,6 +3,7 @@ operator's stop ends the restart loop (docs/sep.md, "Running SEPs")."""
 
 from __future__ import annotations
 
+import glob
 import os
 import signal
 import subprocess
@@ -17,6 +18,7 @@ from click.testing import CliRunner
 from dispatcher.cli import cli
 from dispatcher.region import Region
 from sep.program import sync_app
+from sep.worker import sockdir_glob
 
 from .seps import ROOT, sep_env, wait_final, wait_registered
 
@@ -83,6 +85,11 @@ def test_a_killed_sep_is_fenced_and_replaced_at_once(region: Region, db_url: str
         assert time.monotonic() - killed < 8  # the region declares silence dead after 15 s
         row = wait_final(region, e.request_id, timeout=30)
         assert row["state"] == "done" and row["attempt"] == 2 and row["sep_id"] != victim
+        assert glob.glob(sockdir_glob(pid)) == []  # the dead child's socket folder is gone
+        survivors = [s["pid"] for s in _live(region)]
+        assert all(glob.glob(sockdir_glob(p)) for p in survivors)
+    # stopped gracefully, the others removed theirs
+    assert [p for p in survivors if glob.glob(sockdir_glob(p))] == []
 
 
 def test_operator_stop_ends_a_pending_restart(region: Region, db_url: str) -> None:
