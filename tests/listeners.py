@@ -34,6 +34,16 @@ def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 30) -> 
 
 @contextmanager
 def running_listener(db_url: str, region: str, *extra: str) -> Iterator[str]:
+    """A listener process: its address."""
+    with listener_process(db_url, region, *extra) as (address, _):
+        yield address
+
+
+@contextmanager
+def listener_process(
+    db_url: str, region: str, *extra: str
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A listener process: (its address, the process)."""
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "dispatcher", "listener", "--port", str(port), *extra],
@@ -42,7 +52,7 @@ def running_listener(db_url: str, region: str, *extra: str) -> Iterator[str]:
     )
     try:
         wait_port(port, proc)
-        yield f"127.0.0.1:{port}"
+        yield f"127.0.0.1:{port}", proc
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)

@@ -70,3 +70,35 @@ def wait_final(region: Region, request_id: int, timeout: float = 30) -> dict[str
             return row
         time.sleep(0.01)
     raise AssertionError(f"request {request_id} not finished in {timeout} s: {row}")
+
+
+def sep_start(
+    db_url: str, count: int, app: str = "tests.apps.basic", *extra: str
+) -> subprocess.Popen[bytes]:
+    """`dispatcher sep start --app APP --count COUNT` (a supervisor) as a real process."""
+    return subprocess.Popen(
+        [
+            *(sys.executable, "-m", "dispatcher", "sep", "start"),
+            *("--app", app, "--count", str(count), *extra),
+        ],
+        env=sep_env(db_url, "test"),
+        cwd=ROOT,
+    )
+
+
+@contextmanager
+def supervised(
+    db_url: str, count: int = 1, app: str = "tests.apps.basic"
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A supervisor of COUNT SEPs, registered; SIGTERM (then SIGKILL after 30 s) at the end."""
+    proc = sep_start(db_url, count, app)
+    try:
+        wait_registered(db_url, "test", count)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()

@@ -8,8 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -18,31 +16,11 @@ from dispatcher.region import Region
 from dispatcher.tokens import create_token
 from sep.program import sync_app
 
-from .listeners import free_port, wait_port
+from .listeners import free_port, listener_process, wait_port
 from .seps import ROOT, running_seps, sep_env, start_sep, wait_final, wait_registered
 from .wire import Wire
 
 APP = "tests.apps.timeouts"
-
-
-@contextmanager
-def listener_process(db_url: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "dispatcher", "listener", "--port", str(port)],
-        env=sep_env(db_url, "test"),
-        cwd=ROOT,
-    )
-    try:
-        wait_port(port, proc)
-        yield f"127.0.0.1:{port}", proc
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 def _chat_waiting(address: str, token: str) -> tuple[Wire, int]:
@@ -75,7 +53,7 @@ def test_an_abandoned_conversation_frees_its_sep(region: Region, db_url: str, ho
     program gets SessionEnded at once and the SEP serves the next client."""
     sync_app(region, APP)
     token = create_token(region, "tester")
-    with running_seps(db_url, "test", 1, app=APP), listener_process(db_url) as (address, _):
+    with running_seps(db_url, "test", 1, app=APP), listener_process(db_url, "test") as (address, _):
         wire, request_id = _chat_waiting(address, token)
         if how == "bye":
             wire.send({"type": "bye"})
@@ -93,7 +71,10 @@ def test_a_stopping_listener_ends_its_conversations(region: Region, db_url: str)
     and the conversation ends with SessionEnded."""
     sync_app(region, APP)
     token = create_token(region, "tester")
-    with running_seps(db_url, "test", 1, app=APP), listener_process(db_url) as (address, proc):
+    with (
+        running_seps(db_url, "test", 1, app=APP),
+        listener_process(db_url, "test") as (address, proc),
+    ):
         wire, request_id = _chat_waiting(address, token)
         stopped = time.monotonic()
         proc.send_signal(signal.SIGTERM)
@@ -113,7 +94,7 @@ def test_a_stopping_sep_ends_its_conversation_and_never_reruns_it(
     sep = start_sep(db_url, "test", APP)
     try:
         wait_registered(db_url, "test", 1)
-        with listener_process(db_url) as (address, _):
+        with listener_process(db_url, "test") as (address, _):
             wire, request_id = _chat_waiting(address, token)
             stopped = time.monotonic()
             sep.send_signal(signal.SIGTERM)

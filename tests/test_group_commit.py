@@ -14,11 +14,11 @@ from dispatcher.region import Region
 from listener.server import GroupCommit
 
 
-def test_requests_arriving_together_share_commits(region: Region, db_url: str, conn: Any) -> None:
-    """200 requests submitted at once are committed in far fewer transactions; a bad
-    TRANSID among them fails alone, and every other request is queued."""
-    region.define_transaction("ECHO", "app:echo")
-    sessions = [region.register_session(user="u") for _ in range(200)]
+def _submit_together(
+    db_url: str, items: list[tuple[str, Any, Any]], max_batch: int, parallel: int
+) -> list[Any]:
+    """Submit ITEMS (transid, data, session) to one GroupCommit at once: each one's
+    Enqueued, or the exception it got."""
 
     async def main() -> list[Any]:
         pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
@@ -29,21 +29,27 @@ def test_requests_arriving_together_share_commits(region: Region, db_url: str, c
             kwargs={"autocommit": True, "row_factory": dict_row},
         )
         await pool.open()
-        gc = GroupCommit(pool, "test", max_batch=100, parallel=2)
+        gc = GroupCommit(pool, "test", max_batch=max_batch, parallel=parallel)
         runner = asyncio.create_task(gc.run())
         try:
             return await asyncio.gather(
-                *(
-                    gc.submit("NOPE" if i == 77 else "ECHO", i, sid, None)
-                    for i, sid in enumerate(sessions)
-                ),
-                return_exceptions=True,
+                *(gc.submit(t, d, sid, None) for t, d, sid in items), return_exceptions=True
             )
         finally:
             runner.cancel()
             await pool.close()
 
-    results = asyncio.run(main())
+    return asyncio.run(main())
+
+
+def test_requests_arriving_together_share_commits(region: Region, db_url: str, conn: Any) -> None:
+    """200 requests submitted at once are committed in far fewer transactions; a bad
+    TRANSID among them fails alone, and every other request is queued."""
+    region.define_transaction("ECHO", "app:echo")
+    sessions = [region.register_session(user="u") for _ in range(200)]
+
+    items = [("NOPE" if i == 77 else "ECHO", i, sid) for i, sid in enumerate(sessions)]
+    results = _submit_together(db_url, items, max_batch=100, parallel=2)
     bad = [r for r in results if isinstance(r, BaseException)]
     assert len(bad) == 1 and isinstance(bad[0], UnknownTransaction)
     assert isinstance(results[77], UnknownTransaction)
@@ -96,30 +102,8 @@ def test_a_refused_value_spoils_no_other_request_of_its_batch(
     region.define_transaction("ECHO", "app:echo")
     sessions = [region.register_session(user="u") for _ in range(40)]
 
-    async def main() -> list[Any]:
-        pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
-            db_url,
-            min_size=2,
-            max_size=4,
-            open=False,
-            kwargs={"autocommit": True, "row_factory": dict_row},
-        )
-        await pool.open()
-        gc = GroupCommit(pool, "test", max_batch=40, parallel=1)
-        runner = asyncio.create_task(gc.run())
-        try:
-            return await asyncio.gather(
-                *(
-                    gc.submit("ECHO", bad if i == 17 else {"n": i}, sid, None)
-                    for i, sid in enumerate(sessions)
-                ),
-                return_exceptions=True,
-            )
-        finally:
-            runner.cancel()
-            await pool.close()
-
-    results = asyncio.run(main())
+    items = [("ECHO", bad if i == 17 else {"n": i}, sid) for i, sid in enumerate(sessions)]
+    results = _submit_together(db_url, items, max_batch=40, parallel=1)
     assert isinstance(results[17], InvalidValue), results[17]
     assert [i for i, r in enumerate(results) if isinstance(r, BaseException)] == [17]
     row = conn.execute("SELECT count(*) AS n FROM dispatcher.request").fetchone()

@@ -15,7 +15,7 @@ from dispatcher.cli import cli
 from dispatcher.region import Region
 from sep.program import sync_app
 
-from .seps import ROOT, running_seps, sep_env, start_sep, wait_final, wait_registered
+from .seps import ROOT, running_seps, sep_env, sep_start, start_sep, wait_final, wait_registered
 
 
 def _run(db_url: str, *args: str) -> Any:
@@ -24,28 +24,9 @@ def _run(db_url: str, *args: str) -> Any:
     )
 
 
-def _sep_start(db_url: str, count: int) -> subprocess.Popen[bytes]:
-    """`dispatcher sep start` of the test app, as a real process."""
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "dispatcher",
-            "sep",
-            "start",
-            "--app",
-            "tests.apps.basic",
-            "--count",
-            str(count),
-        ],
-        env=sep_env(db_url, "test"),
-        cwd=ROOT,
-    )
-
-
 def test_sep_start_stops_gracefully_on_sigterm(region: Region, db_url: str) -> None:
     """`dispatcher sep start` as a process: SIGTERM lets the running task finish."""
-    proc = _sep_start(db_url, 2)
+    proc = sep_start(db_url, 2)
     try:
         wait_registered(db_url, "test", 2)
         e = region.enqueue("HOLD", {"seconds": 1.0})
@@ -155,7 +136,7 @@ def test_sep_stop_force_ends_a_long_task_at_once(region: Region, db_url: str) ->
 def test_supervisor_respects_operator_stop(region: Region, db_url: str) -> None:
     """A SEP stopped by `dispatcher sep stop` is not restarted by its supervisor; when
     the operator has stopped them all, the supervisor exits by itself."""
-    proc = _sep_start(db_url, 2)
+    proc = sep_start(db_url, 2)
     try:
         wait_registered(db_url, "test", 2)
         first = region.seps()[0]["id"]

@@ -4,11 +4,7 @@ in bounded time (docs/sep.md, "Timeouts")."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import psycopg
@@ -18,7 +14,7 @@ from dispatcher.region import Region
 from sep.program import sync_app
 from sep.worker import EXIT_TIMED_OUT
 
-from .seps import ROOT, running_seps, sep_env, start_sep, wait_final, wait_registered
+from .seps import running_seps, start_sep, supervised, wait_final, wait_registered
 
 APP = "tests.apps.timeouts"
 
@@ -28,25 +24,6 @@ def app_region(region: Region, conn: psycopg.Connection[dict[str, Any]]) -> Regi
     sync_app(region, APP)
     conn.execute("UPDATE dispatcher.transaction SET retry_backoff_s = 0")
     return region
-
-
-@contextmanager
-def supervised(db_url: str, count: int = 1) -> Iterator[subprocess.Popen[bytes]]:
-    """`dispatcher sep start --app tests.apps.timeouts --count N` as a real process."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "dispatcher", "sep", "start", "--app", APP, "--count", str(count)],
-        env=sep_env(db_url, "test"),
-        cwd=ROOT,
-    )
-    try:
-        wait_registered(db_url, "test", count)
-        yield proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 def _timed_out(row: dict[str, Any]) -> bool:
@@ -92,7 +69,7 @@ def test_a_task_that_overran_runs_again_by_its_policy_on_a_new_sep(
     app_region: Region, db_url: str
 ) -> None:
     """With attempts left, an overrun task runs again; the supervisor replaced its SEP."""
-    with supervised(db_url):
+    with supervised(db_url, 1, APP):
         e = app_region.enqueue("T_RETRY", None)
         row = wait_final(app_region, e.request_id, timeout=30)
         assert row["state"] == "done" and row["result"] == {"attempt": 2}, row
@@ -105,7 +82,7 @@ def test_a_sep_stuck_in_a_c_call_is_ended_by_its_supervisor(
 ) -> None:
     """A C call that holds the GIL stops the SEP's own watchdog: its supervisor kills the
     process, abends the task with TaskTimeout and starts a new SEP."""
-    with supervised(db_url):
+    with supervised(db_url, 1, APP):
         started = time.monotonic()
         e = app_region.enqueue("T_GIL", None)
         row = wait_final(app_region, e.request_id, timeout=30)
@@ -127,7 +104,7 @@ def test_a_stuck_task_handed_over_by_a_listener_is_ended_too(
     from .wire import Wire
 
     token = create_token(app_region, "tester")
-    with supervised(db_url), running_listener(db_url, "test") as address:
+    with supervised(db_url, 1, APP), running_listener(db_url, "test") as address:
         wire = Wire(address)
         assert wire.hello(token)["type"] == "welcome"
         wire.send({"type": "call", "id": 1, "transid": "T_GIL", "data": None})

@@ -6,11 +6,7 @@ from __future__ import annotations
 import glob
 import os
 import signal
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 from click.testing import CliRunner
@@ -20,36 +16,7 @@ from dispatcher.region import Region
 from sep.program import sync_app
 from sep.worker import sockdir_glob
 
-from .seps import ROOT, sep_env, wait_final, wait_registered
-
-
-@contextmanager
-def supervisor(db_url: str, count: int) -> Iterator[subprocess.Popen[bytes]]:
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "dispatcher",
-            "sep",
-            "start",
-            "--app",
-            "tests.apps.basic",
-            "--count",
-            str(count),
-        ],
-        env=sep_env(db_url, "test"),
-        cwd=ROOT,
-    )
-    try:
-        wait_registered(db_url, "test", count)
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+from .seps import supervised, wait_final
 
 
 def _live(region: Region) -> list[dict[str, Any]]:
@@ -71,7 +38,7 @@ def test_a_killed_sep_is_fenced_and_replaced_at_once(region: Region, db_url: str
     heartbeat would have declared it dead."""
     region.set(max_seps=3)
     sync_app(region, "tests.apps.basic")
-    with supervisor(db_url, 3):
+    with supervised(db_url, 3):
         e = region.enqueue("HOLD", {"seconds": 2})
         assert _wait(lambda: region.request(e.request_id)["state"] == "running", 10)
         victim = region.request(e.request_id)["sep_id"]
@@ -96,7 +63,7 @@ def test_operator_stop_ends_a_pending_restart(region: Region, db_url: str) -> No
     """A slot waiting to restart (its SEP died, no room) is not restarted once the
     operator has stopped the SEPs that run: the supervisor exits."""
     region.set(max_seps=3)
-    with supervisor(db_url, 3) as proc:
+    with supervised(db_url, 3) as proc:
         region.set(max_seps=2)  # the newest SEP turns standby at its next heartbeat
         assert _wait(lambda: any(s["standby"] for s in region.seps()), 10)
         standby = next(s for s in region.seps() if s["standby"])
