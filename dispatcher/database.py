@@ -48,6 +48,11 @@ def database_url(settings: Settings) -> str:
         return settings.database_url
     settings.home.mkdir(parents=True, exist_ok=True)
     ep = _embedded()
+    if not embedded_running(settings):
+        # the package keeps one handle per data folder, and hands back the same one even
+        # after its server died: forget it, so that the server is started again
+        instances = getattr(getattr(ep, "PostgresServer", None), "_instances", {})
+        instances.pop(settings.pgdata.expanduser().resolve(), None)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:

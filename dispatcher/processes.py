@@ -1,15 +1,44 @@
-"""Stopping child processes: SIGTERM, a grace period, then SIGKILL."""
+"""Child processes: they end with their parent; stopping them: SIGTERM, a grace period,
+then SIGKILL."""
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["stop_processes"]
+__all__ = ["PARENT_ENV", "child_env", "die_with_parent", "stop_processes"]
+
+# set by a parent (``up``, a SEP supervisor) for its children: the parent's pid
+PARENT_ENV = "DISPATCHER_PARENT_PID"
+_PR_SET_PDEATHSIG = 1
+
+
+def child_env(env: dict[str, str]) -> dict[str, str]:
+    """ENV for a child that must not outlive this process (see die_with_parent)."""
+    return {**env, PARENT_ENV: str(os.getpid())}
+
+
+def die_with_parent() -> None:
+    """In a child started with child_env: get SIGTERM when the parent dies, even by
+    kill -9 (Linux), so that no listener, monitor or SEP is left behind, orphaned; it then
+    stops as on any SIGTERM (a SEP finishes its task). Elsewhere, or when not started by
+    such a parent, nothing happens."""
+    wanted = os.environ.pop(PARENT_ENV, None)
+    if wanted is None or not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if str(os.getppid()) != wanted:  # the parent died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def stop_processes(

@@ -16,12 +16,14 @@ from dispatcher.config import Settings
 from dispatcher.database import database_url
 from dispatcher.errors import DispatcherError, NoRoom
 from dispatcher.logs import configure_logging
+from dispatcher.processes import die_with_parent
 
 from .program import AppError
 from .worker import SEPConfig, Worker
 
 
 def main(argv: list[str] | None = None) -> int:
+    die_with_parent()  # a SEP started by a supervisor ends with it
     parser = argparse.ArgumentParser(prog="python -m sep", description=__doc__)
     parser.add_argument("--app", help="module whose @program transactions to run")
     parser.add_argument("--capability", action="append", default=[], dest="capabilities")

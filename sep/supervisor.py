@@ -29,7 +29,7 @@ import psycopg
 from dispatcher.database import connect
 from dispatcher.errors import DispatcherError, NoRoom
 from dispatcher.logs import get_logger
-from dispatcher.processes import stop_processes
+from dispatcher.processes import child_env, stop_processes
 from dispatcher.region import Region
 
 from .worker import (
@@ -139,7 +139,7 @@ class Supervisor:
 
     def _start(self, slot: _Slot) -> None:
         env = {**os.environ, "DISPATCHER_DATABASE_URL": self.url, "DISPATCHER_REGION": self.region}
-        slot.proc = subprocess.Popen(self._argv(), env=env)
+        slot.proc = subprocess.Popen(self._argv(), env=child_env(env))  # ends with us
         slot.started_at = time.monotonic()
         self.log.info("sep_process_started", slot=slot.index, pid=slot.proc.pid)
 

@@ -102,8 +102,10 @@ def cli(ctx: click.Context, region_name: str | None, log_format: str, log_level:
     everything at an existing server instead.
     """
     from ..logs import configure_logging
+    from ..processes import die_with_parent
 
     configure_logging(log_format, log_level)
+    die_with_parent()  # a listener, monitor or supervisor started by `up` ends with it
     ctx.obj = App.from_env(region_name)
     ctx.call_on_close(ctx.obj.close)
 

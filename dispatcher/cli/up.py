@@ -18,10 +18,11 @@ from dataclasses import dataclass, field
 
 import click
 
-from ..database import embedded_running, stop_embedded
+from ..database import Backoff, database_url, embedded_running, stop_embedded
+from ..errors import DispatcherError
 from ..logs import get_logger
 from ..migrate import ensure_schema
-from ..processes import stop_processes
+from ..processes import child_env, stop_processes
 from ._app import App, pass_app
 
 log = get_logger("dispatcher.up")
@@ -39,7 +40,8 @@ class Child:
     started: list[float] = field(default_factory=list)
 
     def start(self, env: dict[str, str]) -> None:
-        self.proc = subprocess.Popen(self.argv, env=env, start_new_session=True)
+        # its own process group (Ctrl-C reaches only up); it ends with up, even on kill -9
+        self.proc = subprocess.Popen(self.argv, env=child_env(env), start_new_session=True)
         self.started.append(time.monotonic())
         log.info("process_started", process=self.name, pid=self.proc.pid)
 
@@ -183,8 +185,11 @@ def up(
                 f"Ctrl-C stops everything.\n",
                 err=True,
             )
+        watch = None if settings.database_url else EmbeddedWatch(app)
         while not stopping:
             time.sleep(0.2)
+            if watch is not None:
+                watch.check()
             for c in children:
                 assert c.proc is not None
                 rc = c.proc.poll()
@@ -219,6 +224,40 @@ def up(
             stop_embedded(settings)
             log.info("database_stopped", pgdata=str(settings.pgdata))
         click.echo("region stopped", err=True)
+
+
+class EmbeddedWatch:
+    """Keeps the embedded PostgreSQL of this home running while ``up`` runs: a server that
+    died (kill -9, out of memory) is started again with backoff; the listener, SEPs and
+    monitor reconnect by themselves."""
+
+    def __init__(self, app: App, every: float = 1.0) -> None:
+        self.settings = app.settings
+        self.every = every
+        self.next_check = time.monotonic() + every
+        self.backoff = Backoff(first=0.5, max_delay=10.0)
+        self.down_since: float | None = None
+
+    def check(self) -> None:
+        now = time.monotonic()
+        if now < self.next_check:
+            return
+        self.next_check = now + self.every
+        if embedded_running(self.settings):
+            return
+        if self.down_since is None:
+            self.down_since = now
+            log.warning("database_down", pgdata=str(self.settings.pgdata))
+        try:
+            database_url(self.settings)  # starts the server of this home
+        except DispatcherError as exc:
+            delay = self.backoff.next_delay()
+            self.next_check = now + delay
+            log.warning("database_restart_failed", error=str(exc), retry_in_s=delay)
+            return
+        log.warning("database_restarted", down_s=round(now - self.down_since, 1))
+        self.down_since = None
+        self.backoff.reset()
 
 
 def _stop_all(children: list[Child], grace: float = 60.0) -> None:

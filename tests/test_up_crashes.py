@@ -1,0 +1,121 @@
+"""`dispatcher up` when its parts crash: a SEP supervisor, the embedded PostgreSQL, and
+`up` itself killed with -9 (real processes, a fresh home)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import psutil
+import pytest
+
+from .listeners import free_port
+
+
+def _wait(condition: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.2)
+    return condition()
+
+
+def _dispatcher(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "dispatcher", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def _seps(up: psutil.Process) -> list[psutil.Process]:
+    """The SEP processes (python -m sep) anywhere below UP."""
+    return [
+        p
+        for p in up.children(recursive=True)
+        if "sep" in p.cmdline()[1:3] and "-m" in p.cmdline()[1:2]
+    ]
+
+
+def _postmaster(home: Path) -> int:
+    return int((home / "pgdata" / "postmaster.pid").read_text().split("\n", 1)[0])
+
+
+@pytest.mark.slow
+def test_up_outlives_crashes_of_its_parts_and_leaves_nothing_when_killed(tmp_path: Path) -> None:
+    """kill -9 of the SEP supervisor: its SEPs end too and up's restart brings back exactly
+    --seps; kill -9 of PostgreSQL: up starts it again and calls succeed; kill -9 of up:
+    every process it started ends by itself."""
+    port = free_port()
+    home = tmp_path / "home"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DISPATCHER_")}
+    env["DISPATCHER_HOME"] = str(home)
+    log = (tmp_path / "up.log").open("w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dispatcher", "up", "--seps", "2", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=log,
+    )
+    address = ["--address", f"127.0.0.1:{port}"]
+    up = psutil.Process(proc.pid)
+    try:
+        assert _wait(lambda: "is up" in (tmp_path / "up.log").read_text(), 120)
+        assert _wait(lambda: len(_seps(up)) == 2, 30)
+
+        # 1. the supervisor dies: its SEPs do not stay behind as orphans
+        (supervisor,) = [p for p in up.children() if "start" in p.cmdline()]
+        old_seps = _seps(up)
+        supervisor.kill()
+        assert _wait(lambda: not any(p.is_running() for p in old_seps), 20), old_seps
+        assert _wait(lambda: len(_seps(up)) == 2, 30)
+        time.sleep(1.0)
+        assert len(_seps(up)) == 2
+        out = _dispatcher(env, "call", "ECHO", "--data", "1", *address)
+        assert out.returncode == 0 and json.loads(out.stdout) == 1, out.stderr
+
+        # 2. PostgreSQL dies: up starts it again (no command of ours touches it here:
+        # any command would start it too), and the region serves again
+        killed = _postmaster(home)
+        os.kill(killed, signal.SIGKILL)
+
+        def restarted() -> bool:
+            try:
+                pid = _postmaster(home)
+            except (OSError, ValueError):
+                return False
+            return pid != killed and psutil.pid_exists(pid)
+
+        assert _wait(restarted, 30), (tmp_path / "up.log").read_text()[-3000:]
+        assert _wait(lambda: "database_restarted" in (tmp_path / "up.log").read_text(), 30)
+
+        def serves() -> bool:
+            out = _dispatcher(env, "call", "ECHO", "--data", "2", *address)
+            return out.returncode == 0 and json.loads(out.stdout) == 2
+
+        assert _wait(serves, 60), (tmp_path / "up.log").read_text()[-3000:]
+
+        # 3. up dies: nothing it started stays behind
+        started = up.children(recursive=True)
+        started = [p for p in started if p.name() != "postgres"]
+        assert started
+        up.kill()
+        proc.wait(10)
+        assert _wait(lambda: not any(p.is_running() for p in started), 30), [
+            (p.pid, p.cmdline()) for p in started if p.is_running()
+        ]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        _dispatcher(env, "db", "stop")
+        log.close()
