@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import math
 import socket
 import struct
 from typing import Any
@@ -81,11 +82,19 @@ def _not_json(constant: str) -> Any:
     raise ValueError(f"{constant} is not a JSON value")
 
 
+def _finite(text: str) -> float:
+    value = float(text)
+    if value in (math.inf, -math.inf):
+        raise ValueError(f"number {text[:40]} is out of the range of a double")
+    return value
+
+
 def parse_json(body: bytes) -> Any:
-    """The JSON value of BODY (strict JSON: no NaN/Infinity); ChannelError for anything
-    else, including nesting too deep to parse and integers too long to convert."""
+    """The JSON value of BODY (strict: UTF-8 without BOM or encoded surrogates, no
+    NaN/Infinity, no number beyond a double); ChannelError for anything else, including
+    nesting too deep to parse and integers too long to convert."""
     try:
-        return json.loads(body, parse_constant=_not_json)
+        return json.loads(body.decode("utf-8"), parse_constant=_not_json, parse_float=_finite)
     except RecursionError:
         raise ChannelError("the JSON is nested too deeply to parse") from None
     except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError, int digit limit

@@ -38,7 +38,9 @@ ERRORS: dict[str, bool] = {
     "no_task_waiting": False,  # input, but no task waits and no RETURN TRANSID is pending
     "unknown_request": False,
     "abend": False,  # the program failed; detail has type, message, traceback
-    "sep_lost": True,  # the SEP running the task died (it is run again)
+    # the SEP running the task died: the request failed for good (a call sent again with
+    # the same key answers the same); only a new call runs it again
+    "sep_lost": False,
     "database_unavailable": True,  # the region database is down or restarting
     "shutting_down": True,  # the listener is stopping
     "result_too_large": False,  # the outcome does not fit in a frame (it stays stored)

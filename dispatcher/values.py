@@ -30,7 +30,7 @@ __all__ = ["MAX_DATA", "MAX_DEPTH", "check_data", "check_text", "encoded_size", 
 MAX_DEPTH = 100
 MAX_DATA = 1024 * 1024
 
-_MAX_INT_BITS = 14284  # 4,300 decimal digits: the most Python converts to text
+_MAX_INT_BITS = 14280  # below this, an integer surely has at most 4,300 digits
 _BAD_CHAR = re.compile("[\x00\ud800-\udfff]")
 
 
@@ -41,6 +41,15 @@ def _bad_char(text: str, what: str, where: str) -> InvalidValue | None:
     ch = found.group()
     kind = "a NUL character (U+0000)" if ch == "\x00" else f"a lone surrogate (U+{ord(ch):04X})"
     return InvalidValue(f"{what} holds {kind} at {where}: PostgreSQL cannot store it")
+
+
+def _too_long(value: int) -> bool:
+    """Has VALUE more than 4,300 decimal digits (the most Python converts to text)?"""
+    try:
+        str(value)
+    except ValueError:
+        return True
+    return False
 
 
 def check_text(text: str, what: str) -> None:
@@ -68,7 +77,7 @@ def check_data(value: Any, what: str = "data", max_bytes: int | None = None) -> 
         elif isinstance(v, bool) or v is None:
             continue
         elif isinstance(v, int):
-            if v.bit_length() > _MAX_INT_BITS:
+            if v.bit_length() > _MAX_INT_BITS and _too_long(v):
                 raise InvalidValue(f"{what} holds an integer of over 4,300 digits at {path}")
         elif isinstance(v, float):
             if not math.isfinite(v):

@@ -73,7 +73,7 @@ class Call:
     bound: bool = False
 
 
-@dataclass
+@dataclass(eq=False)  # a session is itself: compared by identity
 class Session:
     id: UUID
     user: str
@@ -138,6 +138,8 @@ class Listener:
         self._sep_links: dict[int, tuple[asyncio.StreamWriter, str]] = {}
         self._channel_writers: set[asyncio.StreamWriter] = set()
         self._tx_cache: dict[str, tuple[str | None, float | None]] = {}
+        # sessions whose call (a key sent again) waits for another session's request
+        self._duplicates: dict[int, list[Session]] = {}
         self._tx_loaded = -TX_CACHE_TTL
         self._tasks: list[asyncio.Task[Any]] = []
         self.pool = AsyncConnectionPool(
@@ -331,11 +333,11 @@ class Listener:
             if not self.db_ok:
                 continue
             now = asyncio.get_running_loop().time()
-            calls = {
-                s.call.request_id: s
-                for s in list(self.sessions.values())
-                if s.call is not None and now - s.call.started > self.poll_interval
-            }
+            calls: dict[int, list[Session]] = {}
+            for s in list(self.sessions.values()):
+                if s.call is not None and now - s.call.started > self.poll_interval:
+                    # (several sessions may wait for one request: calls with one key)
+                    calls.setdefault(s.call.request_id, []).append(s)
             if not calls:
                 continue
             try:
@@ -345,22 +347,23 @@ class Listener:
             except Exception:  # the safety net must never stop
                 self.log.exception("poll_outcomes_failed")
 
-    async def _deliver_outcomes(self, calls: dict[int, Session]) -> None:
-        """Answer the calls among CALLS whose request has finished."""
+    async def _deliver_outcomes(self, calls: dict[int, list[Session]]) -> None:
+        """Answer the calls among CALLS (request id -> the sessions waiting for it) whose
+        request has finished."""
         async with self.pool.connection() as conn:
             r = AsyncRegion(conn, self.region)
             rows = await r.rows("outcomes", ids=list(calls))
             for row in rows:
-                s = calls[row["id"]]
-                if s.call is None or s.call.request_id != row["id"]:
-                    continue
-                nxt = None
-                if row["state"] == "done":
-                    found = await r.rows("session_next", session=s.id)
-                    nxt = found[0]["next_transid"] if found else None
-                await self._finish(
-                    s, row["id"], row["state"] == "done", row["result"], row["error"], nxt
-                )
+                for s in calls[row["id"]]:
+                    if s.call is None or s.call.request_id != row["id"]:
+                        continue
+                    nxt = None
+                    if row["state"] == "done":
+                        found = await r.rows("session_next", session=s.id)
+                        nxt = found[0]["next_transid"] if found else None
+                    await self._finish(
+                        s, row["id"], row["state"] == "done", row["result"], row["error"], nxt
+                    )
 
     # ------------------------------------------------------------- clients
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -558,9 +561,11 @@ class Listener:
             reason=e.reason,
         )
         if e.duplicate:
-            # the same key was sent before: answer from the history if it is finished
+            # the same key was sent before: answer from the history if it is finished,
+            # else as soon as the first call's end frame comes (or the outcome poll)
+            self._duplicates.setdefault(e.request_id, []).append(s)
             with contextlib.suppress(*_DB_ERRORS):
-                await self._deliver_outcomes({e.request_id: s})
+                await self._deliver_outcomes({e.request_id: [s]})
             return
         if e.sep_id is not None:
             task = Task(
@@ -704,13 +709,14 @@ class Listener:
                 {"type": "result", "id": cid, "request_id": request_id, "data": row["result"]}
             )
         elif row["state"] in ("failed", "cancelled"):
+            detail = row["error"] if isinstance(row["error"], dict) else {}
             await s.send(
                 error(
-                    "abend",
-                    str((row["error"] or {}).get("message", row["state"])),
+                    _failure_code(detail),
+                    str(detail.get("message", row["state"])),
                     id=cid,
                     request_id=request_id,
-                    detail=row["error"] or {},
+                    detail=detail,
                 )
             )
         else:
@@ -727,6 +733,11 @@ class Listener:
         err: Any,
         next_transid: str | None,
     ) -> None:
+        waiting = self._duplicates.get(request_id)
+        if waiting is not None and s in waiting:
+            waiting.remove(s)
+            if not waiting:
+                del self._duplicates[request_id]
         call = s.call
         if call is None or call.request_id != request_id:
             return
@@ -743,9 +754,8 @@ class Listener:
                 reply["next_transid"] = next_transid
         else:
             detail = err if isinstance(err, dict) else {"message": str(err)}
-            code = "sep_lost" if detail.get("type") == "SEPLost" else "abend"
             reply = error(
-                code,
+                _failure_code(detail),
                 str(detail.get("message", "the task failed")),
                 id=call.id,
                 request_id=request_id,
@@ -831,14 +841,10 @@ class Listener:
                 # the caller gets the final outcome, delivered when it is known
                 self.log.info("request_retry_pending", session=str(s.id), request_id=rid)
                 return
-            await self._finish(
-                s,
-                int(rid),
-                bool(msg.get("ok")),
-                msg.get("result"),
-                msg.get("error"),
-                msg.get("next_transid"),
-            )
+            ok, result, err = bool(msg.get("ok")), msg.get("result"), msg.get("error")
+            await self._finish(s, int(rid), ok, result, err, msg.get("next_transid"))
+            for other in list(self._duplicates.get(int(rid), ())):
+                await self._finish(other, int(rid), ok, result, err, None)
 
 
 _Item = tuple[tuple[str, Any, UUID, Any, str | None], "asyncio.Future[Any]"]
@@ -958,6 +964,11 @@ class GroupCommit:
         for (_, fut), e in zip(batch, out, strict=True):
             if not fut.done():
                 fut.set_result(e)
+
+
+def _failure_code(detail: dict[str, Any]) -> str:
+    """The error code of a failed request, the same for its call and for result_of."""
+    return "sep_lost" if detail.get("type") == "SEPLost" else "abend"
 
 
 def _frame(message: dict[str, Any]) -> bytes:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -258,3 +259,71 @@ def test_a_result_postgres_refuses_abends_its_task_alone(
         w.send({"type": "call", "id": 2, "transid": "ECHO", "data": "next"})
         assert w.read()["type"] == "accepted"
         assert w.read()["data"] == "next"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"type":"ping","id":1e400}',
+        b'{"type":"ping","id":{"a":[-1e999]}}',
+        b'{"type":"ping","id":"\xed\xa0\x80"}',
+        b'\xef\xbb\xbf{"type":"ping","id":1}',
+    ],
+    ids=["1e400", "-1e999 nested", "encoded surrogate", "BOM"],
+)
+def test_the_listener_never_sends_what_is_not_strict_json(
+    live: tuple[str, str, Region], body: bytes
+) -> None:
+    """Numbers beyond a double, encoded surrogates, a BOM: bad_frame, never echoed back
+    as Infinity or a lone surrogate (which strict JSON parsers cannot read)."""
+    address, token, _ = live
+    with _session(address, token) as w:
+        w.send_body(body)
+        header = w._exactly(4)
+        raw = w._exactly(int.from_bytes(header, "big"))
+        assert b"Infinity" not in raw and b"\\ud800" not in raw
+        reply = json.loads(raw)
+        assert reply["type"] == "error" and reply["code"] == "bad_frame", reply
+        _still_serves(w)
+
+
+def test_integers_of_up_to_4300_digits_run(live: tuple[str, str, Region]) -> None:
+    """The page's limit: an integer of exactly 4,300 digits runs and comes back whole."""
+    address, token, _ = live
+    with _session(address, token) as w:
+        w.send_body(b'{"type":"call","id":1,"transid":"ECHO","data":' + b"9" * 4300 + b"}")
+        assert w.read()["type"] == "accepted"
+        reply = w.read()
+        assert reply["type"] == "result" and reply["data"] == int("9" * 4300)
+
+
+def test_calls_sent_together_with_one_key_all_get_the_outcome_at_once(
+    live: tuple[str, str, Region],
+) -> None:
+    """12 sessions send one new key at the same moment: one request runs, and every
+    session gets its result at once (not one session per outcome poll)."""
+    address, token, region = live
+    sessions = [_session(address, token) for _ in range(12)]
+    go = threading.Barrier(12)
+    took: list[float] = []
+    results: list[dict[str, Any]] = []
+
+    def one(w: Wire) -> None:
+        go.wait()
+        start = time.monotonic()
+        w.send({"type": "call", "id": 1, "transid": "ECHO", "data": 7, "key": "same"})
+        assert w.read()["type"] == "accepted"
+        results.append(w.read())
+        took.append(time.monotonic() - start)
+
+    threads = [threading.Thread(target=one, args=(w,)) for w in sessions]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(results) == 12 and all(r["type"] == "result" and r["data"] == 7 for r in results)
+    assert max(took) < 3.0, sorted(took)  # one at a time per 1 s poll took 12 s
+    n = region.conn.execute("SELECT count(*) AS n FROM dispatcher.request_history").fetchone()
+    assert n is not None and n["n"] == 1
+    for w in sessions:
+        w.close()

@@ -134,7 +134,10 @@ def test_sep_dying_in_a_conversation(region: Region, db_url: str) -> None:
             with running_seps(db_url, "test", 1, "--heartbeat", "0.2", app=APP):
                 reply = s.receive(timeout=30)
                 assert reply["type"] == "error" and reply["code"] == "sep_lost", reply
-                assert reply["retryable"] is True
+                assert reply["retryable"] is False
                 assert s.call("ECHO", "goes on") == "goes on"
+                s.send({"type": "result_of", "id": 2, "request_id": out["request_id"]})
+                again = s.receive(timeout=10)
+                assert again["code"] == "sep_lost" and again["retryable"] is False, again
                 row = region.request(out["request_id"])
                 assert row["state"] == "failed" and row["attempt"] == 1

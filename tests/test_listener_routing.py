@@ -117,7 +117,7 @@ def test_pseudo_conversation_carries_the_commarea(live: Live) -> None:
 
 def test_sep_lost_in_a_conversation(live: Live) -> None:
     """The SEP of a conversation is gone when the input comes: the client gets
-    sep_lost (retryable) for that request and the session goes on."""
+    sep_lost (not retryable) for that request and the session goes on."""
     _, address, token, seps, _ = live
     with connect(address, token) as session:
         session.send({"type": "call", "id": 1, "transid": "CHAT", "data": None})
@@ -130,7 +130,7 @@ def test_sep_lost_in_a_conversation(live: Live) -> None:
         session.send({"type": "input", "id": 1, "data": "Ada"})
         reply = session.receive(timeout=10)
         assert reply["type"] == "error" and reply["code"] == "sep_lost", reply
-        assert reply["retryable"] is True and reply["request_id"] == accepted["request_id"]
+        assert reply["retryable"] is False and reply["request_id"] == accepted["request_id"]
         assert session.call("ECHO", "goes on") == "goes on"
 
 
