@@ -22,14 +22,25 @@ from .program import AppError
 from .worker import SEPConfig, Worker
 
 
+def _interval(text: str) -> float:
+    """A finite, positive number of seconds of at most an hour (argparse type)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0.01 <= value <= 3600:  # also refuses NaN
+        raise argparse.ArgumentTypeError(f"must be 0.01 to 3600 seconds, not {text}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     die_with_parent()  # a SEP started by a supervisor ends with it
     parser = argparse.ArgumentParser(prog="python -m sep", description=__doc__)
     parser.add_argument("--app", help="module whose @program transactions to run")
     parser.add_argument("--capability", action="append", default=[], dest="capabilities")
     parser.add_argument("--standby", action="store_true")
-    parser.add_argument("--poll", type=float, default=1.0, help="safety poll interval (s)")
-    parser.add_argument("--heartbeat", type=float, default=2.0, help="heartbeat interval (s)")
+    parser.add_argument("--poll", type=_interval, default=1.0, help="safety poll interval (s)")
+    parser.add_argument("--heartbeat", type=_interval, default=2.0, help="heartbeat interval (s)")
     parser.add_argument(
         "--async-commit",
         action="store_true",

@@ -6,6 +6,8 @@ builds the root group and registers them.
 
 from __future__ import annotations
 
+import os
+import re
 import sys
 from typing import Any
 
@@ -30,8 +32,14 @@ class Failure(click.ClickException):
 
 
 def _failure(exc: BaseException) -> Failure | None:
-    if isinstance(exc, DispatcherError):
+    from alembic.util.exc import CommandError
+
+    from sep.program import AppError
+
+    if isinstance(exc, DispatcherError | AppError):
         return Failure(str(exc))
+    if isinstance(exc, CommandError):  # e.g. db upgrade to a revision that does not exist
+        return Failure(f"migration: {exc}")
     if isinstance(exc, psycopg.OperationalError):
         return Failure(f"database unavailable: {str(exc).strip()}")
     if isinstance(exc, sqlalchemy.exc.OperationalError):
@@ -51,6 +59,18 @@ def _failure(exc: BaseException) -> Failure | None:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return Failure(f"the database refused: {first}")
     return None
+
+
+_REGION_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,40}$")
+
+
+def _region_name(value: str | None) -> str | None:
+    if value is not None and not _REGION_NAME.match(value):
+        raise click.BadParameter(
+            f"{value[:80]!r} is not a region name: 1-40 letters, digits or _.-",
+            param_hint="--region",
+        )
+    return value
 
 
 class DispatcherGroup(click.Group):
@@ -75,6 +95,7 @@ class DispatcherGroup(click.Group):
     "region_name",
     envvar="DISPATCHER_REGION",
     default=None,
+    callback=lambda _ctx, _param, value: _region_name(value),
     help="Region to act on [env DISPATCHER_REGION; default: default].",
 )
 @click.option(
@@ -132,3 +153,13 @@ def main() -> None:
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)
+    except Exception as exc:  # never a traceback for an operator (unless asked for)
+        if os.environ.get("DISPATCHER_DEBUG"):
+            raise
+        first = (str(exc).strip().splitlines() or [""])[0]
+        click.echo(
+            f"error: unexpected {type(exc).__name__}: {first} "
+            "(DISPATCHER_DEBUG=1 shows the traceback)",
+            err=True,
+        )
+        sys.exit(1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import json
+import math
 import uuid
 from typing import Any
 
@@ -50,6 +51,8 @@ class App:
         r = Region(self.conn, self.settings.region)
         if ensure or self.settings.region == DEFAULT_REGION:
             r.ensure()
+        else:
+            r.info()  # UnknownRegion, with the command that creates it
         return r
 
     def close(self) -> None:
@@ -75,3 +78,28 @@ def _default(value: Any) -> Any:
 
 def echo_json(value: Any) -> None:
     click.echo(json.dumps(value, default=_default, indent=2, sort_keys=True))
+
+
+class Seconds(click.ParamType[float]):
+    """A finite number of seconds in [LOW, HIGH] (click.FloatRange lets "nan" through)."""
+
+    name = "seconds"
+
+    def __init__(
+        self, low: float, high: float, *, low_open: bool = False, unit: str = "seconds"
+    ) -> None:
+        self.low, self.high, self.low_open, self.unit = low, high, low_open, unit
+
+    def convert(
+        self, value: object, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        try:
+            f = float(value)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number of {self.unit}", param, ctx)
+        below = f <= self.low if self.low_open else f < self.low
+        if not math.isfinite(f) or below or f > self.high:
+            low, high = f"{self.low:.10g}", f"{self.high:.10g}"
+            span = f"more than {low} and at most {high}" if self.low_open else f"{low} to {high}"
+            self.fail(f"must be {span} {self.unit}, not {value}", param, ctx)
+        return f

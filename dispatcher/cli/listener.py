@@ -13,7 +13,7 @@ import click
 
 from ..protocol import DEFAULT_PORT
 from ..tokens import create_token, local_token
-from ._app import App, echo_json, pass_app
+from ._app import App, Seconds, echo_json, pass_app
 from ._data import DATA_HELP, read_data
 
 DEFAULT_ADDRESS = f"127.0.0.1:{DEFAULT_PORT}"
@@ -38,14 +38,14 @@ DEFAULT_ADDRESS = f"127.0.0.1:{DEFAULT_PORT}"
 )
 @click.option(
     "--heartbeat",
-    type=click.FloatRange(min=0.05),
+    type=Seconds(0.05, 3600),
     default=2.0,
     show_default=True,
     help="Seconds between heartbeats (and reaps of dead listeners every 5th beat).",
 )
 @click.option(
     "--dead-after",
-    type=click.FloatRange(min=0.5),
+    type=Seconds(0.5, 86400),
     default=10.0,
     show_default=True,
     help="A listener silent this long is dead: its sessions are ended.",
@@ -114,7 +114,13 @@ def _token(app: App, token: str | None) -> str:
 @click.option("--token", envvar="DISPATCHER_TOKEN", help="[env DISPATCHER_TOKEN; default: local]")
 @click.option("--tls", is_flag=True, help="Connect with TLS.")
 @click.option("--cafile", type=click.Path(exists=True, dir_okay=False))
-@click.option("--timeout", type=float, default=300.0, show_default=True)
+@click.option(
+    "--timeout",
+    type=Seconds(0, 7 * 86400, low_open=True),
+    default=300.0,
+    show_default=True,
+    help="Seconds to wait for each reply.",
+)
 @click.option(
     "--key",
     default=None,

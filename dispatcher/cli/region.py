@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ._app import App, echo_json, pass_app
+from ._app import App, Seconds, echo_json, pass_app
 
 
 @click.group("region")
@@ -22,12 +22,10 @@ def region() -> None:
     type=click.IntRange(1, 3_600_000),
     help="A waiting request gains 1 priority per interval.",
 )
-@click.option(
-    "--sep-dead-after", type=click.FloatRange(0.1, 86400), help="Seconds without heartbeat."
-)
+@click.option("--sep-dead-after", type=Seconds(0.1, 86400), help="Seconds without heartbeat.")
 @click.option(
     "--history-retention",
-    type=click.FloatRange(0, 315_360_000),
+    type=Seconds(0, 315_360_000),
     help="Seconds to keep outcomes (at most 10 years).",
 )
 @pass_app

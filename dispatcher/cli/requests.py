@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from ..errors import DispatcherError
-from ._app import App, echo_json, pass_app
+from ._app import App, Seconds, echo_json, pass_app
 from ._data import DATA_HELP, parse_data, read_data
 
 FINAL_STATES = ("done", "failed", "cancelled")
@@ -58,7 +58,13 @@ def wait_for(app: App, request_id: int, timeout: float) -> dict[str, Any]:
 @click.option("--cron", "cron_expr", help='Start on a schedule: "*/5 * * * *" (five fields).')
 @click.option("--tz", help="Time zone of --cron (default UTC), e.g. Europe/Paris.")
 @click.option("--wait", is_flag=True, help="Wait for the task and print its result.")
-@click.option("--timeout", type=float, default=60.0, show_default=True, help="For --wait.")
+@click.option(
+    "--timeout",
+    type=Seconds(0, 7 * 86400, low_open=True),
+    default=60.0,
+    show_default=True,
+    help="For --wait.",
+)
 @pass_app
 def start(
     app: App,
@@ -107,7 +113,11 @@ def start(
         if data is not None:
             raise click.UsageError("give --data or --data-file, not both")
         items: list[tuple[str, Any]] = []
-        for n, line in enumerate(data_file.read_text(encoding="utf-8").splitlines(), 1):
+        try:
+            text = data_file.read_bytes().decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise click.BadParameter(f"{data_file} is not UTF-8: {exc}") from None
+        for n, line in enumerate(text.splitlines(), 1):
             if not line.strip():
                 continue
             value = parse_json(line, f"line {n} of {data_file}")
@@ -145,7 +155,7 @@ def request() -> None:
 
 
 @request.command("show")
-@click.argument("request_id", type=int)
+@click.argument("request_id", type=click.IntRange(1, 2**63 - 1))
 @click.option("--json", "as_json", is_flag=True)
 @pass_app
 def show(app: App, request_id: int, as_json: bool) -> None:

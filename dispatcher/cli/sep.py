@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from ._app import App, echo_json, pass_app
+from ._app import App, Seconds, echo_json, pass_app
 
 
 @click.group("sep")
@@ -35,14 +35,14 @@ def sep() -> None:
 )
 @click.option(
     "--poll",
-    type=click.FloatRange(0.05),
+    type=Seconds(0.05, 3600),
     default=1.0,
     show_default=True,
     help="Safety poll interval of idle SEPs (s).",
 )
 @click.option(
     "--heartbeat",
-    type=click.FloatRange(0.05),
+    type=Seconds(0.05, 3600),
     default=2.0,
     show_default=True,
     help="Heartbeat interval (s).",
@@ -63,7 +63,7 @@ def sep() -> None:
 )
 @click.option(
     "--batch-window",
-    type=click.FloatRange(0),
+    type=Seconds(0, 60_000, unit="ms"),
     default=5.0,
     show_default=True,
     help="With --batch: the longest an outcome waits to be reported (ms).",
@@ -167,7 +167,7 @@ def _control(app: App, action: str, sep_ids: tuple[int, ...], all_: bool) -> Non
 
 
 @sep.command("stop")
-@click.argument("sep_ids", nargs=-1, type=int)
+@click.argument("sep_ids", nargs=-1, type=click.IntRange(1, 2**63 - 1))
 @click.option("--all", "all_", is_flag=True, help="Every SEP of the region.")
 @click.option("--force", is_flag=True, help="Abandon the task (it is re-queued).")
 @pass_app
@@ -177,7 +177,7 @@ def stop(app: App, sep_ids: tuple[int, ...], all_: bool, force: bool) -> None:
 
 
 @sep.command("pause")
-@click.argument("sep_ids", nargs=-1, type=int, required=True)
+@click.argument("sep_ids", nargs=-1, type=click.IntRange(1, 2**63 - 1), required=True)
 @pass_app
 def pause(app: App, sep_ids: tuple[int, ...]) -> None:
     """Make SEPs unavailable for new work (the running task finishes)."""
@@ -185,7 +185,7 @@ def pause(app: App, sep_ids: tuple[int, ...]) -> None:
 
 
 @sep.command("resume")
-@click.argument("sep_ids", nargs=-1, type=int, required=True)
+@click.argument("sep_ids", nargs=-1, type=click.IntRange(1, 2**63 - 1), required=True)
 @pass_app
 def resume(app: App, sep_ids: tuple[int, ...]) -> None:
     """Make paused SEPs available again."""

@@ -19,7 +19,10 @@ def parse_since(text: str) -> dt.datetime:
     m = _DURATION.match(text.strip())
     if m:
         seconds = float(m.group(1)) * _UNITS[m.group(2)]
-        return dt.datetime.now(dt.UTC) - dt.timedelta(seconds=seconds)
+        try:
+            return dt.datetime.now(dt.UTC) - dt.timedelta(seconds=seconds)
+        except OverflowError:  # before year 1: everything there is
+            return dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
     try:
         when = dt.datetime.fromisoformat(text)
     except ValueError:

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from ._app import App, echo_json, pass_app
+from ._app import App, Seconds, echo_json, pass_app
 
 # Extra sections other parts add to the status (e.g. timers): name -> function(app).
 SECTIONS: dict[str, Any] = {}
@@ -53,7 +53,7 @@ def render(row: dict[str, Any]) -> str:
 @click.option("--json", "as_json", is_flag=True)
 @click.option(
     "--watch",
-    type=float,
+    type=Seconds(0.1, 86400),
     default=None,
     is_flag=False,
     flag_value=2.0,

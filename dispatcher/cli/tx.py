@@ -2,41 +2,16 @@
 
 from __future__ import annotations
 
-import math
-
 import click
 from click.core import ParameterSource
 
 from ..region import TRANSACTION_FIELDS
-from ._app import App, echo_json, pass_app
+from ._app import App, Seconds, echo_json, pass_app
 
 
 @click.group("tx")
 def tx() -> None:
     """Transaction definitions (TRANSID -> program) and transaction classes."""
-
-
-class Seconds(click.ParamType[float]):
-    """A finite number of seconds in [LOW, HIGH] (click.FloatRange lets "nan" through)."""
-
-    name = "seconds"
-
-    def __init__(self, low: float, high: float, *, low_open: bool = False) -> None:
-        self.low, self.high, self.low_open = low, high, low_open
-
-    def convert(
-        self, value: object, param: click.Parameter | None, ctx: click.Context | None
-    ) -> float:
-        try:
-            f = float(value)  # type: ignore[arg-type]
-        except (TypeError, ValueError):
-            self.fail(f"{value!r} is not a number of seconds", param, ctx)
-        below = f <= self.low if self.low_open else f < self.low
-        if not math.isfinite(f) or below or f > self.high:
-            low, high = f"{self.low:.10g}", f"{self.high:.10g}"
-            span = f"more than {low} and at most {high}" if self.low_open else f"{low} to {high}"
-            self.fail(f"must be {span} seconds, not {value}", param, ctx)
-        return f
 
 
 # The limits of tx define (also checked by define_transaction_v2; docs/sep.md, "Retries").
@@ -198,7 +173,7 @@ def class_() -> None:
 
 @class_.command("set")
 @click.argument("name")
-@click.option("--max-active", type=click.IntRange(0), required=True)
+@click.option("--max-active", type=click.IntRange(0, 2**31 - 1), required=True)
 @pass_app
 def class_set(app: App, name: str, max_active: int) -> None:
     """Create or resize transaction class NAME."""
