@@ -199,6 +199,10 @@ class Supervisor:
         slot.proc = None
         for leftover in glob.glob(sockdir_glob(pid)):  # a child that died left its socket
             shutil.rmtree(leftover, ignore_errors=True)
+        if rc in (EXIT_STOPPED, EXIT_KILLED) and self.stopping:
+            slot.restart_at = float("inf")  # it stopped as we asked: nothing to report
+            self.log.info("sep_process_stopped", slot=slot.index, returncode=rc)
+            return False
         if rc in (EXIT_STOPPED, EXIT_KILLED) and not self.stopping:
             # `dispatcher sep stop [--force]`: the operator's word is final
             slot.restart_at = float("inf")

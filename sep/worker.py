@@ -206,7 +206,7 @@ class Worker:
             "sep_started",
             address=self.address,
             standby=row["standby"],
-            capabilities=list(self.config.capabilities),
+            capabilities=list(row["capabilities"]),
         )
         listening = threading.Event()
         threading.Thread(target=self._listen, args=(listening,), daemon=True).start()

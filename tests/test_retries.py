@@ -214,3 +214,30 @@ def test_a_conversation_whose_session_ended_is_never_retried(region: Region, bat
         assert task is not None
         region.complete(sep_id, task, ok=False, error=error, take_next=False)
     assert region.request(rid)["state"] == "failed"
+
+
+def test_no_sep_is_reaped_for_silence_while_the_server_itself_was_down(region: Region) -> None:
+    """A SEP silent for longer than sep_dead_after is reaped, unless the server started
+    less than sep_dead_after ago (an outage is no SEP's silence)."""
+    sep_id = int(region.register_sep("host", 1)["id"])
+    region.conn.execute(
+        "UPDATE dispatcher.sep SET heartbeat_at = clock_timestamp() - interval '2 days'"
+        " WHERE id = %s",
+        [sep_id],
+    )
+    region.set(sep_dead_after_s=86400)  # the test server started less than a day ago
+    region.reap()
+    assert _sep_state(region, sep_id) != "dead"
+    up_for = region.conn.execute(
+        "SELECT extract(epoch FROM clock_timestamp() - pg_postmaster_start_time()) AS s"
+    ).fetchone()
+    assert up_for is not None
+    region.set(sep_dead_after_s=max(0.1, float(up_for["s"]) / 2))
+    region.reap()
+    assert _sep_state(region, sep_id) in ("dead", "gone")
+
+
+def _sep_state(region: Region, sep_id: int) -> str:
+    row = region.conn.execute("SELECT state FROM dispatcher.sep WHERE id = %s", [sep_id])
+    found = row.fetchone()
+    return "gone" if found is None else str(found["state"])

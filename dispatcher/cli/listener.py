@@ -185,7 +185,15 @@ def call(
             )
         raise SystemExit(1) from None
     except OSError as exc:
-        click.echo(f"error: cannot reach the listener at {address}: {exc}", err=True)
+        rid = None if session is None else session.request_id
+        if rid is None:
+            click.echo(f"error: cannot reach the listener at {address}: {exc}", err=True)
+        else:
+            click.echo(
+                f"error: the listener at {address} went away after accepting request {rid}: "
+                f"{exc}; its outcome: dispatcher request show {rid}",
+                err=True,
+            )
         raise SystemExit(1) from None
     click.echo(json.dumps(result))
 

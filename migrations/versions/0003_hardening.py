@@ -1,4 +1,5 @@
-"""Hardening: capped retry backoff with jitter, timers on the database clock.
+"""Hardening: capped retry backoff with jitter, timers on the database clock, no reaping
+right after a database restart.
 
 Revision ID: 0003
 Revises: 0002
@@ -16,7 +17,7 @@ depends_on = None
 
 # sql/schema scripts of this revision, in order; each has a *_down.sql twin that puts
 # back exactly what revision 0002 had
-FILES = ["060_retries.sql", "061_timers.sql"]
+FILES = ["060_retries.sql", "061_timers.sql", "062_reap.sql"]
 
 
 def upgrade() -> None:
