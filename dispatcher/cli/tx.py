@@ -37,27 +37,27 @@ _FIELD_OF = {
 @tx.command("define")
 @click.argument("transid")
 @click.option("--program", help="module.path:function (required for a new TRANSID).")
-@click.option("--priority", type=click.IntRange(0, 255), help="0-255  [default: 0]")
+@click.option("--priority", type=click.IntRange(0, 255), help="0-255 (a new TRANSID: 0)")
 @click.option("--class", "cls", help="Transaction class (caps how many run at once); '' for none.")
 @click.option(
     "--timeout",
     type=Seconds(0, MAX_TIMEOUT_S),
-    help="Seconds a task may run, at most 30 days; 0 for no timeout  [default: none]",
+    help="Seconds a task may run, at most 30 days; 0 for no timeout (a new TRANSID: none)",
 )
 @click.option(
     "--max-attempts",
     type=click.IntRange(1, MAX_ATTEMPTS),
-    help=f"Runs of an abending request, 1-{MAX_ATTEMPTS}  [default: 1]",
+    help=f"Runs of an abending request, 1-{MAX_ATTEMPTS} (a new TRANSID: 1)",
 )
 @click.option(
     "--retry-backoff",
     type=Seconds(0, MAX_RETRY_BACKOFF_S),
-    help="Seconds before the 2nd attempt, doubled at each retry, at most 1 day  [default: 2]",
+    help="Seconds before the 2nd attempt, doubled at each retry, at most 1 day (a new TRANSID: 2)",
 )
 @click.option(
     "--max-backoff",
     type=Seconds(0, MAX_MAX_BACKOFF_S),
-    help="Cap of the retry backoff (+-10% jitter), at most 7 days  [default: 3600]",
+    help="Cap of the retry backoff (+-10% jitter), at most 7 days (a new TRANSID: 3600)",
 )
 @click.option("--requires", multiple=True, help="SEP capability needed (repeatable); '' for none.")
 @click.option("--description")
