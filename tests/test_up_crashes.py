@@ -16,6 +16,7 @@ import psutil
 import pytest
 
 from .listeners import free_port
+from .wire import Wire
 
 
 def _wait(condition: Callable[[], bool], timeout: float) -> bool:
@@ -104,7 +105,11 @@ def test_up_outlives_crashes_of_its_parts_and_leaves_nothing_when_killed(tmp_pat
 
         assert _wait(serves, 60), (tmp_path / "up.log").read_text()[-3000:]
 
-        # 3. up dies: nothing it started stays behind
+        # 3. up dies: nothing it started stays behind, and up starts again on its port
+        # (an idle session that the dying listener closes leaves a TIME-WAIT behind)
+        token = _dispatcher(env, "token", "create", "idle").stdout.strip()
+        idle = Wire(f"127.0.0.1:{port}")
+        assert idle.hello(token)["type"] == "welcome"
         started = up.children(recursive=True)
         started = [p for p in started if p.name() != "postgres"]
         assert started
@@ -113,6 +118,20 @@ def test_up_outlives_crashes_of_its_parts_and_leaves_nothing_when_killed(tmp_pat
         assert _wait(lambda: not any(p.is_running() for p in started), 30), [
             (p.pid, p.cmdline()) for p in started if p.is_running()
         ]
+        idle.close()
+        again = subprocess.Popen(
+            [sys.executable, "-m", "dispatcher", "up", "--seps", "1", "--port", str(port)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert _wait(lambda: _dispatcher(env, "call", "ECHO", *address).returncode == 0, 60)
+        finally:
+            again.terminate()
+            _, err = again.communicate(timeout=60)
+        assert "Address already in use" not in err, err
     finally:
         if proc.poll() is None:
             proc.kill()

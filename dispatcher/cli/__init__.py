@@ -28,7 +28,7 @@ class Failure(click.ClickException):
     exit_code = 1
 
     def show(self, file: Any = None) -> None:
-        click.echo(f"error: {self.message}", err=True)
+        click.echo(f"error: {' '.join(self.message.split())}", err=True)  # one line
 
 
 def _failure(exc: BaseException) -> Failure | None:
@@ -156,10 +156,14 @@ def main() -> None:
     except Exception as exc:  # never a traceback for an operator (unless asked for)
         if os.environ.get("DISPATCHER_DEBUG"):
             raise
-        first = (str(exc).strip().splitlines() or [""])[0]
-        click.echo(
-            f"error: unexpected {type(exc).__name__}: {first} "
-            "(DISPATCHER_DEBUG=1 shows the traceback)",
-            err=True,
-        )
+        text = " ".join(str(exc).split())
+        if isinstance(exc, OSError | ValueError) and text:
+            # the system's or a value's own word (an address in use, a host unknown...)
+            click.echo(f"error: {text}", err=True)
+        else:
+            click.echo(
+                f"error: unexpected {type(exc).__name__}: {text} "
+                "(DISPATCHER_DEBUG=1 shows the traceback)",
+                err=True,
+            )
         sys.exit(1)

@@ -56,7 +56,7 @@ def stats(app: App, since: str, as_json: bool) -> None:
             }
         )
         return
-    click.echo(f"region {region.name} since {when:%Y-%m-%d %H:%M:%S}Z")
+    click.echo(f"region {region.name} since {when.astimezone(dt.UTC):%Y-%m-%d %H:%M:%S}Z")
     click.echo(
         f"  tasks {per_region['tasks']}, peak running {per_region['peak_running']} of max "
         f"{per_region['max_seps']}, at max SEPs {per_region['times_at_max_seps']} times "

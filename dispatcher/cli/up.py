@@ -104,6 +104,9 @@ def up(
     """Start a complete region here: database, listener, event monitor and SEPs."""
     settings = app.settings
     with socket.socket() as probe:
+        # as the listener binds (SO_REUSEADDR): a TIME-WAIT left by the last run is no
+        # reason to refuse
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
         except OSError as exc:
@@ -255,7 +258,7 @@ class EmbeddedWatch:
             self.next_check = now + delay
             log.warning("database_restart_failed", error=str(exc), retry_in_s=delay)
             return
-        log.warning("database_restarted", down_s=round(now - self.down_since, 1))
+        log.warning("database_restarted", down_s=round(time.monotonic() - self.down_since, 1))
         self.down_since = None
         self.backoff.reset()
 
