@@ -12,20 +12,18 @@ spoils a batch of other clients' requests:
   digits (the most Python converts to and from text);
 - nesting: at most :data:`MAX_DEPTH` levels of arrays/objects;
 - size: where data arrives as text (a client frame, a CLI option or file) the text is
-  at most :data:`MAX_DATA` bytes, the client frame limit (``max_bytes`` checks a value's
-  encoded size where there is no text to measure).
+  at most :data:`MAX_DATA` bytes, the client frame limit.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from typing import Any
 
 from .errors import InvalidValue
 
-__all__ = ["MAX_DATA", "MAX_DEPTH", "check_data", "check_text", "encoded_size", "scrub"]
+__all__ = ["MAX_DATA", "MAX_DEPTH", "check_data", "check_text", "scrub"]
 
 MAX_DEPTH = 100
 MAX_DATA = 1024 * 1024
@@ -61,11 +59,11 @@ def check_text(text: str, what: str) -> None:
         raise bad
 
 
-def check_data(value: Any, what: str = "data", max_bytes: int | None = None) -> None:
+def check_data(value: Any, what: str = "data") -> None:
     """Raise InvalidValue if VALUE cannot be stored as a request's data (see module doc).
 
     Iterative (no recursion), so any depth is refused cleanly; cost is one pass over
-    the value, plus one encoding when MAX_BYTES is set.
+    the value.
     """
     stack: list[tuple[Any, str, int]] = [(value, "$", 0)]
     while stack:
@@ -97,17 +95,6 @@ def check_data(value: Any, what: str = "data", max_bytes: int | None = None) -> 
                 stack.extend((item, f"{path}[{i}]", depth + 1) for i, item in enumerate(v))
         else:
             raise InvalidValue(f"{what} holds a {type(v).__name__} at {path}: not JSON")
-    if max_bytes is not None:
-        size = encoded_size(value)
-        if size > max_bytes:
-            raise InvalidValue(
-                f"{what} is {size:,} bytes as JSON, over the limit of {max_bytes:,} bytes"
-            )
-
-
-def encoded_size(value: Any) -> int:
-    """The size of VALUE as compact UTF-8 JSON, as stored and sent."""
-    return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
 
 
 def scrub(value: Any) -> Any:

@@ -116,3 +116,17 @@ def region(conn: psycopg.Connection[dict[str, Any]]) -> Region:
     r = Region(conn, "test")
     r.ensure()
     return r
+
+
+@pytest.fixture
+def cli_env(db_url: str, tmp_path: Path) -> dict[str, str]:
+    """The environment of a `dispatcher` subprocess on this test's database (region
+    'test', a home of its own, no token from the caller's environment)."""
+    return {
+        **os.environ,
+        "DISPATCHER_DATABASE_URL": db_url,
+        "DISPATCHER_REGION": "test",
+        "DISPATCHER_HOME": str(tmp_path),
+        "DISPATCHER_TOKEN": "",
+        "DISPATCHER_LOG_LEVEL": "warning",
+    }

@@ -4,7 +4,6 @@ limits as the listener's, each refusal one line (real `dispatcher` subprocesses)
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -21,24 +20,12 @@ from .seps import ROOT, running_seps
 APP = "tests.apps.basic"
 
 
-@pytest.fixture
-def env(db_url: str, tmp_path: Path) -> dict[str, str]:
-    return {
-        **os.environ,
-        "DISPATCHER_DATABASE_URL": db_url,
-        "DISPATCHER_REGION": "test",
-        "DISPATCHER_HOME": str(tmp_path),
-        "DISPATCHER_TOKEN": "",
-        "DISPATCHER_LOG_LEVEL": "warning",
-    }
-
-
 def dispatcher(
-    env: dict[str, str], *args: str, stdin: bytes | None = None
+    cli_env: dict[str, str], *args: str, stdin: bytes | None = None
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "dispatcher", *args],
-        env=env,
+        env=cli_env,
         cwd=ROOT,
         input=None if stdin is None else stdin.decode("utf-8", "surrogateescape"),
         capture_output=True,
@@ -57,15 +44,15 @@ def address(region: Region, db_url: str) -> Iterator[str]:
 
 
 def test_call_reads_data_from_a_file_and_from_stdin(
-    env: dict[str, str], address: str, tmp_path: Path
+    cli_env: dict[str, str], address: str, tmp_path: Path
 ) -> None:
     """`call --data @FILE` and `call --data -` send the file's or stdin's JSON."""
     f = tmp_path / "data.json"
     f.write_text(json.dumps({"from": "file"}))
-    out = dispatcher(env, "call", "ECHO", "--data", f"@{f}", "--address", address)
+    out = dispatcher(cli_env, "call", "ECHO", "--data", f"@{f}", "--address", address)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) == {"from": "file"}
-    out = dispatcher(env, "call", "ECHO", "--data", "-", "--address", address, stdin=b"[1, 2]")
+    out = dispatcher(cli_env, "call", "ECHO", "--data", "-", "--address", address, stdin=b"[1, 2]")
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) == [1, 2]
 
@@ -85,13 +72,13 @@ BAD = {
 @pytest.mark.parametrize("text", list(BAD.values()), ids=list(BAD))
 @pytest.mark.parametrize("command", ["call", "start"])
 def test_a_bad_value_is_one_line_and_nothing_is_stored(
-    env: dict[str, str], region: Region, command: str, text: str
+    cli_env: dict[str, str], region: Region, command: str, text: str
 ) -> None:
     """`call`/`start --data` with a value the region refuses: one line on stderr, exit 2,
     no traceback, no hint to upgrade the database, nothing queued."""
     region.define_transaction("ECHO", "tests.apps.basic:echo")
     extra = ["--address", "127.0.0.1:1"] if command == "call" else []
-    out = dispatcher(env, command, "ECHO", "--data", text, *extra)
+    out = dispatcher(cli_env, command, "ECHO", "--data", text, *extra)
     assert out.returncode == 2, out
     lines = [line for line in out.stderr.splitlines() if line.strip()]
     assert "Traceback" not in out.stderr and "upgrade" not in out.stderr, out.stderr
@@ -101,7 +88,7 @@ def test_a_bad_value_is_one_line_and_nothing_is_stored(
 
 
 def test_start_data_file_refuses_what_the_listener_refuses(
-    env: dict[str, str], region: Region, tmp_path: Path
+    cli_env: dict[str, str], region: Region, tmp_path: Path
 ) -> None:
     """`start --data-file`: a line the listener would refuse (NUL, over the 1 MiB frame
     limit) stops the whole file with one line naming it; nothing is queued."""
@@ -109,7 +96,7 @@ def test_start_data_file_refuses_what_the_listener_refuses(
     for bad in ('{"s": "\\u0000"}', json.dumps("x" * MAX_DATA)):
         f = tmp_path / "tasks.jsonl"
         f.write_text(f"1\n{bad}\n3\n")
-        out = dispatcher(env, "start", "ECHO", "--data-file", str(f))
+        out = dispatcher(cli_env, "start", "ECHO", "--data-file", str(f))
         assert out.returncode == 2, out
         assert "line 2" in out.stderr and "Traceback" not in out.stderr, out.stderr
     n = region.conn.execute("SELECT count(*) AS n FROM dispatcher.request").fetchone()
@@ -117,12 +104,12 @@ def test_start_data_file_refuses_what_the_listener_refuses(
 
 
 def test_call_past_its_timeout_names_the_request_not_the_listener(
-    env: dict[str, str], address: str
+    cli_env: dict[str, str], address: str
 ) -> None:
     """`call --timeout` that expires says which request may still run, not that the
     listener cannot be reached."""
     out = dispatcher(
-        env, "call", "HOLD", "--data", '{"seconds": 3}', "--timeout", "1", "--address", address
+        cli_env, "call", "HOLD", "--data", '{"seconds": 3}', "--timeout", "1", "--address", address
     )
     assert out.returncode == 1
     assert "did not finish in 1 s" in out.stderr and "request show" in out.stderr, out.stderr
@@ -143,11 +130,11 @@ def test_call_past_its_timeout_names_the_request_not_the_listener(
     ids=["huge delay", "over 100 years", "negative", "no such date", "no such zone", "at", "nul"],
 )
 def test_a_bad_timer_is_one_line_and_sets_nothing(
-    env: dict[str, str], region: Region, args: list[str]
+    cli_env: dict[str, str], region: Region, args: list[str]
 ) -> None:
     """`start` with a timer the region cannot keep: one line, no traceback, no timer."""
     region.define_transaction("ECHO", "tests.apps.basic:echo")
-    out = dispatcher(env, "start", "ECHO", *args)
+    out = dispatcher(cli_env, "start", "ECHO", *args)
     assert out.returncode in (1, 2), out
     assert "Traceback" not in out.stderr and out.stderr.strip(), out.stderr
     n = region.conn.execute("SELECT count(*) AS n FROM dispatcher_xr.timer").fetchone()

@@ -3,7 +3,6 @@ usage message and exit 2), never a traceback (real `dispatcher` subprocesses).""
 
 from __future__ import annotations
 
-import os
 import shlex
 import subprocess
 import sys
@@ -37,20 +36,9 @@ BAD = [
 ]
 
 
-@pytest.fixture
-def env(db_url: str, tmp_path: Path) -> dict[str, str]:
-    return {
-        **os.environ,
-        "DISPATCHER_DATABASE_URL": db_url,
-        "DISPATCHER_REGION": "test",
-        "DISPATCHER_HOME": str(tmp_path),
-        "DISPATCHER_LOG_LEVEL": "warning",
-    }
-
-
 @pytest.mark.parametrize("command", BAD)
 def test_a_mistake_is_one_clear_line(
-    env: dict[str, str], tmp_path: Path, region: object, command: str
+    cli_env: dict[str, str], tmp_path: Path, region: object, command: str
 ) -> None:
     """No traceback, a message, and exit 1 or 2 (never 0)."""
     not_utf8 = tmp_path / "tasks.jsonl"
@@ -58,7 +46,7 @@ def test_a_mistake_is_one_clear_line(
     argv = shlex.split(command.format(not_utf8=not_utf8))
     out = subprocess.run(
         [sys.executable, "-m", "dispatcher", *argv],
-        env=env,
+        env=cli_env,
         cwd=ROOT,
         capture_output=True,
         text=True,

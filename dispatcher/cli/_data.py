@@ -44,9 +44,7 @@ def parse_data(raw: bytes, what: str) -> Any:
     try:
         value = parse_json(raw)
     except ChannelError as exc:
-        raise click.BadParameter(
-            f"{what} is not valid JSON: {exc}".replace("frame", "it")
-        ) from None
+        raise click.BadParameter(f"{what} is not valid JSON: {exc}") from None
     try:
         check_data(value, what)
     except InvalidValue as exc:
