@@ -31,14 +31,15 @@ def _plan_nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def test_pick_query_matches_the_procedure() -> None:
-    """The query checked here is the one in dispatcher.pick_request (kept in step)."""
+    """The query checked here is the one in dispatcher_v2.queue_candidates (kept in step)."""
     from dispatcher.queries import SQL_DIR
 
-    text = (SQL_DIR / "schema" / "020_procedures.sql").read_text()
+    text = (SQL_DIR / "schema" / "070_dispatch_v2.sql").read_text()
     for line in (
         "ORDER BY r.dispatch_key, r.id",
         "FOR UPDATE OF r SKIP LOCKED",
         "AND r.requires <@ p_caps",
+        "AND (r.class IS NULL OR r.class <> ALL (p_skip))",
     ):
         assert line in text
 
@@ -85,7 +86,7 @@ def test_pick_next_uses_queue_index_with_100k_queued(
 def test_every_statement_of_a_batch_uses_an_index_with_100k_queued(
     region: Region, conn: psycopg.Connection[dict[str, Any]]
 ) -> None:
-    """claim_batch_v1 and complete_many_v1, traced statement by statement (auto_explain
+    """dispatcher_v2.claim and complete_many, traced statement by statement (auto_explain
     of nested statements, sent as notices): no sequential scan of the hot table."""
     from dispatcher.region import Outcome
 
@@ -116,5 +117,5 @@ def test_every_statement_of_a_batch_uses_an_index_with_100k_queued(
     conn.execute("RESET auto_explain.log_level")
     assert len(batch) == 10
     traced = "\n".join(plans)
-    assert "complete_many_v1" in traced and "request_queue_idx" in traced
+    assert "complete_many" in traced and "request_queue_idx" in traced
     assert "Seq Scan on request " not in traced, traced

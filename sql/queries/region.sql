@@ -9,7 +9,7 @@ SELECT * FROM dispatcher.set_region_v1(%(region)s, %(max_seps)s, %(state)s, %(ag
     %(sep_dead_after_s)s, %(history_retention_s)s);
 
 -- name: reap
-SELECT * FROM dispatcher.reap_v1(%(region)s);
+SELECT * FROM dispatcher_v2.reap(%(region)s);
 
 -- name: region_status
 SELECT r.name, r.max_seps, r.state,

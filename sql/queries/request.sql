@@ -1,9 +1,9 @@
 -- name: enqueue
-SELECT * FROM dispatcher.enqueue_v1(%(region)s, %(transid)s, %(payload)s, %(session)s,
+SELECT * FROM dispatcher_v2.enqueue(%(region)s, %(transid)s, %(payload)s, %(session)s,
     %(user_priority)s, %(idempotency_key)s, %(deadline)s, %(commarea)s, %(origin)s, %(notify)s);
 
 -- name: enqueue_many
-SELECT * FROM dispatcher.enqueue_many_v1(%(region)s, %(transids)s, %(payloads)s, %(sessions)s,
+SELECT * FROM dispatcher_v2.enqueue_many(%(region)s, %(transids)s, %(payloads)s, %(sessions)s,
     %(user_priorities)s, %(idempotency_keys)s, %(origin)s, %(notify)s);
 
 -- name: show_request

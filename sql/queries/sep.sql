@@ -1,25 +1,25 @@
 -- name: register_sep
-SELECT * FROM dispatcher.register_sep_v1(%(region)s, %(host)s, %(pid)s, %(capabilities)s,
+SELECT * FROM dispatcher_v2.register_sep(%(region)s, %(host)s, %(pid)s, %(capabilities)s,
     %(standby)s, %(address)s);
 
 -- name: claim_next
-SELECT * FROM dispatcher.claim_next_v1(%(sep)s);
+SELECT * FROM dispatcher_v2.claim(%(sep)s, 1);
 
 -- name: begin_task
-SELECT * FROM dispatcher.begin_v1(%(sep)s, %(request)s);
+SELECT * FROM dispatcher_v2.begin(%(sep)s, %(request)s);
 
 -- name: complete
-SELECT * FROM dispatcher.complete_v1(%(sep)s, %(request)s, %(attempt)s, %(ok)s, %(result)s,
+SELECT * FROM dispatcher_v2.complete(%(sep)s, %(request)s, %(attempt)s, %(ok)s, %(result)s,
     %(error)s, %(take_next)s, %(next_transid)s, %(commarea)s);
 
 -- name: heartbeat_sep
-SELECT * FROM dispatcher.heartbeat_sep_v1(%(sep)s);
+SELECT * FROM dispatcher_v2.heartbeat_sep(%(sep)s);
 
 -- name: leave_sep
-SELECT dispatcher.leave_sep_v1(%(sep)s) AS requeued;
+SELECT dispatcher_v2.leave_sep(%(sep)s) AS requeued;
 
 -- name: control_sep
-SELECT * FROM dispatcher.control_sep_v1(%(sep)s, %(action)s);
+SELECT * FROM dispatcher_v2.control_sep(%(sep)s, %(action)s);
 
 -- name: list_seps
 SELECT s.id, s.host, s.pid, s.state, s.paused, s.stop_requested, s.standby, s.capabilities,
@@ -39,7 +39,7 @@ WHERE s.id = %(session)s;
 SELECT state, paused, stop_requested, standby FROM dispatcher.sep WHERE id = %(sep)s;
 
 -- name: active_seps
-SELECT dispatcher.active_seps(%(region)s) AS n;
+SELECT dispatcher_v2.active_seps(%(region)s) AS n;
 
 -- name: sample_done_count
 -- Used by the bundled sample app (dispatcher/sample/app.py): finished requests of a transaction.
@@ -51,10 +51,10 @@ WHERE region = %(region)s AND transid = %(transid)s AND state = 'done';
 SELECT set_config('synchronous_commit', 'off', false) AS synchronous_commit;
 
 -- name: claim_batch
-SELECT * FROM dispatcher.claim_batch_v1(%(sep)s, %(take)s);
+SELECT * FROM dispatcher_v2.claim(%(sep)s, %(take)s);
 
 -- name: complete_many
-SELECT * FROM dispatcher.complete_many_v1(%(sep)s, %(report)s::jsonb, %(clock)s,
+SELECT * FROM dispatcher_v2.complete_many(%(sep)s, %(report)s::jsonb, %(clock)s,
     %(release)s::bigint[], %(take)s, %(running)s);
 
 -- name: sep_of_process

@@ -1,0 +1,3 @@
+-- Revision 0004 down: the dispatch procedures of version 2 go; version 1 (in the
+-- dispatcher schema) was never changed by 0004.
+DROP SCHEMA dispatcher_v2 CASCADE;
