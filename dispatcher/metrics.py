@@ -26,8 +26,8 @@ from prometheus_client.metrics_core import (
 from prometheus_client.registry import Collector
 
 from .database import connect
+from .gateway import Gateway, ops
 from .logs import get_logger
-from .region import Region
 
 __all__ = ["RESPONSE_BUCKETS", "RegionCollector", "serve_metrics"]
 
@@ -45,15 +45,15 @@ class RegionCollector(Collector):
         self._conn: psycopg.Connection[dict[str, Any]] | None = None
         self._lock = threading.Lock()
 
-    def _region(self) -> Region:
+    def _db(self) -> Gateway:
         if self._conn is None or self._conn.closed:
             self._conn = connect(self.url, application_name="dispatcher-metrics")
-        return Region(self._conn, self.region)
+        return Gateway(self._conn)
 
     def collect(self) -> Iterator[Metric]:
         with self._lock:
             try:
-                metrics = list(self._collect(self._region()))
+                metrics = list(self._collect(self._db()))
             except Exception as exc:  # a scrape must not kill the process
                 log.warning("metrics_unavailable", error=str(exc))
                 if self._conn is not None:
@@ -64,8 +64,8 @@ class RegionCollector(Collector):
                 metrics = [up]
         yield from metrics
 
-    def _collect(self, region: Region) -> Iterator[Metric]:
-        g = region.rows("metrics_gauges", region=self.region)[0]
+    def _collect(self, db: Gateway) -> Iterator[Metric]:
+        g = db.run(ops.metrics.metrics_gauges(self.region))
         up = GaugeMetricFamily("dispatcher_database_up", "Region database reachable")
         up.add_metric([], 1)
         yield up
@@ -92,9 +92,7 @@ class RegionCollector(Collector):
             depth.add_metric([band], g["queued_by_band"].get(band, 0))
         yield depth
 
-        rows = region.rows(
-            "metrics_finished", region=self.region, bounds=[float(b) for b in RESPONSE_BUCKETS]
-        )
+        rows = db.run(ops.metrics.metrics_finished(self.region, RESPONSE_BUCKETS))
         finished = CounterMetricFamily(
             "dispatcher_requests_finished",
             "Requests finished, by transaction and outcome (over the history kept)",
@@ -125,13 +123,13 @@ class RegionCollector(Collector):
             hist.add_metric([transid], buckets, sums[transid])
         yield finished
         yield hist
-        yield from self._timers(region)
+        yield from self._timers(db)
 
-    def _timers(self, region: Region) -> Iterator[Metric]:
+    def _timers(self, db: Gateway) -> Iterator[Metric]:
         """Timers pending and the last hour's fire lag (timers in the region database)."""
         try:
-            with region.conn.transaction():
-                row = region.rows("timer_status", region=self.region)[0]
+            with db.conn.transaction():
+                row = db.run(ops.timer.timer_status(self.region))
         except psycopg.errors.UndefinedTable:
             return
         yield GaugeMetricFamily(

@@ -70,14 +70,13 @@ def downgrade(url: str, revision: str) -> None:
 def current(url: str) -> str | None:
     """The database's revision (None: not migrated); DatabaseUnavailable if unreachable."""
     from .database import connect
-    from .queries import QUERIES
+    from .gateway import Gateway, ops
 
     with connect(url, application_name="dispatcher-migrate") as conn:
-        row = conn.execute(QUERIES["version_table_present"]).fetchone()
-        if not row or not row["present"]:
+        db = Gateway(conn)
+        if not db.run(ops.migrate.version_table_present()):
             return None
-        found = conn.execute(QUERIES["alembic_revision"]).fetchone()
-        return None if found is None else str(found["version_num"])
+        return db.run(ops.migrate.alembic_revision())
 
 
 def ensure_schema(url: str, upgrade_older: bool = False) -> str:

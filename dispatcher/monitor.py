@@ -23,14 +23,12 @@ import time
 from typing import Any
 
 import psycopg
-from psycopg.rows import dict_row
 
 from . import cron
 from .database import Backoff, connect_with_retry
-from .errors import DispatcherError
+from .errors import DatabaseUnavailable, DispatcherError
+from .gateway import DueTimer, Gateway, ops
 from .logs import get_logger
-from .queries import QUERIES
-from .region import Region
 
 __all__ = ["Monitor", "firing_id"]
 
@@ -92,7 +90,7 @@ class Monitor:
                 self._serve()
             except _Stopped:
                 break
-            except psycopg.OperationalError as exc:
+            except (psycopg.OperationalError, DatabaseUnavailable) as exc:
                 delay = backoff.next_delay()
                 self.log.warning("database_unavailable", error=str(exc).strip(), retry_in_s=delay)
                 time.sleep(delay)
@@ -117,23 +115,19 @@ class Monitor:
                     region_conn.close()
 
     def _next_due(self, xr: psycopg.Connection[Any]) -> float:
-        with xr.cursor(row_factory=dict_row) as cur:
-            cur.execute(QUERIES["next_due"], {"region": self.region})
-            row = cur.fetchone()
+        in_s = Gateway(xr).run(ops.timer.next_due(self.region))
         xr.commit()
-        if row is None or row["in_s"] is None:
+        if in_s is None:
             return self.max_sleep
-        return max(0.0, min(self.max_sleep, float(row["in_s"])))
+        return max(0.0, min(self.max_sleep, in_s))
 
     def purge_firings(self, xr: psycopg.Connection[Any]) -> int:
         """Forget the region's firings older than the retention (database clock), at most
         PURGE_BATCH of them; the next purge is due at once if there may be more."""
-        with xr.transaction(), xr.cursor() as cur:
-            cur.execute(
-                QUERIES["purge_firings"],
-                {"region": self.region, "keep_s": self.firing_retention_s, "limit": PURGE_BATCH},
+        with xr.transaction():
+            n = Gateway(xr).run(
+                ops.timer.purge_firings(self.region, self.firing_retention_s, PURGE_BATCH)
             )
-            n = cur.rowcount
         more = n >= PURGE_BATCH
         self._next_purge = time.monotonic() + (0.0 if more else self.purge_every_s)
         if n:
@@ -144,13 +138,13 @@ class Monitor:
         self, xr: psycopg.Connection[Any], region_conn: psycopg.Connection[Any] | None = None
     ) -> int:
         """Fire the due timers of the region (one batch); returns how many fired."""
-        with xr.transaction(), xr.cursor(row_factory=dict_row) as cur:
-            cur.execute(QUERIES["claim_due_timers"], {"region": self.region, "limit": self.batch})
-            timers = cur.fetchall()
+        db = Gateway(xr)
+        with xr.transaction():
+            timers = db.run(ops.timer.claim_due_timers(self.region, self.batch))
             if not timers:
                 return 0
             claimed = time.monotonic()
-            fids = [firing_id(t["id"], t["due_at"]) for t in timers]
+            fids = [firing_id(t.id, t.due_at) for t in timers]
             # same database: the whole batch in one enqueue call, in this transaction
             request_ids = self._enqueue_batch(xr, timers) if region_conn is None else None
             if request_ids is None:
@@ -159,28 +153,24 @@ class Monitor:
                     request_ids.append(self._enqueue(region_conn or xr, t, fid))
                     if region_conn is not None and os.environ.get(CRASH_HOOK):
                         os._exit(9)  # tests: die between the region commit and ours
-            cur.execute(
-                QUERIES["record_firings"],
-                {
-                    "region": self.region,
-                    "firing_ids": fids,
-                    "reqids": [t["reqid"] for t in timers],
-                    "due_ats": [t["due_at"] for t in timers],
-                    "request_ids": request_ids,
-                },
+            db.run(
+                ops.timer.record_firings(
+                    self.region,
+                    fids,
+                    [t.reqid for t in timers],
+                    [t.due_at for t in timers],
+                    request_ids,
+                )
             )
-            cur.execute(
-                QUERIES["timers_fired_once"], {"ids": [t["id"] for t in timers if not t["cron"]]}
-            )
+            db.run(ops.timer.timers_fired_once([t.id for t in timers if not t.cron]))
             for t in timers:
-                if t["cron"]:
+                if t.cron:
                     # the first slot after now on the database clock, and always after
                     # the slot that fired, so that a slot fires once
-                    after = max(t["now"], t["due_at"])
-                    nxt = cron.next_after(t["cron"], after, t["tz"])
-                    cur.execute(QUERIES["timer_fired_schedule"], {"id": t["id"], "next_due": nxt})
+                    nxt = cron.next_after(t.cron, max(t.now, t.due_at), t.tz)
+                    db.run(ops.timer.timer_fired_schedule(t.id, nxt))
         queued_ms = (time.monotonic() - claimed) * 1000
-        lags = sorted(float(t["lag_ms"]) + queued_ms for t in timers)
+        lags = sorted(t.lag_ms + queued_ms for t in timers)
         self.log.info(
             "timers_fired",
             count=len(timers),
@@ -191,52 +181,49 @@ class Monitor:
         return len(timers)
 
     def _enqueue_batch(
-        self, xr: psycopg.Connection[Any], timers: list[dict[str, Any]]
+        self, xr: psycopg.Connection[Any], timers: list[DueTimer]
     ) -> list[int | None] | None:
         """One enqueue_many call for the batch (in a savepoint); None if a bad timer
         spoiled it, so that the caller fires them one by one."""
         try:
             with xr.transaction():
-                out = Region(xr, self.region).enqueue_many(
-                    [(t["transid"], t["payload"]) for t in timers],
-                    user_priorities=[t["priority"] for t in timers],
-                    origin="timer",
+                out = Gateway(xr).run(
+                    ops.request.enqueue_many(
+                        self.region,
+                        [(t.transid, t.payload) for t in timers],
+                        user_priorities=[t.priority for t in timers],
+                        origin="timer",
+                    )
                 )
         except DispatcherError:
             return None
         for t, e in zip(timers, out, strict=True):
-            self.log.debug(
-                "timer_fired", reqid=t["reqid"], transid=t["transid"], request_id=e.request_id
-            )
+            self.log.debug("timer_fired", reqid=t.reqid, transid=t.transid, request_id=e.request_id)
         return [e.request_id for e in out]
 
-    def _enqueue(self, conn: psycopg.Connection[Any], t: dict[str, Any], fid: str) -> int | None:
-        lag_ms = float(t["lag_ms"])  # at the claim, on the database clock
+    def _enqueue(self, conn: psycopg.Connection[Any], t: DueTimer, fid: str) -> int | None:
+        lag_ms = t.lag_ms  # at the claim, on the database clock
+        op = ops.request.enqueue(
+            self.region,
+            t.transid,
+            t.payload,
+            user_priority=t.priority,
+            idempotency_key=fid,
+            origin="timer",
+        )
         try:
             if conn.autocommit:
-                e = Region(conn, self.region).enqueue(
-                    t["transid"],
-                    t["payload"],
-                    user_priority=t["priority"],
-                    idempotency_key=fid,
-                    origin="timer",
-                )
+                e = Gateway(conn).run(op)
             else:
                 with conn.transaction():  # a savepoint: a bad timer spoils only itself
-                    e = Region(conn, self.region).enqueue(
-                        t["transid"],
-                        t["payload"],
-                        user_priority=t["priority"],
-                        idempotency_key=fid,
-                        origin="timer",
-                    )
+                    e = Gateway(conn).run(op)
         except DispatcherError as exc:
-            self.log.error("timer_failed", reqid=t["reqid"], transid=t["transid"], error=str(exc))
+            self.log.error("timer_failed", reqid=t.reqid, transid=t.transid, error=str(exc))
             return None
         self.log.info(
             "timer_fired",
-            reqid=t["reqid"],
-            transid=t["transid"],
+            reqid=t.reqid,
+            transid=t.transid,
             request_id=e.request_id,
             lag_ms=round(lag_ms, 1),
             duplicate=e.duplicate,

@@ -11,45 +11,16 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from .region import Region
+from .gateway import InRegion, ops
 
 __all__ = ["region_stats", "transaction_stats"]
 
 
-def _pcts(values: list[float] | None) -> dict[str, float | None]:
-    keys = ("p50", "p95", "p99")
-    if not values:
-        return dict.fromkeys(keys)
-    return {k: None if v is None else round(float(v), 3) for k, v in zip(keys, values, strict=True)}
+def transaction_stats(region: InRegion, since: dt.datetime) -> list[dict[str, Any]]:
+    """See :func:`dispatcher.gateway.ops.stats.transaction_stats`."""
+    return region.run(ops.stats.transaction_stats(region.name, since))
 
 
-def transaction_stats(region: Region, since: dt.datetime) -> list[dict[str, Any]]:
-    out = []
-    for row in region.rows("transaction_stats", region=region.name, since=since):
-        out.append(
-            {
-                "transid": row["transid"],
-                "count": row["count"],
-                "done": row["done"],
-                "abends": row["abends"],
-                "retries": int(row["retries"]),
-                "start_latency_ms": _pcts(row["start_latency_ms"]),
-                "response_ms": _pcts(row["response_ms"]),
-                "run_avg_ms": None
-                if row["run_avg_ms"] is None
-                else round(float(row["run_avg_ms"]), 3),
-            }
-        )
-    return out
-
-
-def region_stats(region: Region, since: dt.datetime) -> dict[str, Any]:
-    row = region.rows("region_stats", region=region.name, since=since)[0]
-    return {
-        "max_seps": row["max_seps"],
-        "tasks": row["tasks"],
-        "peak_running": int(row["peak_running"]),
-        "times_at_max_seps": row["times_at_max_seps"],
-        "seconds_at_max_seps": round(float(row["seconds_at_max_seps"]), 3),
-        "queued_ms": _pcts(row["queued_ms"]),
-    }
+def region_stats(region: InRegion, since: dt.datetime) -> dict[str, Any]:
+    """See :func:`dispatcher.gateway.ops.stats.region_stats`."""
+    return region.run(ops.stats.region_stats(region.name, since))

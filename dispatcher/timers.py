@@ -15,16 +15,13 @@ import secrets
 from typing import Any
 
 import psycopg
-from psycopg.rows import dict_row
-from psycopg.types.json import Jsonb
 
 from . import cron
-from .errors import InvalidValue, UnknownTimer, translate
-from .queries import QUERIES
+from .errors import InvalidValue, UnknownTimer
+from .gateway import Gateway, ops
 from .values import check_data
 
 __all__ = [
-    "QUERIES",
     "cancel",
     "list_timers",
     "new_reqid",
@@ -43,20 +40,6 @@ def new_reqid() -> str:
     return "t-" + secrets.token_hex(8)
 
 
-def _one(conn: psycopg.Connection[Any], name: str, **params: Any) -> dict[str, Any]:
-    try:
-        with conn.cursor(row_factory=dict_row) as cur:
-            cur.execute(QUERIES[name], params)
-            row = cur.fetchone()
-    except psycopg.Error as exc:
-        mine = translate(exc)
-        if mine is None:
-            raise
-        raise mine from exc
-    assert row is not None
-    return row
-
-
 def _set_timer(
     conn: psycopg.Connection[Any],
     region: str,
@@ -71,20 +54,18 @@ def _set_timer(
 ) -> str:
     """Set a timer due at DUE_AT, or (DUE_AT None) DELAY after the database's now."""
     check_data(data)  # the limits of every request's data (dispatcher.values)
-    row = _one(
-        conn,
-        "set_timer",
-        region=region,
-        reqid=reqid or new_reqid(),
-        transid=transid,
-        payload=Jsonb(data),
+    op = ops.timer.set_timer(
+        region,
+        reqid or new_reqid(),
+        transid,
+        data,
         priority=priority,
         due_at=due_at,
         delay=delay,
         cron=cron_expr,
         tz=tz,
     )
-    return str(row["reqid"])
+    return Gateway(conn).run(op)
 
 
 def _aware(when: dt.datetime) -> dt.datetime:
@@ -150,13 +131,12 @@ def schedule_cron(
 
 def timer_clock(conn: psycopg.Connection[Any]) -> dt.datetime:
     """Now on the clock of the database holding the timers (``dispatcher_xr.clock()``)."""
-    now: dt.datetime = _one(conn, "timer_clock")["now"]
-    return now
+    return Gateway(conn).run(ops.timer.timer_clock())
 
 
 def cancel(conn: psycopg.Connection[Any], region: str, reqid: str) -> None:
     """CANCEL a pending timer or schedule; UnknownTimer if it fired already or never was."""
-    if not _one(conn, "cancel_timer", region=region, reqid=reqid)["cancelled"]:
+    if not Gateway(conn).run(ops.timer.cancel_timer(region, reqid)):
         raise UnknownTimer(
             f"no pending timer with REQID {reqid!r} in region {region!r} "
             "(it has fired already, was cancelled, or never existed)"
@@ -164,9 +144,7 @@ def cancel(conn: psycopg.Connection[Any], region: str, reqid: str) -> None:
 
 
 def list_timers(conn: psycopg.Connection[Any], region: str) -> list[dict[str, Any]]:
-    with conn.cursor(row_factory=dict_row) as cur:
-        cur.execute(QUERIES["list_timers"], {"region": region})
-        return list(cur.fetchall())
+    return Gateway(conn).run(ops.timer.list_timers(region))
 
 
 def start_in_transaction(

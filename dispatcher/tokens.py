@@ -12,9 +12,8 @@ import os
 import secrets
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-from .region import Region
+from .gateway import InRegion, Token, ops
 
 __all__ = ["create_token", "find_token", "hash_token", "local_token", "new_token"]
 
@@ -30,26 +29,19 @@ def hash_token(token: str) -> bytes:
 
 
 def create_token(
-    region: Region, name: str, allow: Sequence[str] | None = None, priority: int = 0
+    region: InRegion, name: str, allow: Sequence[str] | None = None, priority: int = 0
 ) -> str:
     """Create (or replace) token NAME; returns the token, shown only once."""
     token = new_token()
-    region.row(
-        "create_token",
-        region=region.name,
-        name=name,
-        hash=hash_token(token),
-        allow=list(allow) if allow else None,
-        priority=priority,
-    )
+    region.run(ops.listener.create_token(region.name, name, hash_token(token), allow, priority))
     return token
 
 
-def find_token(region: Region, token: str) -> dict[str, Any] | None:
-    return region.row("find_token", region=region.name, hash=hash_token(token))
+def find_token(region: InRegion, token: str) -> Token | None:
+    return region.run(ops.listener.find_token(region.name, hash_token(token)))
 
 
-def local_token(region: Region, home: Path) -> str:
+def local_token(region: InRegion, home: Path) -> str:
     """The local CLI's own token for this region, created on first use."""
     path = home / "tokens" / region.name
     if path.exists():

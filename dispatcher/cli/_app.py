@@ -14,6 +14,7 @@ import psycopg
 
 from ..config import DEFAULT_REGION, Settings
 from ..database import connect, database_url
+from ..gateway import RegionGateway, ops
 from ..migrate import ensure_schema
 from ..region import Region
 
@@ -43,17 +44,24 @@ class App:
             self._conn = connect(self.url, application_name="dispatcher-cli")
         return self._conn
 
-    def region(self, ensure: bool = False) -> Region:
-        """The region, migrating an empty database first (a fresh home just works)."""
+    def db(self, ensure: bool = False) -> RegionGateway:
+        """The gateway to the region's database, migrating an empty database first (a
+        fresh home just works); ENSURE (or the default region): create the region if
+        needed, else UnknownRegion, with the command that creates it."""
         if not self._checked:
             ensure_schema(self.url)
             self._checked = True
-        r = Region(self.conn, self.settings.region)
+        gw = RegionGateway(self.conn, self.settings.region)
         if ensure or self.settings.region == DEFAULT_REGION:
-            r.ensure()
+            gw.run(ops.region.ensure_region(gw.name))
         else:
-            r.info()  # UnknownRegion, with the command that creates it
-        return r
+            gw.run(ops.region.get_region(gw.name))
+        return gw
+
+    def region(self, ensure: bool = False) -> Region:
+        """LEGACY: the region's procedures as methods (for sep and listener code that
+        takes a Region); new commands use :meth:`db`."""
+        return Region(self.db(ensure).conn, self.settings.region)
 
     def close(self) -> None:
         if self._conn is not None:

@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 
+from ..gateway import ops
 from ..protocol import DEFAULT_PORT
 from ..tokens import create_token, local_token
 from ._app import App, Seconds, echo_json, pass_app
@@ -73,7 +74,7 @@ def listener(
     if tls_cert and tls_key:
         tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         tls.load_cert_chain(tls_cert, tls_key)
-    app.region(ensure=True)
+    app.db(ensure=True)
     url = app.url
     app.close()
     if metrics_port is not None:
@@ -104,7 +105,7 @@ def listener(
 
 
 def _token(app: App, token: str | None) -> str:
-    return token or local_token(app.region(), app.settings.home)
+    return token or local_token(app.db(), app.settings.home)
 
 
 @click.command("call")
@@ -265,7 +266,7 @@ def token() -> None:
 @pass_app
 def token_create(app: App, name: str, allow: tuple[str, ...], priority: int) -> None:
     """Create (or replace) token NAME and print it (it is shown only once)."""
-    click.echo(create_token(app.region(), name, allow or None, priority))
+    click.echo(create_token(app.db(), name, allow or None, priority))
 
 
 @token.command("list")
@@ -273,7 +274,8 @@ def token_create(app: App, name: str, allow: tuple[str, ...], priority: int) -> 
 @pass_app
 def token_list(app: App, as_json: bool) -> None:
     """List tokens (names and rights, never the tokens)."""
-    rows = app.region().rows("list_tokens", region=app.settings.region)
+    db = app.db()
+    rows = db.run(ops.listener.list_tokens(db.name))
     if as_json:
         echo_json(rows)
         return

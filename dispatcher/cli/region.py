@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from ..gateway import ops
 from ._app import App, Seconds, echo_json, pass_app
 
 
@@ -38,13 +39,16 @@ def set_(
     history_retention: float | None,
 ) -> None:
     """Create the region if needed and change its settings."""
-    row = app.region(ensure=True).set(
+    db = app.db(ensure=True)
+    op = ops.region.set_region(
+        db.name,
         max_seps=max_seps,
         state=state,
         aging_ms=aging_ms,
         sep_dead_after_s=sep_dead_after,
         history_retention_s=history_retention,
     )
+    row = db.run(op)
     click.echo(f"region {row['name']}: max SEPs {row['max_seps']}, {row['state']}")
 
 
@@ -53,7 +57,8 @@ def set_(
 @pass_app
 def show(app: App, as_json: bool) -> None:
     """Show the region's settings."""
-    row = app.region().info()
+    db = app.db()
+    row = db.run(ops.region.get_region(db.name))
     row.pop("busy_seps", None)
     if as_json:
         echo_json(row)

@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from ..errors import DispatcherError
+from ..gateway import ops
 from ._app import App, Seconds, echo_json, pass_app
 from ._data import DATA_HELP, parse_data, read_data
 
@@ -25,10 +26,10 @@ def parse_json(text: str, what: str) -> Any:
 
 def wait_for(app: App, request_id: int, timeout: float) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
-    region = app.region()
+    db = app.db()
     delay = 0.01
     while True:
-        row = region.request(request_id)
+        row = db.run(ops.request.show_request(db.name, request_id))
         if row["state"] in FINAL_STATES:
             return row
         if time.monotonic() > deadline:
@@ -108,7 +109,7 @@ def start(
             )
         )
         return
-    region = app.region()
+    db = app.db()
     if data_file is not None:
         if data is not None:
             raise click.UsageError("give --data or --data-file, not both")
@@ -127,14 +128,19 @@ def start(
                 raise click.UsageError(f"line {n}: no transid, and no TRANSID argument given")
             else:
                 items.append((transid, value))
-        results = region.enqueue_many(items, user_priorities=[priority] * len(items))
+        results = db.run(
+            ops.request.enqueue_many(db.name, items, user_priorities=[priority] * len(items))
+        )
         for r in results:
             click.echo(r.request_id)
         return
     if transid is None:
         raise click.UsageError("missing TRANSID")
     payload = parse_json(data, "--data") if data is not None else None
-    e = region.enqueue(transid, payload, user_priority=priority, idempotency_key=reqid)
+    op = ops.request.enqueue(
+        db.name, transid, payload, user_priority=priority, idempotency_key=reqid
+    )
+    e = db.run(op)
     if not wait:
         click.echo(e.request_id)
         return
@@ -160,7 +166,8 @@ def request() -> None:
 @pass_app
 def show(app: App, request_id: int, as_json: bool) -> None:
     """Show a request: state, result or error, attempts, SEP, timings."""
-    row = app.region().request(request_id)
+    db = app.db()
+    row = db.run(ops.request.show_request(db.name, request_id))
     if as_json:
         echo_json(row)
         return

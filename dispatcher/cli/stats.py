@@ -43,7 +43,7 @@ def _fmt(p: dict[str, float | None]) -> str:
 def stats(app: App, since: str, as_json: bool) -> None:
     """Per transaction: count, abends, retries, latency p50/p95/p99; per region: peaks."""
     when = parse_since(since)
-    region = app.region()
+    region = app.db()
     per_tx = transaction_stats(region, when)
     per_region = region_stats(region, when)
     if as_json:

@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from ..gateway import ops
 from ._app import App, Seconds, echo_json, pass_app
 
 # Extra sections other parts add to the status (e.g. timers): name -> function(app).
@@ -14,7 +15,8 @@ SECTIONS: dict[str, Any] = {}
 
 
 def collect(app: App) -> dict[str, Any]:
-    row = app.region().status()
+    db = app.db()
+    row = db.run(ops.region.region_status(db.name))
     for name, fn in SECTIONS.items():
         row[name] = fn(app)
     return row

@@ -12,6 +12,8 @@ import psycopg
 
 from .. import timers as timer_api
 from ..database import connect
+from ..errors import DatabaseUnavailable
+from ..gateway import Gateway, ops
 from ..monitor import Monitor
 from ._app import App, echo_json, pass_app
 from .status import SECTIONS
@@ -45,7 +47,7 @@ def xr_conn(app: App) -> psycopg.Connection[Any]:
     """A connection to the cross-region database (timers)."""
     url = app.settings.cross_region_url
     if url is None:
-        app.region()  # migrates a fresh database
+        app.db()  # migrates a fresh database
         return app.conn
     return connect(url, application_name="dispatcher-cli")
 
@@ -66,13 +68,13 @@ def schedule(
         raise click.UsageError("give one of --after, --at, --cron")
     if tz and not cron_expr:
         raise click.UsageError("--tz goes with --cron")
-    region = app.region()
-    known = {t["transid"] for t in region.transactions()}
+    db = app.db()
+    known = {t["transid"] for t in db.run(ops.transaction.list_transactions(db.name))}
     if transid not in known:
         from ..errors import UnknownTransaction
 
         raise UnknownTransaction(
-            f"unknown transaction {transid!r} in region {region.name!r}",
+            f"unknown transaction {transid!r} in region {db.name!r}",
             hint="define it with: dispatcher tx define",
         )
     conn = xr_conn(app)
@@ -145,11 +147,8 @@ def monitor(app: App, metrics_port: int | None) -> None:
 
 def _status(app: App) -> dict[str, Any]:
     try:
-        conn = xr_conn(app)
-        with conn.cursor() as cur:
-            cur.execute(timer_api.QUERIES["timer_status"], {"region": app.settings.region})
-            row: Any = cur.fetchone()
-    except psycopg.Error:
+        row = Gateway(xr_conn(app)).run(ops.timer.timer_status(app.settings.region))
+    except (psycopg.Error, DatabaseUnavailable):
         return {"unavailable": True}
     lag = row["lag_ms_p50_p99"] or [None, None]
     return {

@@ -5,7 +5,8 @@ from __future__ import annotations
 import click
 from click.core import ParameterSource
 
-from ..region import TRANSACTION_FIELDS
+from ..gateway import ops
+from ..gateway.ops.transaction import TRANSACTION_FIELDS
 from ._app import App, Seconds, echo_json, pass_app
 
 
@@ -95,7 +96,9 @@ def define(
     ]
     if not given and not release:
         raise click.UsageError("nothing to define: give --program and/or other options")
-    row = app.region(ensure=True).define_transaction(
+    db = app.db(ensure=True)
+    op = ops.transaction.define_transaction(
+        db.name,
         transid,
         program,
         priority=priority,
@@ -110,6 +113,7 @@ def define(
         by="operator",
         release=TRANSACTION_FIELDS if "all" in release else release,
     )
+    row = db.run(op)
     click.echo(f"defined {row['transid']} -> {row['program']} (priority {row['priority']})")
 
 
@@ -118,7 +122,8 @@ def define(
 @pass_app
 def list_(app: App, as_json: bool) -> None:
     """List the region's transactions (* marks what an operator set with tx define)."""
-    rows = app.region().transactions()
+    db = app.db()
+    rows = db.run(ops.transaction.list_transactions(db.name))
     if as_json:
         echo_json(rows)
         return
@@ -177,7 +182,8 @@ def class_() -> None:
 @pass_app
 def class_set(app: App, name: str, max_active: int) -> None:
     """Create or resize transaction class NAME."""
-    row = app.region(ensure=True).set_class(name, max_active)
+    db = app.db(ensure=True)
+    row = db.run(ops.transaction.set_class(db.name, name, max_active))
     click.echo(f"class {row['name']}: max active {row['max_active']}")
 
 
@@ -186,7 +192,8 @@ def class_set(app: App, name: str, max_active: int) -> None:
 @pass_app
 def class_list(app: App, as_json: bool) -> None:
     """List transaction classes with their active counts."""
-    rows = app.region().classes()
+    db = app.db()
+    rows = db.run(ops.transaction.list_classes(db.name))
     if as_json:
         echo_json(rows)
         return

@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from dispatcher.queries import QUERIES
+from dispatcher.gateway import Gateway, ops
 from sep import program
 
 
@@ -44,10 +44,8 @@ def abend(ctx: Any) -> Any:
 @program("COUNT")
 def count(ctx: Any) -> Any:
     """How many ECHO requests finished: a read in the task's own transaction."""
-    row = ctx.db.execute(
-        QUERIES["sample_done_count"], {"region": ctx.region_name, "transid": "ECHO"}
-    ).fetchone()
-    return {"echo_done": row["n"] if isinstance(row, dict) else row[0]}
+    n = Gateway(ctx.db).run(ops.sep.sample_done_count(ctx.region_name, "ECHO"))
+    return {"echo_done": n}
 
 
 @program("CHAT")

@@ -1,0 +1,24 @@
+"""The database operations, one module per concept (as ``sql/queries`` groups them):
+one function per named query, each returning an :class:`~dispatcher.gateway.op.Op`.
+
+Run one with ``Gateway(conn).run(op)`` or ``await AsyncGateway(conn).run(op)``::
+
+    from dispatcher.gateway import Gateway, ops
+
+    e = Gateway(conn).run(ops.request.enqueue("main", "ECHO", {"x": 1}))
+"""
+
+from . import listener, metrics, migrate, region, request, sep, session, stats, timer, transaction
+
+__all__ = [
+    "listener",
+    "metrics",
+    "migrate",
+    "region",
+    "request",
+    "sep",
+    "session",
+    "stats",
+    "timer",
+    "transaction",
+]

@@ -1,0 +1,145 @@
+"""Requests: enqueue one or many, show one (sql/queries/request.sql)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from typing import Any
+from uuid import UUID
+
+from psycopg.types.json import Jsonb
+
+from ...errors import UnknownRequest
+from ...values import check_data, check_text
+from ..op import Op, Result, Row, each, one
+from ..records import Enqueued
+
+__all__ = ["enqueue", "enqueue_many", "enqueue_many_params", "enqueue_params", "show_request"]
+
+
+def _check_request(transid: str, payload: Any, idempotency_key: str | None) -> None:
+    """The limits of dispatcher.values, checked before anything reaches the database."""
+    check_text(transid, "the transaction id")
+    check_data(payload)
+    if idempotency_key is not None:
+        check_text(idempotency_key, "the idempotency key")
+
+
+def enqueue_params(
+    region: str,
+    transid: str,
+    payload: Any = None,
+    *,
+    session: UUID | None = None,
+    user_priority: int = 0,
+    idempotency_key: str | None = None,
+    deadline: dt.datetime | None = None,
+    commarea: Any = None,
+    origin: str = "api",
+    notify: bool = True,
+) -> dict[str, Any]:
+    """The bound parameters of ``enqueue`` (checks the values first)."""
+    _check_request(transid, payload, idempotency_key)
+    if commarea is not None:
+        check_data(commarea, "the COMMAREA")
+    return {
+        "region": region,
+        "transid": transid,
+        "payload": Jsonb(payload),
+        "session": session,
+        "user_priority": user_priority,
+        "idempotency_key": idempotency_key,
+        "deadline": deadline,
+        "commarea": None if commarea is None else Jsonb(commarea),
+        "origin": origin,
+        "notify": notify,
+    }
+
+
+def enqueue_many_params(
+    region: str,
+    items: Sequence[tuple[str, Any]],
+    *,
+    sessions: Sequence[UUID | None] | None = None,
+    user_priorities: Sequence[int] | None = None,
+    idempotency_keys: Sequence[str | None] | None = None,
+    origin: str = "api",
+    notify: bool = True,
+) -> dict[str, Any]:
+    """The bound parameters of ``enqueue_many`` (checks the values first)."""
+    keys = list(idempotency_keys) if idempotency_keys is not None else [None] * len(items)
+    for (transid, payload), key in zip(items, keys, strict=True):
+        _check_request(transid, payload, key)
+    return {
+        "region": region,
+        "transids": [t for t, _ in items],
+        "payloads": [Jsonb(p) for _, p in items],
+        "sessions": list(sessions) if sessions is not None else None,
+        "user_priorities": list(user_priorities) if user_priorities is not None else None,
+        "idempotency_keys": list(idempotency_keys) if idempotency_keys is not None else None,
+        "origin": origin,
+        "notify": notify,
+    }
+
+
+def enqueue(
+    region: str,
+    transid: str,
+    payload: Any = None,
+    *,
+    session: UUID | None = None,
+    user_priority: int = 0,
+    idempotency_key: str | None = None,
+    deadline: dt.datetime | None = None,
+    commarea: Any = None,
+    origin: str = "api",
+    notify: bool = True,
+) -> Op[Enqueued]:
+    """Queue a request of TRANSID (dispatched at once to an idle SEP when there is one)."""
+    params = enqueue_params(
+        region,
+        transid,
+        payload,
+        session=session,
+        user_priority=user_priority,
+        idempotency_key=idempotency_key,
+        deadline=deadline,
+        commarea=commarea,
+        origin=origin,
+        notify=notify,
+    )
+    return Op("enqueue", params, one("enqueue", Enqueued.from_row))
+
+
+def enqueue_many(
+    region: str,
+    items: Sequence[tuple[str, Any]],
+    *,
+    sessions: Sequence[UUID | None] | None = None,
+    user_priorities: Sequence[int] | None = None,
+    idempotency_keys: Sequence[str | None] | None = None,
+    origin: str = "api",
+    notify: bool = True,
+) -> Op[list[Enqueued]]:
+    """Queue ITEMS ((transid, payload) pairs) in one call, all or none."""
+    params = enqueue_many_params(
+        region,
+        items,
+        sessions=sessions,
+        user_priorities=user_priorities,
+        idempotency_keys=idempotency_keys,
+        origin=origin,
+        notify=notify,
+    )
+    return Op("enqueue_many", params, each(Enqueued.from_row))
+
+
+def show_request(region: str, request_id: int) -> Op[Row]:
+    """A request, queued, running or finished (UnknownRequest if there is none)."""
+
+    def decode(result: Result) -> Row:
+        if not result.rows:
+            raise UnknownRequest(f"unknown request {request_id} in region {region!r}")
+        return result.rows[0]
+
+    return Op("show_request", {"region": region, "id": request_id}, decode)
