@@ -1,0 +1,185 @@
+"""Routing between the listener and the SEPs over the internal channel
+(dispatcher/channel.py): the hand-over of a task or an input to a SEP on a kept link
+(NOTIFY when the SEP cannot be reached), the cache of the region's transaction
+definitions put in dispatch frames, and the listener's own channel socket, where SEPs
+send a task's output and end, routed here to the session that owns the task."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+from dispatcher.channel import ChannelError, encode_frame, open_connection, read_frame, task_to_dict
+from dispatcher.region import AsyncRegion, Task
+
+from .health import DB_ERRORS
+from .outcomes import Outcomes
+from .state import ListenerState
+
+# how long the transaction definitions (program, timeout) put in dispatch frames are cached
+TX_CACHE_TTL = 5.0
+
+
+class Routing:
+    def __init__(self, state: ListenerState, outcomes: Outcomes) -> None:
+        self.state = state
+        self.outcomes = outcomes
+        self._sep_links: dict[int, tuple[asyncio.StreamWriter, str]] = {}
+        self._channel_writers: set[asyncio.StreamWriter] = set()
+        self._tx_cache: dict[str, tuple[str | None, float | None]] = {}
+        self._tx_loaded = -TX_CACHE_TTL
+        self._channel_server: asyncio.Server | None = None
+
+    # ------------------------------------------------------ the channel socket
+    async def start(self, channel_host: str | None, path: Path) -> None:
+        """Open the channel socket (TCP on CHANNEL_HOST, else the unix socket PATH) and
+        set the listener's address."""
+        if channel_host:
+            self._channel_server = await asyncio.start_server(self._channel_client, channel_host, 0)
+            cport = int(self._channel_server.sockets[0].getsockname()[1])
+            self.state.address = f"tcp:{channel_host}:{cport}"
+        else:
+            self._channel_server = await asyncio.start_unix_server(self._channel_client, str(path))
+            os.chmod(path, 0o666)
+            self.state.address = f"unix:{path}"
+
+    def close(self) -> None:
+        """Close the channel socket, the links to SEPs and the SEPs' connections."""
+        if self._channel_server is not None:
+            self._channel_server.close()
+        for writer, _ in self._sep_links.values():
+            writer.close()
+        for writer in list(self._channel_writers):
+            writer.close()
+
+    # ---------------------------------------------------------------- to SEPs
+    async def program(self, transid: str) -> tuple[str | None, float | None]:
+        """(program, timeout) of TRANSID for dispatch frames, cached for TX_CACHE_TTL."""
+        st = self.state
+        now = asyncio.get_running_loop().time()
+        found = self._tx_cache.get(transid)
+        if found is not None and now - self._tx_loaded < TX_CACHE_TTL:
+            return found
+        async with st.pool.connection() as conn:
+            rows = await AsyncRegion(conn, st.region).rows("list_transactions", region=st.region)
+        self._tx_cache = {row["transid"]: (row["program"], row["timeout_s"]) for row in rows}
+        self._tx_loaded = now
+        return self._tx_cache.get(transid, (None, None))
+
+    async def dispatch(self, sep_id: int, task: Task) -> None:
+        """Hand TASK to the SEP the enqueue procedure chose; its output and its end come
+        back to this listener's channel (reply_to)."""
+        await self.hand_over(
+            sep_id, {"type": "dispatch", "task": task_to_dict(task), "reply_to": self.state.address}
+        )
+
+    async def _sep_writer(self, sep_id: int) -> asyncio.StreamWriter:
+        link = self._sep_links.get(sep_id)
+        if link is not None and not link[0].is_closing():
+            return link[0]
+        async with self.state.pool.connection() as conn:
+            rows = await AsyncRegion(conn, self.state.region).rows("sep_address", sep=sep_id)
+        if not rows or not rows[0]["address"]:
+            raise ChannelError(f"SEP {sep_id} has no channel address")
+        _, writer = await open_connection(rows[0]["address"])
+        self._sep_links[sep_id] = (writer, rows[0]["address"])
+        return writer
+
+    async def hand_over(self, sep_id: int, message: dict[str, Any]) -> bool:
+        """Send a frame to a SEP (on a kept link; once more on a fresh one if that link
+        broke); for a dispatch that fails, fall back to NOTIFY."""
+        st = self.state
+        for attempt in (1, 2):
+            try:
+                writer = await self._sep_writer(sep_id)
+                writer.write(encode_frame(message))
+                await writer.drain()
+                return True
+            except (OSError, ChannelError, *DB_ERRORS) as exc:
+                link = self._sep_links.pop(sep_id, None)
+                if link is not None:
+                    link[0].close()
+                if attempt == 1 and link is not None:
+                    continue  # the kept link was stale: try a fresh connection
+                st.log.warning("sep_unreachable", sep=sep_id, error=str(exc))
+                break
+        if message["type"] == "dispatch":
+            request_id = message["task"]["request_id"]
+            try:
+                async with st.pool.connection() as conn:
+                    await AsyncRegion(conn, st.region).rows(
+                        "notify_sep_dispatch", sep=sep_id, request=request_id
+                    )
+                st.log.info("dispatch_by_notify", sep=sep_id, request_id=request_id)
+            except Exception as exc:  # the SEP's slow poll still finds it
+                st.log.warning("notify_failed", sep=sep_id, error=str(exc).strip())
+        return False
+
+    # -------------------------------------------------------------- from SEPs
+    async def _channel_client(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        self._channel_writers.add(writer)
+        try:
+            while True:
+                try:
+                    msg = await read_frame(reader)
+                except ChannelError as exc:
+                    self.state.log.warning("channel_frame_refused", error=str(exc))
+                    return
+                if msg is None:
+                    return
+                try:
+                    await self._from_sep(msg)
+                except Exception:  # one bad frame never ends the SEP's link
+                    self.state.log.exception("channel_message_failed", type=msg.get("type"))
+        except (ConnectionError, asyncio.CancelledError):
+            pass  # the SEP went away, or the listener is closing
+        finally:
+            self._channel_writers.discard(writer)
+            writer.close()
+
+    async def _from_sep(self, msg: dict[str, Any]) -> None:
+        """Route MSG (output, await_input or end) to the session whose call it is about;
+        a message about no current call is dropped."""
+        st = self.state
+        try:
+            s = st.sessions.get(UUID(str(msg.get("session_id"))))
+        except ValueError:
+            return
+        if s is None:
+            return
+        rid = msg.get("request_id")
+        call = s.call
+        if call is None or call.request_id != rid:
+            return
+        kind = msg["type"]
+        if kind in ("output", "await_input") and not call.bound:
+            call.bound = True
+            with contextlib.suppress(Exception):
+                async with st.pool.connection() as conn:
+                    await AsyncRegion(conn, st.region).rows(
+                        "bind_session", sep=msg.get("sep_id", call.sep_id), session=s.id
+                    )
+        if kind == "output":
+            call.sep_id = msg.get("sep_id", call.sep_id)
+            call.waiting = bool(msg.get("wants_input"))
+            s.push(
+                {
+                    "type": "output",
+                    "id": call.id,
+                    "request_id": rid,
+                    "data": msg.get("data"),
+                    "wants_input": call.waiting,
+                }
+            )
+        elif kind == "await_input":
+            call.sep_id = msg.get("sep_id", call.sep_id)
+            call.waiting = True
+            s.push({"type": "waiting", "id": call.id, "request_id": rid})
+        elif kind == "end":
+            await self.outcomes.ended(s, msg)

@@ -1,0 +1,385 @@
+"""Client sessions and the client protocol (docs/protocol.md): accepting a client, the
+hello and its token, the frames of a session (call, input, result_of, ping, bye), and
+the end of a session's conversation.
+
+A call's outcome reaches its session through outcomes.py; the tasks and inputs go to
+SEPs through routing.py; database work for a client message runs under
+Health.guard (health.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+from dataclasses import dataclass, field
+from functools import partial
+from typing import TYPE_CHECKING, Any
+from uuid import UUID
+
+from dispatcher.channel import ChannelError, FrameTooLarge, read_body
+from dispatcher.errors import DispatcherError
+from dispatcher.protocol import MAX_FRAME, PROTOCOL_VERSION, ProtocolError, decode, error
+from dispatcher.region import AsyncRegion, Task
+
+from .frames import check_call, error_code, failure_code, frame, token_hash
+from .health import Answered
+
+if TYPE_CHECKING:
+    from .group_commit import GroupCommit
+    from .health import Health
+    from .outcomes import Outcomes
+    from .routing import Routing
+    from .state import ListenerState
+
+HELLO_TIMEOUT = 10.0
+# a client whose unread replies pile up past this is dropped (it must not stall SEPs)
+MAX_PENDING_BYTES = 8 * MAX_FRAME
+
+
+@dataclass
+class Call:
+    id: Any
+    request_id: int
+    transid: str
+    started: float
+    sep_id: int | None = None
+    waiting: bool = False
+    bound: bool = False
+
+
+@dataclass(eq=False)  # a session is itself: compared by identity
+class Session:
+    id: UUID
+    user: str
+    priority: int
+    allow: list[str] | None
+    writer: asyncio.StreamWriter
+    call: Call | None = None
+    next_transid: str | None = None
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    async def send(self, message: dict[str, Any]) -> None:
+        """Send and wait for the socket to take it (backpressure on this client only)."""
+        async with self.lock:
+            try:
+                self.writer.write(frame(message))
+                await self.writer.drain()
+            except (ConnectionError, RuntimeError):
+                pass  # the client went away; its session ends with the connection
+
+    def push(self, message: dict[str, Any]) -> bool:
+        """Send without waiting (routing from SEPs must never wait on one client). A
+        client that lets more than MAX_PENDING_BYTES of replies pile up is dropped."""
+        if self.writer.is_closing():
+            return False
+        self.writer.write(frame(message))
+        transport = self.writer.transport
+        if transport.get_write_buffer_size() > MAX_PENDING_BYTES:
+            self.writer.close()
+            return False
+        return True
+
+
+class ClientSessions:
+    """One session per client connection, from its hello to its end."""
+
+    def __init__(
+        self,
+        state: ListenerState,
+        health: Health,
+        routing: Routing,
+        outcomes: Outcomes,
+        enqueuer: GroupCommit,
+    ) -> None:
+        self.state = state
+        self.health = health
+        self.routing = routing
+        self.outcomes = outcomes
+        self.enqueuer = enqueuer
+
+    # --------------------------------------------------------- a connection
+    async def client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Serve one client connection (the callback of the client socket)."""
+        st = self.state
+        session: Session | None = None
+        try:
+            session = await self._hello(reader, writer)
+            if session is None:
+                return
+            while not st.stopping.is_set():
+                try:
+                    body = await read_body(reader, MAX_FRAME)
+                except FrameTooLarge as exc:
+                    await session.send(error("frame_too_large", str(exc)))
+                    return
+                except ChannelError:
+                    return  # truncated: the client went away mid-frame
+                if body is None:
+                    return
+                try:
+                    msg = decode(body)
+                except ProtocolError as exc:
+                    await session.send(error(exc.code, exc.message, id=exc.id))
+                    continue
+                try:
+                    await self._handle(session, msg)
+                except Answered:
+                    pass  # database_unavailable: the client has its answer
+                except Exception as exc:  # one bad message never ends the session
+                    st.log.exception("message_failed", session=str(session.id))
+                    await session.send(
+                        error("internal", f"{type(exc).__name__}: {exc}", id=msg.get("id"))
+                    )
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
+            pass  # the client went away, or the listener is closing
+        finally:
+            if session is not None:
+                st.sessions.pop(session.id, None)
+                with contextlib.suppress(Exception, asyncio.CancelledError):
+                    await self.end_conversation(session)
+                # (also when the listener is closing and cancels this task meanwhile)
+                with contextlib.suppress(Exception, asyncio.CancelledError):
+                    async with st.pool.connection(timeout=2) as conn:
+                        await AsyncRegion(conn, st.region).end_session(session.id)
+            writer.close()
+
+    async def end_conversation(self, s: Session) -> None:
+        """S ended (bye, close, listener stopping): tell the SEP running its call, so that
+        a task waiting in ctx.receive learns it now (SessionEnded) and its SEP goes free."""
+        call = s.call
+        if call is None or call.sep_id is None:
+            return
+        message = {"type": "session_ended", "request_id": call.request_id, "session_id": str(s.id)}
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.routing.hand_over(call.sep_id, message), 2.0)
+
+    async def _reply(self, writer: asyncio.StreamWriter, message: dict[str, Any]) -> None:
+        """Answer a client that has no session yet."""
+        with contextlib.suppress(ConnectionError):
+            writer.write(frame(message))
+            await writer.drain()
+
+    async def _hello(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> Session | None:
+        """Read the hello, check its version and token, register the session; None when
+        the client was refused (it has its answer) or went away."""
+        st = self.state
+        try:
+            body = await asyncio.wait_for(read_body(reader, MAX_FRAME), HELLO_TIMEOUT)
+        except TimeoutError:
+            await self._reply(writer, error("bad_hello", "no hello within 10 s"))
+            return None
+        except FrameTooLarge as exc:
+            await self._reply(writer, error("frame_too_large", str(exc)))
+            return None
+        except ChannelError:
+            return None  # the client went away mid-frame
+        if body is None:
+            return None
+        try:
+            msg = decode(body)
+        except ProtocolError as exc:
+            await self._reply(writer, error(exc.code, exc.message, id=exc.id))
+            return None
+        hid = msg.get("id")
+        if msg["type"] != "hello":
+            await self._reply(writer, error("bad_hello", "the first frame must be a hello", id=hid))
+            return None
+        version = msg.get("version")
+        if type(version) is not int or version != PROTOCOL_VERSION:  # not true, not 1.0
+            await self._reply(
+                writer,
+                error(
+                    "bad_hello",
+                    f"unsupported protocol version {msg.get('version')!r}; "
+                    f"this listener speaks {PROTOCOL_VERSION}",
+                    id=hid,
+                ),
+            )
+            return None
+        token = msg.get("token")
+        if not isinstance(token, str) or not token:
+            await self._reply(writer, error("unauthorized", "a token is required", id=hid))
+            return None
+        try:
+            async with self.health.guard(partial(self._reply, writer), hid):
+                async with st.pool.connection() as conn:
+                    r = AsyncRegion(conn, st.region)
+                    found = await r.rows("find_token", region=st.region, hash=token_hash(token))
+                    if not found:
+                        await self._reply(writer, error("unauthorized", "unknown token", id=hid))
+                        return None
+                    tok = found[0]
+                    sid = await r.register_session(st.listener_id, tok["name"], tok["priority"])
+        except Answered:
+            return None
+        session = Session(sid, tok["name"], tok["priority"], tok["allow"], writer)
+        st.sessions[sid] = session
+        await session.send(
+            {
+                "type": "welcome",
+                **({} if hid is None else {"id": hid}),
+                "version": PROTOCOL_VERSION,
+                "session_id": str(sid),
+                "user": tok["name"],
+                "region": st.region,
+                "max_frame": MAX_FRAME,
+            }
+        )
+        st.log.info("session_started", session=str(sid), user=tok["name"])
+        return session
+
+    # ----------------------------------------------------- a session's frames
+    async def _handle(self, s: Session, msg: dict[str, Any]) -> None:
+        kind = msg["type"]
+        cid = msg.get("id")
+        if kind in ("call", "input"):
+            bad = check_call(msg)
+            if bad is not None:
+                if cid is not None:
+                    bad["id"] = cid
+                await s.send(bad)
+            elif kind == "call":
+                transid, data, key = msg["transid"], msg.get("data"), msg.get("key")
+                await self._start_call(s, cid, transid, data, None, key)
+            else:
+                await self._input(s, cid, msg.get("data"), msg.get("key"))
+        elif kind == "result_of":
+            await self._result_of(s, cid, msg.get("request_id"))
+        elif kind == "ping":
+            await s.send({"type": "pong", "id": cid})
+        elif kind == "bye":
+            s.writer.close()
+        else:
+            await s.send(error("bad_frame", f"unknown message type {kind!r}", id=cid))
+
+    async def _start_call(
+        self, s: Session, cid: Any, transid: str, data: Any, commarea: Any, key: str | None = None
+    ) -> None:
+        if s.call is not None:
+            await s.send(
+                error(
+                    "busy", f"request {s.call.request_id} is still running in this session", id=cid
+                )
+            )
+            return
+        if s.allow is not None and transid not in s.allow:
+            await s.send(error("forbidden", f"this token may not run {transid}", id=cid))
+            return
+        # keys are scoped by the token's name: one user cannot see another's outcome
+        scoped = None if key is None else f"{s.user}/{key}"
+        try:
+            async with self.health.guard(s.send, cid):
+                e = await self.enqueuer.submit(transid, data, s.id, commarea, scoped)
+                program = await self.routing.program(transid)
+        except DispatcherError as exc:  # (DatabaseUnavailable is one too: the guard's)
+            await s.send(error(error_code(exc), exc.message, id=cid))
+            return
+        s.call = Call(cid, e.request_id, transid, asyncio.get_running_loop().time(), e.sep_id)
+        s.next_transid = None
+        accepted: dict[str, Any] = {"type": "accepted", "id": cid, "request_id": e.request_id}
+        if e.duplicate:
+            accepted["duplicate"] = True
+        # written at once (no wait for the client to read it): the hand-over below is on
+        # the critical path of the call
+        s.push(accepted)
+        self.state.log.info(
+            "request_accepted",
+            session=str(s.id),
+            request_id=e.request_id,
+            transid=transid,
+            reason=e.reason,
+        )
+        if e.duplicate:
+            # the same key was sent before: answered from the first call's outcome
+            await self.outcomes.duplicate(s, e.request_id)
+            return
+        if e.sep_id is not None:
+            task = Task(
+                e.request_id,
+                1,
+                transid,
+                program[0],
+                data,
+                s.id,
+                commarea,
+                program[1],
+                dt.datetime.now(dt.UTC),
+            )
+            await self.routing.dispatch(e.sep_id, task)
+
+    async def _input(self, s: Session, cid: Any, data: Any, key: str | None = None) -> None:
+        call = s.call
+        if call is not None and call.waiting and call.sep_id is not None:
+            call.waiting = False
+            ok = await self.routing.hand_over(
+                call.sep_id, {"type": "input", "request_id": call.request_id, "data": data}
+            )
+            if not ok:
+                # the conversation lived in that SEP: the request is given up (the
+                # database fails it with SEPLost when the SEP is declared dead), and
+                # the session is free for its next call
+                s.call = None
+                await s.send(
+                    error(
+                        "sep_lost",
+                        "the SEP running this conversation cannot be reached",
+                        id=cid,
+                        request_id=call.request_id,
+                    )
+                )
+            return
+        if call is None and s.next_transid:
+            async with self.health.guard(s.send, cid):
+                async with self.state.pool.connection() as conn:
+                    rows = await AsyncRegion(conn, self.state.region).rows(
+                        "session_next", session=s.id
+                    )
+            nxt = rows[0] if rows else {"next_transid": None, "commarea": None}
+            if nxt["next_transid"]:
+                await self._start_call(s, cid, nxt["next_transid"], data, nxt["commarea"], key)
+                return
+        await s.send(
+            error(
+                "no_task_waiting",
+                "no task waits for input in this session, and no RETURN TRANSID is pending",
+                id=cid,
+            )
+        )
+
+    async def _result_of(self, s: Session, cid: Any, request_id: Any) -> None:
+        if type(request_id) is not int:
+            await s.send(
+                error("bad_frame", "result_of needs a request_id (a positive integer)", id=cid)
+            )
+            return
+        if not 0 < request_id < 2**63:
+            await s.send(error("invalid_value", f"request_id {request_id} is out of range", id=cid))
+            return
+        try:
+            async with self.health.guard(s.send, cid):
+                async with self.state.pool.connection() as conn:
+                    row = await AsyncRegion(conn, self.state.region).request(request_id)
+        except DispatcherError as exc:  # (DatabaseUnavailable is one too: the guard's)
+            await s.send(error(error_code(exc), exc.message, id=cid))
+            return
+        if row["state"] == "done":
+            await s.send(
+                {"type": "result", "id": cid, "request_id": request_id, "data": row["result"]}
+            )
+        elif row["state"] in ("failed", "cancelled"):
+            detail = row["error"] if isinstance(row["error"], dict) else {}
+            await s.send(
+                error(
+                    failure_code(detail),
+                    str(detail.get("message", row["state"])),
+                    id=cid,
+                    request_id=request_id,
+                    detail=detail,
+                )
+            )
+        else:
+            await s.send(
+                {"type": "pending", "id": cid, "request_id": request_id, "state": row["state"]}
+            )
