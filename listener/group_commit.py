@@ -9,7 +9,7 @@ from uuid import UUID
 
 from psycopg_pool import AsyncConnectionPool
 
-from dispatcher.region import AsyncRegion, Enqueued
+from dispatcher.gateway import AsyncGateway, Enqueued, ops
 
 from .health import DB_ERRORS
 
@@ -88,28 +88,30 @@ class GroupCommit:
         that an error reaches only its own caller."""
         try:
             async with self.pool.connection() as conn:
-                r = AsyncRegion(conn, self.region)
+                db = AsyncGateway(conn)
                 if len(batch) == 1:
                     (transid, data, sid, commarea, key), _ = batch[0]
-                    out = [
-                        await r.enqueue(
-                            transid,
-                            data,
-                            session=sid,
-                            commarea=commarea,
-                            idempotency_key=key,
-                            origin="listener",
-                            notify=False,
-                        )
-                    ]
+                    one = ops.request.enqueue(
+                        self.region,
+                        transid,
+                        data,
+                        session=sid,
+                        commarea=commarea,
+                        idempotency_key=key,
+                        origin="listener",
+                        notify=False,
+                    )
+                    out = [await db.run(one)]
                 else:
-                    out = await r.enqueue_many(
+                    many = ops.request.enqueue_many(
+                        self.region,
                         [(t, d) for (t, d, _, _, _), _ in batch],
                         sessions=[sid for (_, _, sid, _, _), _ in batch],
                         idempotency_keys=[k for (_, _, _, _, k), _ in batch],
                         origin="listener",
                         notify=False,
                     )
+                    out = await db.run(many)
         except (*DB_ERRORS, asyncio.CancelledError) as exc:
             # no point halving: every part would fail the same way
             for _, fut in batch:

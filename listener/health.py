@@ -14,15 +14,14 @@ import os
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
-from uuid import UUID
 
 import psycopg
 from psycopg_pool import PoolTimeout
 
 from dispatcher.database import Backoff
 from dispatcher.errors import DatabaseUnavailable
+from dispatcher.gateway import AsyncGateway, ops
 from dispatcher.protocol import error
-from dispatcher.region import AsyncRegion
 
 from .state import ListenerState
 
@@ -54,19 +53,11 @@ class Health:
         backoff = Backoff()
         while True:
             try:
+                op = ops.listener.register_listener(
+                    st.region, socket.gethostname(), st.port, os.getpid(), st.address
+                )
                 async with st.pool.connection() as conn:
-                    r = AsyncRegion(conn, st.region)
-                    row = (
-                        await r.rows(
-                            "register_listener",
-                            region=st.region,
-                            host=socket.gethostname(),
-                            port=st.port,
-                            pid=os.getpid(),
-                            address=st.address,
-                        )
-                    )[0]
-                st.listener_id = UUID(str(row["id"]))
+                    st.listener_id = await AsyncGateway(conn).run(op)
                 return
             except DB_ERRORS as exc:
                 delay = backoff.next_delay()
@@ -79,9 +70,7 @@ class Health:
         if st.listener_id is not None:
             with contextlib.suppress(Exception):
                 async with st.pool.connection(timeout=2) as conn:
-                    await AsyncRegion(conn, st.region).rows(
-                        "leave_listener", listener=st.listener_id
-                    )
+                    await AsyncGateway(conn).run(ops.listener.leave_listener(st.listener_id))
 
     async def heartbeat(self) -> None:
         """Beat every heartbeat_interval; register again (with the open sessions) when
@@ -92,21 +81,22 @@ class Health:
             await asyncio.sleep(self.heartbeat_interval)
             try:
                 async with st.pool.connection() as conn:
-                    r = AsyncRegion(conn, st.region)
-                    alive = (await r.rows("heartbeat_listener", listener=st.listener_id))[0]
-                    if not alive["alive"]:
+                    db = AsyncGateway(conn)
+                    if st.listener_id is None or not await db.run(
+                        ops.listener.heartbeat_listener(st.listener_id)
+                    ):
                         st.log.error("listener_was_declared_dead")
                         await self.register()
                         for old, s in list(st.sessions.items()):
-                            s.id = await r.register_session(st.listener_id, s.user, s.priority)
+                            s.id = await db.run(
+                                ops.session.register_session(
+                                    st.region, st.listener_id, s.user, s.priority
+                                )
+                            )
                             st.sessions[s.id] = st.sessions.pop(old)
                     beats += 1
                     if beats % 5 == 0:
-                        n = (
-                            await r.rows(
-                                "reap_listeners", region=st.region, dead_after_s=self.dead_after
-                            )
-                        )[0]["reaped"]
+                        n = await db.run(ops.listener.reap_listeners(st.region, self.dead_after))
                         if n:
                             st.log.warning("listeners_reaped", count=n)
             except DB_ERRORS as exc:
@@ -136,7 +126,7 @@ class Health:
             try:
                 await st.pool.check()  # drop the connections the restart broke
                 async with st.pool.connection(timeout=2.0) as conn:
-                    await AsyncRegion(conn, st.region).rows("listener_ping")
+                    await AsyncGateway(conn).run(ops.listener.listener_ping())
             except Exception as exc:
                 st.log.info(
                     "database_still_unavailable", error=str(exc).strip(), attempt=backoff.attempt

@@ -11,8 +11,8 @@ import asyncio
 import contextlib
 from typing import Any
 
+from dispatcher.gateway import AsyncGateway, ops
 from dispatcher.protocol import error
-from dispatcher.region import AsyncRegion
 
 from .frames import failure_code
 from .health import DB_ERRORS, Health
@@ -77,19 +77,16 @@ class Outcomes:
         request has finished."""
         st = self.state
         async with st.pool.connection() as conn:
-            r = AsyncRegion(conn, st.region)
-            rows = await r.rows("outcomes", ids=list(calls))
-            for row in rows:
-                for s in calls[row["id"]]:
-                    if s.call is None or s.call.request_id != row["id"]:
+            db = AsyncGateway(conn)
+            for row in await db.run(ops.listener.outcomes(list(calls))):
+                for s in calls[row.id]:
+                    if s.call is None or s.call.request_id != row.id:
                         continue
                     nxt = None
-                    if row["state"] == "done":
-                        found = await r.rows("session_next", session=s.id)
-                        nxt = found[0]["next_transid"] if found else None
-                    await self.finish(
-                        s, row["id"], row["state"] == "done", row["result"], row["error"], nxt
-                    )
+                    if row.state == "done":
+                        found = await db.run(ops.listener.session_next(s.id))
+                        nxt = found.next_transid if found else None
+                    await self.finish(s, row.id, row.state == "done", row.result, row.error, nxt)
 
     async def _final(self, request_id: int) -> bool:
         """Has REQUEST_ID finished for good (not requeued for another attempt)? When the
@@ -97,7 +94,7 @@ class Outcomes:
         st = self.state
         try:
             async with st.pool.connection() as conn:
-                rows = await AsyncRegion(conn, st.region).rows("outcomes", ids=[request_id])
+                rows = await AsyncGateway(conn).run(ops.listener.outcomes([request_id]))
         except DB_ERRORS as exc:
             self.health.lost(exc)
             return False

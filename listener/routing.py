@@ -14,14 +14,13 @@ from typing import Any
 from uuid import UUID
 
 from dispatcher.channel import ChannelError, encode_frame, open_connection, read_frame, task_to_dict
-from dispatcher.region import AsyncRegion, Task
+from dispatcher.gateway import AsyncGateway, Task, ops
 
 from .health import DB_ERRORS
 from .outcomes import Outcomes
 from .state import ListenerState
 
 # how long the transaction definitions (program, timeout) put in dispatch frames are cached
-TX_CACHE_TTL = 5.0
 
 
 class Routing:
@@ -30,8 +29,6 @@ class Routing:
         self.outcomes = outcomes
         self._sep_links: dict[int, tuple[asyncio.StreamWriter, str]] = {}
         self._channel_writers: set[asyncio.StreamWriter] = set()
-        self._tx_cache: dict[str, tuple[str | None, float | None]] = {}
-        self._tx_loaded = -TX_CACHE_TTL
         self._channel_server: asyncio.Server | None = None
 
     # ------------------------------------------------------ the channel socket
@@ -57,45 +54,39 @@ class Routing:
             writer.close()
 
     # ---------------------------------------------------------------- to SEPs
-    async def program(self, transid: str) -> tuple[str | None, float | None]:
-        """(program, timeout) of TRANSID for dispatch frames, cached for TX_CACHE_TTL."""
-        st = self.state
-        now = asyncio.get_running_loop().time()
-        found = self._tx_cache.get(transid)
-        if found is not None and now - self._tx_loaded < TX_CACHE_TTL:
-            return found
-        async with st.pool.connection() as conn:
-            rows = await AsyncRegion(conn, st.region).rows("list_transactions", region=st.region)
-        self._tx_cache = {row["transid"]: (row["program"], row["timeout_s"]) for row in rows}
-        self._tx_loaded = now
-        return self._tx_cache.get(transid, (None, None))
-
-    async def dispatch(self, sep_id: int, task: Task) -> None:
-        """Hand TASK to the SEP the enqueue procedure chose; its output and its end come
-        back to this listener's channel (reply_to)."""
+    async def dispatch(self, sep_id: int, task: Task, address: str | None) -> None:
+        """Hand TASK to the SEP the enqueue procedure chose (at ADDRESS, its channel, as
+        enqueue answered); its output and its end come back to this listener's channel
+        (reply_to)."""
         await self.hand_over(
-            sep_id, {"type": "dispatch", "task": task_to_dict(task), "reply_to": self.state.address}
+            sep_id,
+            {"type": "dispatch", "task": task_to_dict(task), "reply_to": self.state.address},
+            address,
         )
 
-    async def _sep_writer(self, sep_id: int) -> asyncio.StreamWriter:
+    async def _sep_writer(self, sep_id: int, address: str | None) -> asyncio.StreamWriter:
         link = self._sep_links.get(sep_id)
         if link is not None and not link[0].is_closing():
             return link[0]
-        async with self.state.pool.connection() as conn:
-            rows = await AsyncRegion(conn, self.state.region).rows("sep_address", sep=sep_id)
-        if not rows or not rows[0]["address"]:
+        if address is None:
+            async with self.state.pool.connection() as conn:
+                address = await AsyncGateway(conn).run(ops.listener.sep_address(sep_id))
+        if not address:
             raise ChannelError(f"SEP {sep_id} has no channel address")
-        _, writer = await open_connection(rows[0]["address"])
-        self._sep_links[sep_id] = (writer, rows[0]["address"])
+        _, writer = await open_connection(address)
+        self._sep_links[sep_id] = (writer, address)
         return writer
 
-    async def hand_over(self, sep_id: int, message: dict[str, Any]) -> bool:
+    async def hand_over(
+        self, sep_id: int, message: dict[str, Any], address: str | None = None
+    ) -> bool:
         """Send a frame to a SEP (on a kept link; once more on a fresh one if that link
-        broke); for a dispatch that fails, fall back to NOTIFY."""
+        broke; ADDRESS: its channel, when known, else looked up); for a dispatch that
+        fails, fall back to NOTIFY."""
         st = self.state
         for attempt in (1, 2):
             try:
-                writer = await self._sep_writer(sep_id)
+                writer = await self._sep_writer(sep_id, address)
                 writer.write(encode_frame(message))
                 await writer.drain()
                 return True
@@ -111,8 +102,8 @@ class Routing:
             request_id = message["task"]["request_id"]
             try:
                 async with st.pool.connection() as conn:
-                    await AsyncRegion(conn, st.region).rows(
-                        "notify_sep_dispatch", sep=sep_id, request=request_id
+                    await AsyncGateway(conn).run(
+                        ops.listener.notify_sep_dispatch(sep_id, request_id)
                     )
                 st.log.info("dispatch_by_notify", sep=sep_id, request_id=request_id)
             except Exception as exc:  # the SEP's slow poll still finds it
@@ -162,9 +153,9 @@ class Routing:
             call.bound = True
             with contextlib.suppress(Exception):
                 async with st.pool.connection() as conn:
-                    await AsyncRegion(conn, st.region).rows(
-                        "bind_session", sep=msg.get("sep_id", call.sep_id), session=s.id
-                    )
+                    sep = msg.get("sep_id", call.sep_id)
+                    if isinstance(sep, int):
+                        await AsyncGateway(conn).run(ops.listener.bind_session(s.id, sep))
         if kind == "output":
             call.sep_id = msg.get("sep_id", call.sep_id)
             call.waiting = bool(msg.get("wants_input"))

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -18,8 +17,8 @@ from uuid import UUID
 
 from dispatcher.channel import ChannelError, FrameTooLarge, read_body
 from dispatcher.errors import DispatcherError
+from dispatcher.gateway import AsyncGateway, ops
 from dispatcher.protocol import MAX_FRAME, PROTOCOL_VERSION, ProtocolError, decode, error
-from dispatcher.region import AsyncRegion, Task
 
 from .frames import check_call, error_code, failure_code, frame, token_hash
 from .health import Answered
@@ -140,7 +139,7 @@ class ClientSessions:
                 # (also when the listener is closing and cancels this task meanwhile)
                 with contextlib.suppress(Exception, asyncio.CancelledError):
                     async with st.pool.connection(timeout=2) as conn:
-                        await AsyncRegion(conn, st.region).end_session(session.id)
+                        await AsyncGateway(conn).run(ops.session.end_session(session.id))
             writer.close()
 
     async def end_conversation(self, s: Session) -> None:
@@ -205,16 +204,19 @@ class ClientSessions:
         try:
             async with self.health.guard(partial(self._reply, writer), hid):
                 async with st.pool.connection() as conn:
-                    r = AsyncRegion(conn, st.region)
-                    found = await r.rows("find_token", region=st.region, hash=token_hash(token))
-                    if not found:
+                    db = AsyncGateway(conn)
+                    tok = await db.run(ops.listener.find_token(st.region, token_hash(token)))
+                    if tok is None:
                         await self._reply(writer, error("unauthorized", "unknown token", id=hid))
                         return None
-                    tok = found[0]
-                    sid = await r.register_session(st.listener_id, tok["name"], tok["priority"])
+                    sid = await db.run(
+                        ops.session.register_session(
+                            st.region, st.listener_id, tok.name, tok.priority
+                        )
+                    )
         except Answered:
             return None
-        session = Session(sid, tok["name"], tok["priority"], tok["allow"], writer)
+        session = Session(sid, tok.name, tok.priority, tok.allow, writer)
         st.sessions[sid] = session
         await session.send(
             {
@@ -222,12 +224,12 @@ class ClientSessions:
                 **({} if hid is None else {"id": hid}),
                 "version": PROTOCOL_VERSION,
                 "session_id": str(sid),
-                "user": tok["name"],
+                "user": tok.name,
                 "region": st.region,
                 "max_frame": MAX_FRAME,
             }
         )
-        st.log.info("session_started", session=str(sid), user=tok["name"])
+        st.log.info("session_started", session=str(sid), user=tok.name)
         return session
 
     # ----------------------------------------------------- a session's frames
@@ -272,7 +274,6 @@ class ClientSessions:
         try:
             async with self.health.guard(s.send, cid):
                 e = await self.enqueuer.submit(transid, data, s.id, commarea, scoped)
-                program = await self.routing.program(transid)
         except DispatcherError as exc:  # (DatabaseUnavailable is one too: the guard's)
             await s.send(error(error_code(exc), exc.message, id=cid))
             return
@@ -295,19 +296,9 @@ class ClientSessions:
             # the same key was sent before: answered from the first call's outcome
             await self.outcomes.duplicate(s, e.request_id)
             return
-        if e.sep_id is not None:
-            task = Task(
-                e.request_id,
-                1,
-                transid,
-                program[0],
-                data,
-                s.id,
-                commarea,
-                program[1],
-                dt.datetime.now(dt.UTC),
-            )
-            await self.routing.dispatch(e.sep_id, task)
+        if e.sep_id is not None and e.task is not None:
+            # enqueue answered with the task and the SEP's channel address: hand it over
+            await self.routing.dispatch(e.sep_id, e.task, e.sep_address)
 
     async def _input(self, s: Session, cid: Any, data: Any, key: str | None = None) -> None:
         call = s.call
@@ -333,12 +324,9 @@ class ClientSessions:
         if call is None and s.next_transid:
             async with self.health.guard(s.send, cid):
                 async with self.state.pool.connection() as conn:
-                    rows = await AsyncRegion(conn, self.state.region).rows(
-                        "session_next", session=s.id
-                    )
-            nxt = rows[0] if rows else {"next_transid": None, "commarea": None}
-            if nxt["next_transid"]:
-                await self._start_call(s, cid, nxt["next_transid"], data, nxt["commarea"], key)
+                    nxt = await AsyncGateway(conn).run(ops.listener.session_next(s.id))
+            if nxt is not None and nxt.next_transid:
+                await self._start_call(s, cid, nxt.next_transid, data, nxt.commarea, key)
                 return
         await s.send(
             error(
@@ -360,7 +348,9 @@ class ClientSessions:
         try:
             async with self.health.guard(s.send, cid):
                 async with self.state.pool.connection() as conn:
-                    row = await AsyncRegion(conn, self.state.region).request(request_id)
+                    row = await AsyncGateway(conn).run(
+                        ops.request.show_request(self.state.region, request_id)
+                    )
         except DispatcherError as exc:  # (DatabaseUnavailable is one too: the guard's)
             await s.send(error(error_code(exc), exc.message, id=cid))
             return
