@@ -2045,6 +2045,7 @@ BEGIN
         UPDATE dispatcher.sep SET held = '{}' WHERE id = p_sep AND held <> '{}';
         RETURN QUERY SELECT * FROM dispatcher_v2.next_batch(s, v_done, p_take);
     ELSE
+        UPDATE dispatcher.sep SET held = '{}' WHERE id = p_sep AND held <> '{}';
         PERFORM dispatcher_v2.rest_sep(s, v_done);
     END IF;
 
@@ -2750,7 +2751,7 @@ CREATE FUNCTION dispatcher_v2.rest_sep(s dispatcher.sep, p_done integer) RETURNS
     AS $$
     UPDATE dispatcher.sep SET
         state = dispatcher_v2.rest_state(s), current_request = NULL, current_attempt = NULL,
-        held = '{}', idle_since = clock_timestamp(), tasks_run = tasks_run + p_done,
+        idle_since = clock_timestamp(), tasks_run = tasks_run + p_done,
         heartbeat_at = clock_timestamp()
     WHERE id = s.id
 $$;

@@ -198,12 +198,15 @@ LANGUAGE sql IMMUTABLE AS $$
                 ELSE 'idle' END
 $$;
 
--- SEP s has no work: it rests, holding nothing; p_done: tasks it just finished.
+-- SEP s has no task running: it rests; p_done: tasks it just finished. (What a batch
+-- prefetched stays in sep.held until it is reported, released or handed back: a SEP
+-- that ends its task without taking the next, as a timed-out one does, leaves them
+-- for leave_sep to requeue.)
 CREATE FUNCTION dispatcher_v2.rest_sep(s dispatcher.sep, p_done integer) RETURNS void
 LANGUAGE sql AS $$
     UPDATE dispatcher.sep SET
         state = dispatcher_v2.rest_state(s), current_request = NULL, current_attempt = NULL,
-        held = '{}', idle_since = clock_timestamp(), tasks_run = tasks_run + p_done,
+        idle_since = clock_timestamp(), tasks_run = tasks_run + p_done,
         heartbeat_at = clock_timestamp()
     WHERE id = s.id
 $$;
@@ -952,6 +955,7 @@ BEGIN
         UPDATE dispatcher.sep SET held = '{}' WHERE id = p_sep AND held <> '{}';
         RETURN QUERY SELECT * FROM dispatcher_v2.next_batch(s, v_done, p_take);
     ELSE
+        UPDATE dispatcher.sep SET held = '{}' WHERE id = p_sep AND held <> '{}';
         PERFORM dispatcher_v2.rest_sep(s, v_done);
     END IF;
 
