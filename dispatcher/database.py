@@ -116,7 +116,8 @@ class Backoff:
         self.attempt = 0
 
     def next_delay(self) -> float:
-        delay = min(self.max_delay, self.first * 2.0**self.attempt)
+        # the exponent capped: 2.0**1024 overflows (1024 retries: 85 minutes at 5 s)
+        delay = min(self.max_delay, self.first * 2.0 ** min(self.attempt, 64))
         self.attempt += 1
         return delay
 

@@ -23,49 +23,43 @@ from __future__ import annotations
 import collections
 import time
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING
 
-import psycopg
-
-from dispatcher.errors import CompletionRefused, DatabaseUnavailable, DispatcherError
 from dispatcher.region import Region, Task
 
+from .completion import Completion, Fault, Host, Todo
 from .ran import Ran
-
-if TYPE_CHECKING:
-    from .worker import Worker
 
 __all__ = ["Batch"]
 
-_DB_LOST = (psycopg.OperationalError, DatabaseUnavailable)
-Todo = collections.deque[Task]
 
+class Batch(Completion):
+    """The batch a SEP has in hand and the outcomes it has not reported yet: the
+    batched ``Completion`` (sep/completion.py)."""
 
-class Batch:
-    """The batch a SEP has in hand and the outcomes it has not reported yet."""
-
-    def __init__(self, worker: Worker, size: int, window: float) -> None:
-        self.worker = worker
+    def __init__(self, host: Host, size: int, window: float) -> None:
+        super().__init__(host)
         self.size = size
         self.window = window
         self.buffer: list[Ran] = []
         self.last_run: dict[str, float] = {}  # transid -> seconds its last run took
 
     # ------------------------------------------------------------------ steps
+    def claim(self) -> list[Task]:
+        return self.host.db(Region.claim_batch, self.host.sep_id, self.size)
+
     def step(self, task: Task, todo: Todo) -> Todo:
         """Run TASK (the rest of the batch is TODO); return what to run next."""
-        w = self.worker
         if self.buffer and self._due(task):
             if self.report(take=0, running=task.request_id) is None:
                 return self.reclaim()
-        ran = w._run_task(task, before_tx=self._before_tx, before_wait=self._before_wait)
+        ran = self.host.run_task(task, before_tx=self._before_tx, before_wait=self._before_wait)
         if ran is None:
             return self.reclaim()
         if len(self.last_run) > 10_000:
             self.last_run.clear()
         self.last_run[task.transid] = ran.ended - ran.started
         _encode(ran)
-        take = 0 if todo or w.stopping else self.size
+        take = 0 if todo or self.host.stopping else self.size
         if ran.tx:
             nxt = self._report_own(ran, take)
         else:
@@ -86,10 +80,9 @@ class Batch:
         """After a lost database or a refused report: start again from what the
         database says this SEP holds (unreported tasks run again)."""
         self.buffer.clear()
-        w = self.worker
-        if w.dead:
+        if self.host.dead:
             return collections.deque()
-        return collections.deque(w._db(Region.claim_batch, w.sep_id, self.size))
+        return collections.deque(self.claim())
 
     # ---------------------------------------------------------------- reports
     def _due(self, task: Task) -> bool:
@@ -115,8 +108,8 @@ class Batch:
     def _send(
         self, rans: Sequence[Ran], take: int, release: Sequence[int], running: int | None = None
     ) -> list[Task]:
-        return self.worker._region().complete_many(
-            self.worker.sep_id,
+        return self.host.region().complete_many(
+            self.host.sep_id,
             [r.encoded for r in rans],
             release=release,
             take=take,
@@ -125,26 +118,17 @@ class Batch:
 
     def _done(self, rans: Sequence[Ran]) -> None:
         for r in rans:
-            self.worker._finished(r)
+            self._finished(r)
 
     def report(
         self, take: int, release: Sequence[int] = (), running: int | None = None
     ) -> list[Task] | None:
         """Report the buffer (and take the next batch when TAKE > 0); None when the
-        database was lost or the report refused: the caller reclaims."""
-        w = self.worker
-        try:
-            nxt = self._send(self.buffer, take, release, running)
-        except CompletionRefused as exc:
-            w.log.error("completion_refused", error=str(exc), tasks=len(self.buffer))
-            self._check_alive()
-            return None
-        except _DB_LOST as exc:
-            w.log.warning("database_lost_at_completion", error=str(exc).strip())
-            w._reconnect()
-            return None
-        except (psycopg.Error, DispatcherError) as exc:
-            w.log.error("completion_failed", error=str(exc), tasks=len(self.buffer))
+        database was lost or the report refused or failed: the caller reclaims."""
+        nxt = self._settle(
+            lambda: self._send(self.buffer, take, release, running), tasks=len(self.buffer)
+        )
+        if isinstance(nxt, Fault):
             return None
         self._done(self.buffer)
         self.buffer = []
@@ -152,37 +136,23 @@ class Batch:
 
     def _report_own(self, ran: Ran, take: int) -> list[Task] | None:
         """A task that used ctx.db: its outcome commits with its writes."""
-        w = self.worker
-        try:
-            if ran.ok:
-                nxt = self._send([ran], take, ())
-                ran.tx.pop().__exit__(None, None, None)
-                self._done([ran])
+        if ran.ok:
+            nxt = self._settle(lambda: self._commit_own(ran, take), ran)
+            if nxt is Fault.REFUSED or nxt is Fault.LOST:
+                return None
+            if nxt is not Fault.FAILED:
                 return nxt
-        except CompletionRefused as exc:
-            ran.log.error("completion_refused", error=str(exc))
-            w._rollback(ran.tx)
-            self._check_alive()
-            return None
-        except _DB_LOST as exc:
-            ran.log.warning("database_lost_at_completion", error=str(exc).strip())
-            w._reconnect()
-            return None
-        except (psycopg.Error, DispatcherError) as exc:
-            # e.g. the program broke its transaction: the task abends, its writes undone
-            w._rollback(ran.tx)
-            ran.log.error("completion_failed", error=str(exc))
-            ran.abend(exc, "")
+            # e.g. the program broke its transaction: the task abended, its writes undone
             _encode(ran)
-        w._rollback(ran.tx)
+        ran.rollback()
         self.buffer.append(ran)
         return self.report(take=take) if take else []
 
-    def _check_alive(self) -> None:
-        w = self.worker
-        state = w._db(Region.row, "sep_state", sep=w.sep_id)
-        if state is None or state["state"] == "dead":
-            w.dead = True
+    def _commit_own(self, ran: Ran, take: int) -> list[Task]:
+        nxt = self._send([ran], take, ())
+        ran.commit()
+        self._done([ran])
+        return nxt
 
 
 def _encode(ran: Ran) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import psycopg
+
 from dispatcher.region import Outcome, Task
 
 from .conversation import Conversation
@@ -49,3 +51,16 @@ class Ran:
         self.next_transid = None
         self.commarea = None
         self.error = {"type": type(exc).__name__, "message": str(exc), "traceback": tb}
+
+    def commit(self) -> None:
+        """Commit the program's transaction (it carries the task's completion)."""
+        if self.tx:
+            self.tx.pop().__exit__(None, None, None)
+
+    def rollback(self) -> None:
+        """Roll the program's transaction back (its writes are undone)."""
+        while self.tx:
+            try:
+                self.tx.pop().__exit__(RuntimeError, RuntimeError("rolled back"), None)
+            except (psycopg.Error, RuntimeError):
+                pass

@@ -15,13 +15,10 @@ from __future__ import annotations
 import glob
 import os
 import shutil
-import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
@@ -29,9 +26,10 @@ import psycopg
 from dispatcher.database import connect
 from dispatcher.errors import DispatcherError, NoRoom
 from dispatcher.logs import get_logger
-from dispatcher.processes import child_env, stop_processes
 from dispatcher.region import Region
+from dispatcher.supervision import NEVER, Child, ProcessSupervisor
 
+from .options import SEPConfig, argv
 from .worker import (
     EXIT_DECLARED_DEAD,
     EXIT_KILLED,
@@ -53,52 +51,39 @@ WATCHDOG_GRACE = 2 * TIMEOUT_GRACE + 1.0
 WATCHDOG_INTERVAL = 1.0
 
 
-@dataclass
-class _Slot:
-    index: int
-    proc: subprocess.Popen[bytes] | None = None
-    failures: int = 0
-    restart_at: float = 0.0
-    operator_stopped: bool = False
-    started_at: float = field(default_factory=time.monotonic)
-
-
 class Supervisor:
-    def __init__(
-        self,
-        url: str,
-        region: str,
-        app: str,
-        count: int,
-        capabilities: tuple[str, ...] = (),
-        standby: bool = False,
-        poll_interval: float = 1.0,
-        heartbeat_interval: float = 2.0,
-        reap_interval: float = 5.0,
-        async_commit: bool = False,
-        batch: int = 1,
-        batch_window_ms: float = 5.0,
-    ) -> None:
-        self.url = url
-        self.region = region
-        self.app = app
+    """COUNT processes of ``python -m sep`` run with CONFIG (its URL and region go to
+    them through the environment), on the core's ProcessSupervisor: a crash is restarted
+    after 0.5 s, 1 s, 2 s ... 30 s (from 0.5 s again after 30 s of running)."""
+
+    def __init__(self, config: SEPConfig, count: int, reap_interval: float = 5.0) -> None:
+        self.config = config
+        self.url = config.url
+        self.region = config.region
         self.count = count
-        self.capabilities = capabilities
-        self.standby = standby
-        self.poll_interval = poll_interval
-        self.heartbeat_interval = heartbeat_interval
         self.reap_interval = reap_interval
-        self.async_commit = async_commit
-        self.batch = batch
-        self.batch_window_ms = batch_window_ms
-        self.stopping = False
-        self.log = get_logger("sep.supervisor", region=region)
+        self.log = get_logger("sep.supervisor", region=config.region)
         self.host = socket.gethostname()  # as the SEPs register it
         self._conn: psycopg.Connection[Any] | None = None
+        self.procs = ProcessSupervisor(
+            self.log,
+            started_event="sep_process_started",
+            exited_event="sep_process_died",
+            first_delay=0.5,
+            max_delay=30.0,
+            healthy_after=30.0,
+            on_exit=self._on_exit,
+        )
+        self._operator_stopped: set[str] = set()  # children stopped by `dispatcher sep stop`
+        self._stopped_now = False
+
+    @property
+    def stopping(self) -> bool:
+        return self.procs.stopping
 
     def check_room(self) -> None:
         """Refuse at once, with the numbers, when the region has no room for N SEPs."""
-        if self.standby:
+        if self.config.standby:
             return
         with connect(self.url, application_name="dispatcher-supervisor") as conn:
             region = Region(conn, self.region)
@@ -116,114 +101,76 @@ class Supervisor:
             )
 
     def _argv(self) -> list[str]:
-        argv = [
-            sys.executable,
-            "-m",
-            "sep",
-            "--app",
-            self.app,
-            "--poll",
-            str(self.poll_interval),
-            "--heartbeat",
-            str(self.heartbeat_interval),
-        ]
-        for cap in self.capabilities:
-            argv += ["--capability", cap]
-        if self.standby:
-            argv.append("--standby")
-        if self.async_commit:
-            argv.append("--async-commit")
-        if self.batch > 1:
-            argv += ["--batch", str(self.batch), "--batch-window", str(self.batch_window_ms)]
-        return argv
+        return [sys.executable, "-m", "sep", *argv(self.config)]
 
-    def _start(self, slot: _Slot) -> None:
-        env = {**os.environ, "DISPATCHER_DATABASE_URL": self.url, "DISPATCHER_REGION": self.region}
-        slot.proc = subprocess.Popen(self._argv(), env=child_env(env))  # ends with us
-        slot.started_at = time.monotonic()
-        self.log.info("sep_process_started", slot=slot.index, pid=slot.proc.pid)
-
-    def _on_signal(self, signum: int, _frame: Any) -> None:
-        if not self.stopping:
-            self.stopping = True
-            # logged from a thread: the handler may have interrupted a write to stderr
-            threading.Thread(
-                target=self.log.info, args=("supervisor_stopping",), kwargs={"signal": signum}
-            ).start()
+    def _on_signal(self, signum: int) -> None:
+        # logged from a thread: the handler may have interrupted a write to stderr
+        threading.Thread(
+            target=self.log.info, args=("supervisor_stopping",), kwargs={"signal": signum}
+        ).start()
 
     def run(self) -> int:
-        signal.signal(signal.SIGTERM, self._on_signal)
-        signal.signal(signal.SIGINT, self._on_signal)
-        slots = [_Slot(i) for i in range(self.count)]
-        for slot in slots:
-            self._start(slot)
+        env = {**os.environ, "DISPATCHER_DATABASE_URL": self.url, "DISPATCHER_REGION": self.region}
+        for i in range(self.count):
+            self.procs.add(f"sep-{i}", self._argv(), env, slot=i)
+        with self.procs.stopping_on_signals(self._on_signal):
+            self.procs.start_all()
+            exit_code = self._loop()
+            self._stop_all()
+        return exit_code
+
+    def _loop(self) -> int:
         last_reap = last_watch = time.monotonic()
-        exit_code = 0
+        children = self.procs.children
         while not self.stopping:
             time.sleep(0.2)
             now = time.monotonic()
-            stopped_now = [self._check(slot, now) for slot in slots]
-            if any(stopped_now) and all(s.proc is None for s in slots):
+            self._stopped_now = False
+            self.procs.check(now)
+            if self._stopped_now and all(c.proc is None for c in children):
                 # the operator stopped what was running: a slot waiting to restart (a
                 # crash, no room) is not restarted behind the operator's back
                 self.log.info("all_seps_stopped")
-                break
-            if all(s.proc is None and s.restart_at == float("inf") for s in slots):
-                if all(s.operator_stopped for s in slots):
+                return 0
+            if all(c.finished for c in children):
+                if all(c.name in self._operator_stopped for c in children):
                     self.log.info("all_seps_stopped")
-                else:
-                    self.log.error("no_sep_can_run")
-                    exit_code = 1
-                break
+                    return 0
+                self.log.error("no_sep_can_run")
+                return 1
             if now - last_watch >= WATCHDOG_INTERVAL:
                 last_watch = now
-                self._watch(slots, now)
+                self._watch(now)
             if now - last_reap >= self.reap_interval:
                 last_reap = now
                 self._reap()
-        self._stop_all(slots)
-        return exit_code
+        return 0
 
-    def _check(self, slot: _Slot, now: float) -> bool:
-        """Start or restart SLOT's process when due; True if the operator just stopped it."""
-        if slot.proc is None:
-            if now >= slot.restart_at:
-                self._start(slot)
-            return False
-        rc = slot.proc.poll()
-        if rc is None:
-            if now - slot.started_at > 30:
-                slot.failures = 0
-            return False
-        pid = slot.proc.pid
-        slot.proc = None
+    def _on_exit(self, child: Child, rc: int, now: float) -> float | None:
+        """What a SEP's exit code means: the delay before its restart (NEVER: none), or
+        None for a crash (restarted with backoff, logged as sep_process_died)."""
+        slot, pid = child.log_fields["slot"], child.pid
         for leftover in glob.glob(sockdir_glob(pid)):  # a child that died left its socket
             shutil.rmtree(leftover, ignore_errors=True)
         if rc in (EXIT_STOPPED, EXIT_KILLED) and self.stopping:
-            slot.restart_at = float("inf")  # it stopped as we asked: nothing to report
-            self.log.info("sep_process_stopped", slot=slot.index, returncode=rc)
-            return False
-        if rc in (EXIT_STOPPED, EXIT_KILLED) and not self.stopping:
+            # it stopped as we asked: nothing to report
+            self.log.info("sep_process_stopped", slot=slot, returncode=rc)
+            return NEVER
+        if rc in (EXIT_STOPPED, EXIT_KILLED):
             # `dispatcher sep stop [--force]`: the operator's word is final
-            slot.restart_at = float("inf")
-            slot.operator_stopped = True
-            self.log.info("sep_process_stopped_by_operator", slot=slot.index, returncode=rc)
-            return True
+            self._operator_stopped.add(child.name)
+            self._stopped_now = True
+            self.log.info("sep_process_stopped_by_operator", slot=slot, returncode=rc)
+            return NEVER
         if rc in (BAD_APP_EXIT, NO_ROOM_EXIT):
-            slot.restart_at = float("inf") if rc == BAD_APP_EXIT else now + 10.0
-            self.log.error("sep_process_refused", slot=slot.index, returncode=rc)
-            return False
+            self.log.error("sep_process_refused", slot=slot, returncode=rc)
+            return NEVER if rc == BAD_APP_EXIT else 10.0
         self._declare_dead(pid, rc)  # its slot is free for the restart at once
         if rc == EXIT_TIMED_OUT:
             # its task overran and was abended; the process itself was sound
-            slot.restart_at = now
-            self.log.warning("sep_process_timed_out", slot=slot.index, returncode=rc)
-            return False
-        slot.failures += 1
-        delay = min(30.0, 0.25 * 2 ** min(slot.failures, 7))
-        slot.restart_at = now + delay
-        self.log.warning("sep_process_died", slot=slot.index, returncode=rc, restart_in_s=delay)
-        return False
+            self.log.warning("sep_process_timed_out", slot=slot, returncode=rc)
+            return 0.0
+        return None  # a crash: restarted with backoff
 
     # ------------------------------------------------------------ database
     def _region(self) -> Region:
@@ -253,10 +200,10 @@ class Supervisor:
             # the region's reaper declares it dead when its heartbeat stops
             self._db_failed("declare_dead_failed", exc)
 
-    def _watch(self, slots: list[_Slot], now: float) -> None:
+    def _watch(self, now: float) -> None:
         """Kill a child whose task overran its timeout by WATCHDOG_GRACE, abend the task
         with TaskTimeout, and restart the slot."""
-        by_pid = {s.proc.pid: s for s in slots if s.proc is not None}
+        by_pid = {c.proc.pid: c for c in self.procs.running if c.proc is not None}
         if not by_pid:
             return
         try:
@@ -271,20 +218,17 @@ class Supervisor:
             self._db_failed("watchdog_failed", exc)
             return
         for row in rows:
-            slot = by_pid.get(int(row["pid"]))
-            if slot is None or slot.proc is None:
+            child = by_pid.get(int(row["pid"]))
+            if child is None or child.proc is None:
                 continue
             self.log.error(
                 "sep_task_overran",
-                slot=slot.index,
+                slot=child.log_fields["slot"],
                 sep=row["sep_id"],
                 request_id=row["request_id"],
                 timeout_s=row["timeout_s"],
             )
-            slot.proc.kill()
-            slot.proc.wait()
-            slot.proc = None
-            slot.restart_at = now
+            self.procs.kill(child)  # and restart it
             error = timeout_error(float(row["timeout_s"]), "its supervisor ended the SEP process")
             try:
                 end_overdue_task(
@@ -305,12 +249,10 @@ class Supervisor:
         except (psycopg.Error, DispatcherError) as exc:
             self._db_failed("reap_failed", exc)
 
-    def _stop_all(self, slots: list[_Slot], grace: float = 120.0) -> None:
-        procs = [s.proc for s in slots if s.proc is not None]
-        stop_processes(procs, grace, self.log)
-        for p in procs:
-            if p.returncode not in (EXIT_STOPPED, EXIT_KILLED):
-                self._declare_dead(p.pid, p.returncode)  # e.g. killed after the grace
+    def _stop_all(self, grace: float = 120.0) -> None:
+        for child, rc in self.procs.stop_all(grace):
+            if rc not in (EXIT_STOPPED, EXIT_KILLED):
+                self._declare_dead(child.pid, rc)  # e.g. killed after the grace
         if self._conn is not None:
             self._conn.close()
         self.log.info("supervisor_stopped")

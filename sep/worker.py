@@ -2,8 +2,9 @@
 
 The loop: register, LISTEN on its channel, then claim work; run a task inside its own
 database transaction; report the outcome with ``complete_v1``, which returns the next
-task in the same round trip; when there is none, wait for a NOTIFY, a task handed
-over by a listener on the SEP's channel socket, or the slow safety poll.
+task in the same round trip (or batched: sep/completion.py); when there is none, wait
+for a NOTIFY, a task handed over by a listener on the SEP's channel socket, or the slow
+safety poll.
 """
 
 from __future__ import annotations
@@ -35,8 +36,9 @@ from dispatcher.logs import get_logger
 from dispatcher.region import Region, Task
 
 from .batch import Batch
+from .completion import Completion, OneByOne
 from .context import ReturnTransid, TaskContext, TaskTimeout
-from .conversation import Conversation, ConversationError, ListenerLinks
+from .conversation import Conversation, ListenerLinks
 from .program import AppError, ProgramDef, load_app, resolve_program
 from .ran import Ran
 
@@ -115,20 +117,7 @@ class _Watch:
     fencing: bool = False
 
 
-@dataclass
-class SEPConfig:
-    url: str
-    region: str
-    app: str | None = None
-    capabilities: tuple[str, ...] = ()
-    standby: bool = False
-    poll_interval: float = 1.0
-    async_commit: bool = False
-    heartbeat_interval: float = 2.0
-    reap_every: int = 5
-    batch: int = 1  # requests taken per call (sep/batch.py); 1: no batching
-    batch_window: float = 0.005  # s an outcome may wait in a batch before it is reported
-
+from .options import SEPConfig  # noqa: E402  (one definition of the SEP options)
 
 SOCKDIR_PREFIX = "dispatcher-sep-"
 
@@ -175,7 +164,10 @@ class Worker:
         self._sockdir = Path(tempfile.mkdtemp(prefix=f"{SOCKDIR_PREFIX}{os.getpid()}-"))
         self.address = ""
         self._server: socket.socket | None = None
-        self._batch = Batch(self, config.batch, config.batch_window)
+        # how the SEP reports outcomes and gets work (sep/completion.py): chosen once
+        self._completion: Completion = (
+            Batch(self, config.batch, config.batch_window) if config.batch > 1 else OneByOne(self)
+        )
 
     # ------------------------------------------------------------------ setup
     def run(self) -> int:
@@ -368,13 +360,15 @@ class Worker:
     # ------------------------------------------------------------------ loop
     def _session_settings(self) -> None:
         if self.config.async_commit:
-            self._region().rows("async_commit")
+            self.region().rows("async_commit")
 
-    def _region(self) -> Region:
+    # What a completion sees of the worker (sep/completion.py, Host): sep_id, log,
+    # stopping, dead, region, reconnect, db, run_task, forget_listener.
+    def region(self) -> Region:
         assert self.conn is not None
         return Region(self.conn, self.config.region)
 
-    def _reconnect(self) -> None:
+    def reconnect(self) -> None:
         if self.conn is not None:
             try:
                 self.conn.close()
@@ -389,36 +383,24 @@ class Worker:
         self.conn = conn
         self._session_settings()
 
-    def _db(self, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
+    def db(self, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
         """Call a procedure, riding out a database restart (reconnect with backoff)."""
         backoff = Backoff()
         while True:
             try:
-                return fn(self._region(), *args, **kw)
+                return fn(self.region(), *args, **kw)
             except _DB_LOST as exc:
                 self.log.warning(
                     "database_unavailable", error=str(exc).strip(), retry_in_s=backoff.first
                 )
                 time.sleep(backoff.next_delay())
-                self._reconnect()
-
-    def _claim(self) -> list[Task]:
-        """What this SEP holds, else new work (one request, or a batch of --batch K)."""
-        if self.config.batch > 1:
-            return self._db(Region.claim_batch, self.sep_id, self.config.batch)
-        task = self._db(Region.claim_next, self.sep_id)
-        return [] if task is None else [task]
+                self.reconnect()
 
     def _loop(self) -> None:
-        todo: collections.deque[Task] = collections.deque(self._claim())
+        todo: collections.deque[Task] = collections.deque(self._completion.claim())
         while not self.stopping and not self.dead:
             if todo:
-                task = todo.popleft()
-                if self.config.batch > 1:
-                    todo = self._batch.step(task, todo)
-                else:
-                    nxt = self._execute(task)
-                    todo.extend([] if nxt is None else [nxt])
+                todo = self._completion.step(todo.popleft(), todo)
                 continue
             try:
                 kind, value = self.events.get(timeout=self.config.poll_interval)
@@ -432,18 +414,18 @@ class Worker:
             elif kind == "notify":
                 todo.extend(self._on_notify(str(value)))
             elif kind in ("wake", "poll"):
-                todo.extend(self._claim())
+                todo.extend(self._completion.claim())
             elif kind in ("stop", "dead"):
                 break
-        if self.config.batch > 1 and not self.dead:
-            self._batch.hand_back(todo)
+        if not self.dead:
+            self._completion.hand_back(todo)
 
     def _on_notify(self, payload: str) -> list[Task]:
         if payload.startswith("dispatch "):
             try:
-                task = self._db(Region.begin, self.sep_id, int(payload.split()[1]))
+                task = self.db(Region.begin, self.sep_id, int(payload.split()[1]))
             except CompletionRefused:
-                return self._claim()  # already taken (handed over)
+                return self._completion.claim()  # already taken (handed over)
             return [] if (task.request_id, task.attempt) in self._ran else [task]
         if payload == "kill":
             self.log.warning("sep_killed_by_operator")
@@ -451,7 +433,7 @@ class Worker:
         if payload == "stop":
             self.stopping = True
             return []
-        return self._claim()
+        return self._completion.claim()
 
     def _program(self, task: Task) -> Any:
         d = self.programs.get(task.transid)
@@ -460,6 +442,10 @@ class Worker:
         if not task.program:
             raise AppError(f"transaction {task.transid} has no program")
         return resolve_program(task.program)
+
+    def forget_listener(self, session: UUID) -> None:
+        with self.inputs_lock:
+            self._listeners.pop(session, None)
 
     def _remember_listener(self, session: UUID, address: str) -> None:
         with self.inputs_lock:
@@ -475,7 +461,7 @@ class Worker:
         with self.inputs_lock:
             address = self._listeners.get(task.session_id)
         if address is None:
-            row = self._region().row("session_listener_address", session=task.session_id)
+            row = self.region().row("session_listener_address", session=task.session_id)
             if not row or not row["address"]:
                 return None
             address = str(row["address"])
@@ -490,7 +476,7 @@ class Worker:
             conversation.end_session(why)
         return conversation
 
-    def _run_task(
+    def run_task(
         self,
         task: Task,
         before_tx: Callable[[], None] | None = None,
@@ -519,7 +505,7 @@ class Worker:
         try:
             ran.conversation = self._conversation(task)
         except _DB_LOST:
-            self._reconnect()
+            self.reconnect()
             return None
         if ran.conversation is not None:
             ran.conversation.before_wait = before_wait
@@ -542,7 +528,7 @@ class Worker:
             self._unwatch()
             log.warning("database_lost_during_task", error=str(exc).strip())
             self._drop_inputs(task)
-            self._reconnect()
+            self.reconnect()
             return None
         except BaseException as exc:
             overdue = self._unwatch()
@@ -558,97 +544,10 @@ class Worker:
             # whatever the program did with its timeout (caught it, blocked past it),
             # an outcome that comes after it is a timeout: never done
             ran.abend(TaskTimeout(f"task ran longer than its timeout of {task.timeout_s} s"), "")
-            self._rollback(ran.tx)
+            ran.rollback()
         ran.ended = time.monotonic()
         self._drop_inputs(task)
         return ran
-
-    def _execute(self, task: Task) -> Task | None:
-        """Run one task and complete it; return the next task (same round trip)."""
-        ran = self._run_task(task)
-        if ran is None:
-            return self._db(Region.claim_next, self.sep_id)  # re-runs the task we hold
-        log = ran.log
-        try:
-            if ran.ok:
-                nxt = self._region().complete(
-                    self.sep_id,
-                    task,
-                    ok=True,
-                    result=ran.result,
-                    take_next=not self.stopping,
-                    next_transid=ran.next_transid,
-                    commarea=ran.commarea,
-                )
-                if ran.tx:
-                    ran.tx.pop().__exit__(None, None, None)
-            else:
-                nxt = self._complete_abend(ran)
-        except CompletionRefused as exc:
-            log.error("completion_refused", error=str(exc))
-            self._rollback(ran.tx)
-            return self._claim_after_refusal()
-        except _DB_LOST as exc:
-            log.warning("database_lost_at_completion", error=str(exc).strip())
-            self._reconnect()
-            return self._db(Region.claim_next, self.sep_id)  # the task runs again
-        except (psycopg.Error, DispatcherError, TypeError, ValueError) as exc:
-            # e.g. the result is not JSON-serialisable, or the program broke its transaction
-            self._rollback(ran.tx)
-            log.error("completion_failed", error=str(exc))
-            ran.abend(exc, "")
-            nxt = self._complete_abend(ran)
-        self._finished(ran)
-        return nxt
-
-    def _complete_abend(self, ran: Ran) -> Task | None:
-        """Report an abend (outside the program's rolled-back transaction)."""
-        return self._db(
-            Region.complete,
-            self.sep_id,
-            ran.task,
-            ok=False,
-            error=ran.error,
-            take_next=not self.stopping,
-        )
-
-    def _claim_after_refusal(self) -> Task | None:
-        state = self._db(Region.row, "sep_state", sep=self.sep_id)
-        if state is None or state["state"] == "dead":
-            self.dead = True
-            return None
-        return self._db(Region.claim_next, self.sep_id)
-
-    def _finished(self, ran: Ran) -> None:
-        """Log a task whose outcome is committed, and tell its listener."""
-        elapsed_ms = round((ran.ended - ran.started) * 1000, 3)
-        if ran.ok:
-            ran.log.info("request_done", ms=elapsed_ms)
-        else:
-            error = ran.error or {}
-            ran.log.warning(
-                "request_abended",
-                ms=elapsed_ms,
-                error_type=error.get("type"),
-                error=error.get("message"),
-            )
-        conversation = ran.conversation
-        if conversation is not None:
-            try:
-                conversation.end(ran.ok, ran.result, ran.error, ran.next_transid)
-            except ConversationError as exc:
-                # the session may have moved to another listener: forget it; the
-                # listener's outcome poll answers the client anyway
-                with self.inputs_lock:
-                    self._listeners.pop(conversation.session_id, None)
-                ran.log.warning("listener_unreachable", error=str(exc))
-
-    def _rollback(self, tx: list[Any]) -> None:
-        while tx:
-            try:
-                tx.pop().__exit__(RuntimeError, RuntimeError("rolled back"), None)
-            except (psycopg.Error, RuntimeError):
-                pass
 
     def _drop_inputs(self, task: Task) -> None:
         with self.inputs_lock:
@@ -751,7 +650,7 @@ class Worker:
         if self.dead or self.conn is None:
             return
         try:
-            requeued = self._region().leave(self.sep_id)
+            requeued = self.region().leave(self.sep_id)
             self.log.info("sep_left", requeued=requeued)
         except (psycopg.Error, UnknownSEP, DispatcherError) as exc:
             self.log.warning("sep_leave_failed", error=str(exc).strip())

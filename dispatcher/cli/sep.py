@@ -11,7 +11,9 @@ from typing import Any
 
 import click
 
-from ._app import App, Seconds, echo_json, pass_app
+from sep.options import click_options, make_config
+
+from ._app import App, echo_json, pass_app
 
 
 @click.group("sep")
@@ -20,53 +22,12 @@ def sep() -> None:
 
 
 @sep.command("start")
-@click.option("--app", "app_module", required=True, help="Module whose @program functions run.")
+@click_options(app_required=True)
 @click.option(
     "--count",
     type=click.IntRange(1, 1000),
     default=None,
     help="SEP processes [default: one per core].",
-)
-@click.option("--capability", "capabilities", multiple=True, help="Capability (repeatable).")
-@click.option(
-    "--standby",
-    is_flag=True,
-    help="Start even when the region is full; take a slot when one frees.",
-)
-@click.option(
-    "--poll",
-    type=Seconds(0.05, 3600),
-    default=1.0,
-    show_default=True,
-    help="Safety poll interval of idle SEPs (s).",
-)
-@click.option(
-    "--heartbeat",
-    type=Seconds(0.05, 3600),
-    default=2.0,
-    show_default=True,
-    help="Heartbeat interval (s).",
-)
-@click.option(
-    "--async-commit",
-    is_flag=True,
-    help="Completions do not wait for the WAL flush: faster; a crash of PostgreSQL may run "
-    "the last tasks again (see docs/sep.md).",
-)
-@click.option(
-    "--batch",
-    type=click.IntRange(1, 1000),
-    default=1,
-    show_default=True,
-    help="Requests each SEP takes per call; above 1 the outcomes of tasks that do not use "
-    "ctx.db are reported together (faster; see docs/sep.md, Batches).",
-)
-@click.option(
-    "--batch-window",
-    type=Seconds(0, 60_000, unit="ms"),
-    default=5.0,
-    show_default=True,
-    help="With --batch: the longest an outcome waits to be reported (ms).",
 )
 @click.option(
     "--metrics-port",
@@ -76,42 +37,22 @@ def sep() -> None:
 )
 @pass_app
 def start(
-    app: App,
-    app_module: str,
-    count: int | None,
-    capabilities: tuple[str, ...],
-    standby: bool,
-    poll: float,
-    heartbeat: float,
-    async_commit: bool,
-    batch: int,
-    batch_window: float,
-    metrics_port: int | None,
+    app: App, sep_options: dict[str, Any], count: int | None, metrics_port: int | None
 ) -> None:
     """Start SEP processes and supervise them in the foreground (Ctrl-C stops them
     gracefully: each finishes its task first)."""
     from sep.program import AppError, sync_app
     from sep.supervisor import Supervisor
 
+    config = make_config(app.url, app.settings.region, sep_options)
+    assert config.app is not None  # required
     region = app.region(ensure=True)
     try:
-        names = sync_app(region, app_module)
+        names = sync_app(region, config.app)
     except AppError as exc:
         raise click.UsageError(str(exc)) from None
     click.echo(f"synced {len(names)} transaction(s): {', '.join(sorted(names))}", err=True)
-    supervisor = Supervisor(
-        app.url,
-        app.settings.region,
-        app_module,
-        count or os.cpu_count() or 1,
-        capabilities=capabilities,
-        standby=standby,
-        poll_interval=poll,
-        heartbeat_interval=heartbeat,
-        async_commit=async_commit,
-        batch=batch,
-        batch_window_ms=batch_window,
-    )
+    supervisor = Supervisor(config, count or os.cpu_count() or 1)
     supervisor.check_room()
     app.close()
     if metrics_port is not None:

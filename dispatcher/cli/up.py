@@ -9,41 +9,26 @@ started the embedded PostgreSQL, stops that too.
 from __future__ import annotations
 
 import os
-import signal
 import socket
-import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from typing import Any
 
 import click
+
+from sep.options import SEPConfig, click_options
+from sep.options import argv as sep_argv
 
 from ..database import Backoff, database_url, embedded_running, stop_embedded
 from ..errors import DispatcherError
 from ..logs import get_logger
 from ..migrate import ensure_schema
-from ..processes import child_env, stop_processes
+from ..supervision import NEVER, Child, ProcessSupervisor
 from ._app import App, pass_app
 
 log = get_logger("dispatcher.up")
 
 SAMPLE_APP = "dispatcher.sample.app"
-
-
-@dataclass
-class Child:
-    name: str
-    argv: list[str]
-    proc: subprocess.Popen[bytes] | None = None
-    restarts: int = 0
-    next_start: float = 0.0
-    started: list[float] = field(default_factory=list)
-
-    def start(self, env: dict[str, str]) -> None:
-        # its own process group (Ctrl-C reaches only up); it ends with up, even on kill -9
-        self.proc = subprocess.Popen(self.argv, env=child_env(env), start_new_session=True)
-        self.started.append(time.monotonic())
-        log.info("process_started", process=self.name, pid=self.proc.pid)
 
 
 def _wait_for_port(host: str, port: int, timeout: float, children: list[Child]) -> bool:
@@ -83,13 +68,7 @@ def _wait_for_port(host: str, port: int, timeout: float, children: list[Child]) 
     help="Serve Prometheus metrics of the listener here (monitor: +1, SEPs: +2).",
 )
 @click.option("--no-monitor", is_flag=True, help="Do not run an event monitor.")
-@click.option(
-    "--batch",
-    type=click.IntRange(1, 1000),
-    default=1,
-    show_default=True,
-    help="Requests each SEP takes per call (see dispatcher sep start --batch).",
-)
+@click_options("--batch")
 @pass_app
 def up(
     app: App,
@@ -99,7 +78,7 @@ def up(
     port: int,
     metrics_port: int | None,
     no_monitor: bool,
-    batch: int,
+    sep_options: dict[str, Any],
 ) -> None:
     """Start a complete region here: database, listener, event monitor and SEPs."""
     settings = app.settings
@@ -142,85 +121,62 @@ def up(
         "DISPATCHER_HOME": str(settings.home),
     }
     py = [sys.executable, "-m", "dispatcher"]
+    sep_config = SEPConfig(url, settings.region, app=app_module, **sep_options)
 
     def metrics(offset: int) -> list[str]:
         return [] if metrics_port is None else ["--metrics-port", str(metrics_port + offset)]
 
-    children = [
-        Child(
-            "seps",
-            [
-                *py,
-                *("sep", "start", "--app", app_module, "--count", str(count)),
-                *("--batch", str(batch)),
-                *metrics(2),
-            ],
-        ),
-        Child("listener", [*py, "listener", "--host", host, "--port", str(port), *metrics(0)]),
-    ]
+    def on_exit(child: Child, returncode: int, _now: float) -> float | None:
+        if child.name == "seps" and returncode == 0:
+            # the SEP supervisor ends well only when an operator stopped its last SEP
+            # (dispatcher sep stop): that decision stands; a crash (any other exit) is
+            # restarted with backoff
+            log.warning(
+                "seps_stopped_by_operator",
+                hint=f"start SEPs again with: dispatcher sep start --app {app_module}",
+            )
+            return NEVER
+        return None
+
+    # each child in its own process group (Ctrl-C reaches only up); it ends with up,
+    # even on kill -9; restarted after 1 s, 2 s, 4 s ... 30 s
+    children = ProcessSupervisor(
+        log, first_delay=1.0, max_delay=30.0, new_session=True, on_exit=on_exit
+    )
+    seps_argv = [*py, "sep", "start", *sep_argv(sep_config), "--count", str(count), *metrics(2)]
+    children.add("seps", seps_argv, env)
+    children.add(
+        "listener", [*py, "listener", "--host", host, "--port", str(port), *metrics(0)], env
+    )
     root = click.get_current_context().find_root().command
     if not no_monitor and isinstance(root, click.Group) and "monitor" in root.commands:
-        children.append(Child("monitor", [*py, "monitor", *metrics(1)]))
+        children.add("monitor", [*py, "monitor", *metrics(1)], env)
 
-    stopping = False
-
-    def on_signal(signum: int, _frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    old_int = signal.signal(signal.SIGINT, on_signal)
-    old_term = signal.signal(signal.SIGTERM, on_signal)
     try:
-        for c in children:
-            c.start(env)
-        if not _wait_for_port(host, port, 60, children):
-            stopping = True
-            click.echo("error: the region did not come up (see the log above)", err=True)
-        else:
-            click.echo(
-                f"\nregion {settings.region!r} is up: {count} SEPs running {app_module}\n"
-                f"  listener   {host}:{port}\n"
-                f"  database   {url}\n"
-                f"try, from another terminal:\n"
-                f'  dispatcher call ECHO --data \'{{"hello": "world"}}\''
-                f" --address {host}:{port}\n"
-                f"  dispatcher status\n"
-                f"Ctrl-C stops everything.\n",
-                err=True,
-            )
-        watch = None if settings.database_url else EmbeddedWatch(app)
-        while not stopping:
-            time.sleep(0.2)
-            if watch is not None:
-                watch.check()
-            for c in children:
-                assert c.proc is not None
-                rc = c.proc.poll()
-                if rc is None:
-                    continue
-                now = time.monotonic()
-                if c.name == "seps" and rc == 0:
-                    if c.next_start != float("inf"):
-                        # the SEP supervisor ends well only when an operator stopped its
-                        # last SEP (dispatcher sep stop): that decision stands; a crash
-                        # (any other exit) is restarted below
-                        c.next_start = float("inf")
-                        log.warning(
-                            "seps_stopped_by_operator",
-                            hint=f"start SEPs again with: dispatcher sep start --app {app_module}",
-                        )
-                    continue
-                if c.next_start == 0.0:
-                    c.restarts += 1
-                    delay = min(30.0, 0.5 * 2 ** min(c.restarts, 6))
-                    c.next_start = now + delay
-                    log.warning("process_exited", process=c.name, returncode=rc, restart_in_s=delay)
-                elif now >= c.next_start:
-                    c.next_start = 0.0
-                    c.start(env)
+        with children.stopping_on_signals():
+            children.start_all()
+            if not _wait_for_port(host, port, 60, children.children):
+                children.stopping = True
+                click.echo("error: the region did not come up (see the log above)", err=True)
+            else:
+                click.echo(
+                    f"\nregion {settings.region!r} is up: {count} SEPs running {app_module}\n"
+                    f"  listener   {host}:{port}\n"
+                    f"  database   {url}\n"
+                    f"try, from another terminal:\n"
+                    f'  dispatcher call ECHO --data \'{{"hello": "world"}}\''
+                    f" --address {host}:{port}\n"
+                    f"  dispatcher status\n"
+                    f"Ctrl-C stops everything.\n",
+                    err=True,
+                )
+            watch = None if settings.database_url else EmbeddedWatch(app)
+            while not children.stopping:
+                time.sleep(0.2)
+                if watch is not None:
+                    watch.check()
+                children.check()
     finally:
-        signal.signal(signal.SIGINT, old_int)
-        signal.signal(signal.SIGTERM, old_term)
         _stop_all(children)
         if we_started_db:
             app.close()
@@ -263,13 +219,11 @@ class EmbeddedWatch:
         self.backoff.reset()
 
 
-def _stop_all(children: list[Child], grace: float = 60.0) -> None:
+def _stop_all(children: ProcessSupervisor, grace: float = 60.0) -> None:
     """SIGTERM every child (listener first, SEPs finish their task), then SIGKILL."""
-    order = sorted(children, key=lambda c: {"listener": 0, "monitor": 1}.get(c.name, 2))
-    stop_processes([c.proc for c in order if c.proc is not None], grace, log, group=True)
-    for c in order:
-        if c.proc is not None:
-            log.info("process_stopped", process=c.name, returncode=c.proc.returncode)
+    first = {"listener": 0, "monitor": 1}
+    for c, returncode in children.stop_all(grace, order=lambda c: first.get(c.name, 2)):
+        log.info("process_stopped", process=c.name, returncode=returncode)
 
 
 def register(cli: click.Group) -> None:
