@@ -21,7 +21,7 @@ from dispatcher.tokens import create_token
 from sep.program import sync_app
 
 ROOT = Path(__file__).resolve().parent.parent
-APP = "dispatcher.sample.app"
+APP = "dispatcher_examples.sample"
 
 
 def pct(values: list[float], q: float) -> float:

@@ -25,7 +25,7 @@ SEP -> Listener (the listener owning the task's session)
   "result": ANY, "error": ERROR|null, "next_transid": STR|null}``: the task ended
   (sent after its completion committed).
 
-TASK is :func:`task_to_dict` of a :class:`dispatcher.region.Task`.
+TASK is :func:`task_to_dict` of a :class:`dispatcher.gateway.Task`.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ import struct
 from typing import Any
 from uuid import UUID
 
-from .region import Task
+from .gateway import Task
 
 __all__ = [
     "MAX_FRAME",

@@ -1,11 +1,11 @@
-"""The region's procedures as methods: the LEGACY face of :mod:`dispatcher.gateway`.
+"""The region's procedures as methods, for tests, the bench and interactive use.
 
-:class:`Region` (sync) and :class:`AsyncRegion` (asyncio) are thin delegations to the
-operations of :mod:`dispatcher.gateway.ops`, run by a
-:class:`~dispatcher.gateway.Gateway` / :class:`~dispatcher.gateway.AsyncGateway`;
-they stay, with their raw ``rows``/``row`` methods, only until ``listener/`` and
-``sep/`` use the gateway, and are then removed. New code: build an operation and run
-it (``Gateway(conn).run(ops.request.enqueue(region, "ECHO", data))``).
+:class:`Region` is a thin convenience over :mod:`dispatcher.gateway`: each method
+builds an operation of :mod:`dispatcher.gateway.ops` and runs it on a synchronous
+:class:`~dispatcher.gateway.Gateway`. It has no raw access by query name. The program
+itself (listener, SEPs, CLI, event monitor) uses the gateway directly
+(``Gateway(conn).run(ops.request.enqueue(region, "ECHO", data))``);
+``tests/test_queries_used.py`` checks that it never imports this module.
 
 The names below (Task, Outcome, Enqueued, enqueue_params, ...) are re-exported from
 their new homes in the gateway.
@@ -20,8 +20,8 @@ from uuid import UUID
 import psycopg
 from psycopg.types.json import Jsonb
 
-from .gateway import AsyncGateway, Gateway, ops
-from .gateway.op import Op, Row, all_rows
+from .gateway import Gateway, ops
+from .gateway.op import Op, Row
 from .gateway.ops.request import enqueue_many_params, enqueue_params
 from .gateway.ops.sep import app_capability
 from .gateway.ops.transaction import TRANSACTION_FIELDS
@@ -29,7 +29,6 @@ from .gateway.records import Enqueued, Outcome, Task
 
 __all__ = [
     "TRANSACTION_FIELDS",
-    "AsyncRegion",
     "Enqueued",
     "Outcome",
     "Region",
@@ -47,11 +46,6 @@ def jsonb(value: Any) -> Jsonb:
     return Jsonb(value)
 
 
-def _raw(query: str, params: dict[str, Any]) -> Op[list[Row]]:
-    """Legacy: any named query, its rows as they come (for Region.rows only)."""
-    return Op(query, params, all_rows)
-
-
 class Region:
     """LEGACY: the procedures of one region, on a synchronous connection."""
 
@@ -63,14 +57,6 @@ class Region:
     def run(self, op: Op[T]) -> T:
         """Run an operation of :mod:`dispatcher.gateway.ops` on this connection."""
         return self.gateway.run(op)
-
-    def rows(self, query: str, **params: Any) -> list[Row]:
-        """Legacy raw access by query name (use an operation instead)."""
-        return self.gateway.run(_raw(query, params))
-
-    def row(self, query: str, **params: Any) -> Row | None:
-        found = self.rows(query, **params)
-        return found[0] if found else None
 
     # regions
     def ensure(self) -> Row:
@@ -255,37 +241,3 @@ class Region:
 
     def end_session(self, session: UUID) -> bool:
         return self.run(ops.session.end_session(session))
-
-
-class AsyncRegion:
-    """LEGACY: the procedures a listener needs, on an asyncio connection."""
-
-    def __init__(self, conn: psycopg.AsyncConnection[Any], region: str) -> None:
-        self.conn = conn
-        self.name = region
-        self.gateway = AsyncGateway(conn)
-
-    async def run(self, op: Op[T]) -> T:
-        """Run an operation of :mod:`dispatcher.gateway.ops` on this connection."""
-        return await self.gateway.run(op)
-
-    async def rows(self, query: str, **params: Any) -> list[Row]:
-        """Legacy raw access by query name (use an operation instead)."""
-        return await self.gateway.run(_raw(query, params))
-
-    async def enqueue(self, transid: str, payload: Any = None, **kw: Any) -> Enqueued:
-        return await self.run(ops.request.enqueue(self.name, transid, payload, **kw))
-
-    async def enqueue_many(self, items: Sequence[tuple[str, Any]], **kw: Any) -> list[Enqueued]:
-        return await self.run(ops.request.enqueue_many(self.name, items, **kw))
-
-    async def register_session(
-        self, listener: UUID | None = None, user: str = "", priority: int = 0
-    ) -> UUID:
-        return await self.run(ops.session.register_session(self.name, listener, user, priority))
-
-    async def end_session(self, session: UUID) -> bool:
-        return await self.run(ops.session.end_session(session))
-
-    async def request(self, request_id: int) -> Row:
-        return await self.run(ops.request.show_request(self.name, request_id))

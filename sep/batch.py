@@ -24,7 +24,7 @@ import collections
 import time
 from collections.abc import Iterable, Sequence
 
-from dispatcher.region import Region, Task
+from dispatcher.gateway import Task, ops
 
 from .completion import Completion, Fault, Host, Todo
 from .ran import Ran
@@ -45,7 +45,7 @@ class Batch(Completion):
 
     # ------------------------------------------------------------------ steps
     def claim(self) -> list[Task]:
-        return self.host.db(Region.claim_batch, self.host.sep_id, self.size)
+        return self.host.db(ops.sep.claim_batch(self.host.sep_id, self.size))
 
     def step(self, task: Task, todo: Todo) -> Todo:
         """Run TASK (the rest of the batch is TODO); return what to run next."""
@@ -108,12 +108,14 @@ class Batch(Completion):
     def _send(
         self, rans: Sequence[Ran], take: int, release: Sequence[int], running: int | None = None
     ) -> list[Task]:
-        return self.host.region().complete_many(
-            self.host.sep_id,
-            [r.encoded for r in rans],
-            release=release,
-            take=take,
-            running=running,
+        return self.host.gateway().run(
+            ops.sep.complete_many(
+                self.host.sep_id,
+                [r.encoded for r in rans],
+                release=release,
+                take=take,
+                running=running,
+            )
         )
 
     def _done(self, rans: Sequence[Ran]) -> None:

@@ -25,7 +25,7 @@ from uuid import UUID
 import psycopg
 
 from dispatcher.errors import CompletionRefused, DatabaseUnavailable, DispatcherError
-from dispatcher.region import Region, Task
+from dispatcher.gateway import Gateway, Op, Task, ops
 
 from .conversation import ConversationError
 from .ran import Ran
@@ -53,12 +53,12 @@ class Host(Protocol):
 
     dead: bool  # the database declared this SEP dead (a completion may find it out)
 
-    def db(self, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
-        """Call FN(region, *ARGS, **KW), riding out a database restart (reconnect)."""
+    def db(self, op: Op[T]) -> T:
+        """Run OP on the SEP's connection, riding out a database restart (reconnect)."""
         ...
 
-    def region(self) -> Region:
-        """The region's gateway on the SEP's connection, as it is (no retry)."""
+    def gateway(self) -> Gateway:
+        """The gateway on the SEP's connection, as it is (no retry)."""
         ...
 
     def reconnect(self) -> None:
@@ -148,8 +148,8 @@ class Completion(ABC):
     def _check_alive(self) -> None:
         """After a refusal: was this SEP declared dead?"""
         h = self.host
-        state = h.db(Region.row, "sep_state", sep=h.sep_id)
-        if state is None or state["state"] == "dead":
+        state = h.db(ops.sep.sep_state(h.sep_id))
+        if state is None or state.state == "dead":
             h.dead = True
 
     def _finished(self, ran: Ran) -> None:
@@ -196,7 +196,7 @@ class OneByOne(Completion):
         """Nothing to report: the SEP leaving hands back what it holds."""
 
     def _claim_next(self) -> Task | None:
-        return self.host.db(Region.claim_next, self.host.sep_id)
+        return self.host.db(ops.sep.claim_next(self.host.sep_id))
 
     def _execute(self, task: Task) -> Task | None:
         """Run one task and complete it; return the next task (same round trip)."""
@@ -216,14 +216,17 @@ class OneByOne(Completion):
     def _complete(self, ran: Ran) -> Task | None:
         if not ran.ok:
             return self._complete_abend(ran)
-        nxt = self.host.region().complete(
-            self.host.sep_id,
-            ran.task,
-            ok=True,
-            result=ran.result,
-            take_next=not self.host.stopping,
-            next_transid=ran.next_transid,
-            commarea=ran.commarea,
+        nxt = self.host.gateway().run(
+            ops.sep.complete(
+                self.host.sep_id,
+                ran.task.request_id,
+                ran.task.attempt,
+                ok=True,
+                result=ran.result,
+                take_next=not self.host.stopping,
+                next_transid=ran.next_transid,
+                commarea=ran.commarea,
+            )
         )
         ran.commit()
         return nxt
@@ -231,10 +234,12 @@ class OneByOne(Completion):
     def _complete_abend(self, ran: Ran) -> Task | None:
         """Report an abend (outside the program's rolled-back transaction)."""
         return self.host.db(
-            Region.complete,
-            self.host.sep_id,
-            ran.task,
-            ok=False,
-            error=ran.error,
-            take_next=not self.host.stopping,
+            ops.sep.complete(
+                self.host.sep_id,
+                ran.task.request_id,
+                ran.task.attempt,
+                ok=False,
+                error=ran.error,
+                take_next=not self.host.stopping,
+            )
         )

@@ -10,7 +10,7 @@ from uuid import UUID
 
 import psycopg
 
-from dispatcher.region import Region, Task
+from dispatcher.gateway import Gateway, Task, ops
 
 if TYPE_CHECKING:
     from .conversation import Conversation
@@ -120,8 +120,15 @@ class TaskContext:
                 priority=priority,
                 reqid=reqid,
             )
-        e = Region(self.db, self.region_name).enqueue(
-            transid, data, user_priority=priority, idempotency_key=reqid, origin="start"
+        e = Gateway(self.db).run(
+            ops.request.enqueue(
+                self.region_name,
+                transid,
+                data,
+                user_priority=priority,
+                idempotency_key=reqid,
+                origin="start",
+            )
         )
         return e.request_id
 

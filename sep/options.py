@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any, Literal, TypeVar, cast
 
 import click
+
+from dispatcher.seconds import Seconds
 
 __all__ = [
     "OPTIONS",
@@ -53,36 +54,6 @@ class SEPConfig:
     reap_every: int = 5
     batch: int = 1  # requests taken per call (sep/batch.py); 1: no batching
     batch_window: float = 0.005  # s an outcome may wait in a batch before it is reported
-
-
-class Seconds(click.ParamType[float]):
-    """A finite number of seconds (or of UNIT) in [LOW, HIGH] (click.FloatRange lets
-    "nan" through), the messages those of the dispatcher's other seconds options; the
-    value is divided by SCALE (ms to s: 1000) exactly as written ("7.1" ms: 0.0071 s)."""
-
-    name = "seconds"
-
-    def __init__(self, low: float, high: float, unit: str = "seconds", scale: int = 1) -> None:
-        self.low, self.high, self.unit, self.scale = low, high, unit, scale
-
-    def convert(
-        self, value: object, param: click.Parameter | None, ctx: click.Context | None
-    ) -> float:
-        try:
-            f = float(value)  # type: ignore[arg-type]
-        except (TypeError, ValueError):
-            self.fail(f"{value!r} is not a number of {self.unit}", param, ctx)
-        if not math.isfinite(f) or not self.low <= f <= self.high:
-            self.fail(
-                f"must be {self.low:.10g} to {self.high:.10g} {self.unit}, not {value}", param, ctx
-            )
-        if self.scale == 1:
-            return f
-        try:
-            exact = Decimal(value.strip()) if isinstance(value, str) else Decimal(f)
-        except InvalidOperation:
-            exact = Decimal(f)
-        return float(exact / self.scale)
 
 
 Kind = Literal["text", "flag", "multiple", "int", "seconds"]
@@ -144,7 +115,7 @@ class Option:
         elif self.kind == "int":
             kw.update(type=click.IntRange(int(self.low), int(self.high)))
         else:
-            kw.update(type=Seconds(self.low, self.high, self.unit, self.scale))
+            kw.update(type=Seconds(self.low, self.high, unit=self.unit, scale=self.scale))
         if self.kind in ("int", "seconds"):
             kw.update(default=self.default, show_default=True)
         return click.option(self.flag, self.param, **kw)

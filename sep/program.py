@@ -9,6 +9,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from dispatcher.gateway import InRegion, ops
+
 __all__ = [
     "AppError",
     "ProgramDef",
@@ -150,26 +152,29 @@ def resolve_program(path: str) -> Callable[..., Any]:
     return obj  # type: ignore[no-any-return]
 
 
-def sync_app(region: Any, module: str) -> list[str]:
-    """Store an app's declared transactions in the region (a dispatcher.region.Region).
+def sync_app(region: InRegion, module: str) -> list[str]:
+    """Store an app's declared transactions in REGION (a gateway bound to the region).
 
     The fields an operator set with ``dispatcher tx define`` are left as they are, and
     each transaction requires the capability ``app:MODULE`` that SEPs started with
     ``--app MODULE`` have, so that only they run it (docs/sep.md, "Apps")."""
     defs = load_app(module)
     for d in defs.values():
-        region.define_transaction(
-            d.transid,
-            d.program,
-            priority=d.priority,
-            cls=d.cls,
-            timeout_s=d.timeout,
-            max_attempts=d.max_attempts,
-            retry_backoff_s=d.retry_backoff,
-            max_backoff_s=d.max_backoff,
-            requires=d.requires,
-            description=d.description,
-            by="app",
-            app=module,
+        region.run(
+            ops.transaction.define_transaction(
+                region.name,
+                d.transid,
+                d.program,
+                priority=d.priority,
+                cls=d.cls,
+                timeout_s=d.timeout,
+                max_attempts=d.max_attempts,
+                retry_backoff_s=d.retry_backoff,
+                max_backoff_s=d.max_backoff,
+                requires=d.requires,
+                description=d.description,
+                by="app",
+                app=module,
+            )
         )
     return list(defs)

@@ -7,7 +7,7 @@ from typing import Any
 
 import psycopg
 
-from dispatcher.region import Outcome, Task
+from dispatcher.gateway import Outcome, Task
 
 from .conversation import Conversation
 

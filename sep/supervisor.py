@@ -25,8 +25,8 @@ import psycopg
 
 from dispatcher.database import connect
 from dispatcher.errors import DispatcherError, NoRoom
+from dispatcher.gateway import Gateway, ops
 from dispatcher.logs import get_logger
-from dispatcher.region import Region
 from dispatcher.supervision import NEVER, Child, ProcessSupervisor
 
 from .options import SEPConfig, argv
@@ -86,11 +86,10 @@ class Supervisor:
         if self.config.standby:
             return
         with connect(self.url, application_name="dispatcher-supervisor") as conn:
-            region = Region(conn, self.region)
-            region.reap()  # SEPs of a crashed run hold no slot
-            info = region.info()
-            row = region.row("active_seps", region=self.region)
-        active = int(row["n"]) if row else 0
+            db = Gateway(conn)
+            db.run(ops.region.reap(self.region))  # SEPs of a crashed run hold no slot
+            info = db.run(ops.region.get_region(self.region))
+            active = db.run(ops.sep.active_seps(self.region))
         free = info["max_seps"] - active
         if self.count > free:
             raise NoRoom(
@@ -173,11 +172,11 @@ class Supervisor:
         return None  # a crash: restarted with backoff
 
     # ------------------------------------------------------------ database
-    def _region(self) -> Region:
-        """The region on the supervisor's connection (opened again when lost)."""
+    def _db(self) -> Gateway:
+        """The gateway on the supervisor's connection (opened again when lost)."""
         if self._conn is None or self._conn.closed:
             self._conn = connect(self.url, application_name="dispatcher-supervisor")
-        return Region(self._conn, self.region)
+        return Gateway(self._conn)
 
     def _db_failed(self, what: str, exc: BaseException) -> None:
         self.log.warning(what, error=str(exc).strip())
@@ -191,11 +190,11 @@ class Supervisor:
         if returncode == EXIT_DECLARED_DEAD:
             return  # the database said so already
         try:
-            region = self._region()
-            row = region.row("sep_of_process", region=self.region, host=self.host, pid=pid)
-            if row is not None:
-                region.control_sep(int(row["id"]), "kill")
-                self.log.warning("sep_declared_dead", sep=row["id"], pid=pid, returncode=returncode)
+            db = self._db()
+            sep = db.run(ops.sep.sep_of_process(self.region, self.host, pid))
+            if sep is not None:
+                db.run(ops.sep.control_sep(sep, "kill"))
+                self.log.warning("sep_declared_dead", sep=sep, pid=pid, returncode=returncode)
         except (psycopg.Error, DispatcherError) as exc:
             # the region's reaper declares it dead when its heartbeat stops
             self._db_failed("declare_dead_failed", exc)
@@ -207,43 +206,33 @@ class Supervisor:
         if not by_pid:
             return
         try:
-            rows = self._region().rows(
-                "overdue_seps",
-                region=self.region,
-                host=self.host,
-                pids=list(by_pid),
-                grace=WATCHDOG_GRACE,
+            overdue = self._db().run(
+                ops.sep.overdue_seps(self.region, self.host, list(by_pid), WATCHDOG_GRACE)
             )
         except (psycopg.Error, DispatcherError) as exc:
             self._db_failed("watchdog_failed", exc)
             return
-        for row in rows:
-            child = by_pid.get(int(row["pid"]))
+        for o in overdue:
+            child = by_pid.get(o.pid)
             if child is None or child.proc is None:
                 continue
             self.log.error(
                 "sep_task_overran",
                 slot=child.log_fields["slot"],
-                sep=row["sep_id"],
-                request_id=row["request_id"],
-                timeout_s=row["timeout_s"],
+                sep=o.sep_id,
+                request_id=o.request_id,
+                timeout_s=o.timeout_s,
             )
             self.procs.kill(child)  # and restart it
-            error = timeout_error(float(row["timeout_s"]), "its supervisor ended the SEP process")
+            error = timeout_error(o.timeout_s, "its supervisor ended the SEP process")
             try:
-                end_overdue_task(
-                    self._region(),
-                    int(row["sep_id"]),
-                    int(row["request_id"]),
-                    int(row["attempt"]),
-                    error,
-                )
+                end_overdue_task(self._db(), o.sep_id, o.request_id, o.attempt, error)
             except (psycopg.Error, DispatcherError) as exc:
                 self._db_failed("timeout_fence_failed", exc)
 
     def _reap(self) -> None:
         try:
-            out = self._region().reap()
+            out = self._db().run(ops.region.reap(self.region))
             if out["dead_seps"] or out["expired"]:
                 self.log.warning("reaped", **out)
         except (psycopg.Error, DispatcherError) as exc:

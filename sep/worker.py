@@ -27,13 +27,12 @@ from typing import Any, TypeVar
 from uuid import UUID
 
 import psycopg
-from psycopg.types.json import Jsonb
 
 from dispatcher.channel import ChannelError, read_frame_sync, task_from_dict
 from dispatcher.database import Backoff, connect, connect_with_retry
 from dispatcher.errors import CompletionRefused, DatabaseUnavailable, DispatcherError, UnknownSEP
+from dispatcher.gateway import Gateway, Op, Task, ops
 from dispatcher.logs import get_logger
-from dispatcher.region import Region, Task
 
 from .batch import Batch
 from .completion import Completion, OneByOne
@@ -77,32 +76,25 @@ def timeout_error(timeout: float, how: str) -> dict[str, Any]:
 
 
 def end_overdue_task(
-    region: Region, sep: int, request: int, attempt: int, error: dict[str, Any]
+    db: Gateway, sep: int, request: int, attempt: int, error: dict[str, Any]
 ) -> None:
     """Fence a SEP whose task overran: in one transaction, abend the task with ERROR
     (it fails, or runs again by its retry policy) and declare the SEP dead (what else it
     holds is re-queued; its own late completion is refused). Either step is skipped
     when the database already settled it."""
-    conn = region.conn
+    conn = db.conn
     with conn.transaction():
         for step in ("complete", "kill"):
             try:
                 with conn.transaction():  # a savepoint: a refused step spoils nothing
                     if step == "complete":
-                        region.rows(
-                            "complete",
-                            sep=sep,
-                            request=request,
-                            attempt=attempt,
-                            ok=False,
-                            result=Jsonb(None),
-                            error=Jsonb(error),
-                            take_next=False,
-                            next_transid=None,
-                            commarea=None,
+                        db.run(
+                            ops.sep.complete(
+                                sep, request, attempt, ok=False, error=error, take_next=False
+                            )
                         )
                     else:
-                        region.control_sep(sep, "kill")
+                        db.run(ops.sep.control_sep(sep, "kill"))
             except (CompletionRefused, UnknownSEP):
                 pass
 
@@ -183,14 +175,16 @@ class Worker:
             return 0
         self.conn = conn
         self._session_settings()
-        region = Region(conn, self.config.region)
-        row = region.register_sep(
-            socket.gethostname(),
-            os.getpid(),
-            self.config.capabilities,
-            standby=self.config.standby,
-            address=self.address,
-            app=self.config.app,
+        row = Gateway(conn).run(
+            ops.sep.register_sep(
+                self.config.region,
+                socket.gethostname(),
+                os.getpid(),
+                self.config.capabilities,
+                standby=self.config.standby,
+                address=self.address,
+                app=self.config.app,
+            )
         )
         self.sep_id = int(row["id"])
         self.log = self.log.bind(sep=self.sep_id)
@@ -336,8 +330,8 @@ class Worker:
             try:
                 if conn is None or conn.closed:
                     conn = connect(self.config.url, application_name="dispatcher-sep-heartbeat")
-                region = Region(conn, self.config.region)
-                row = region.heartbeat(self.sep_id)
+                db = Gateway(conn)
+                row = db.run(ops.sep.heartbeat_sep(self.sep_id))
                 if row is None or row["state"] == "dead":
                     self.log.error("sep_declared_dead")
                     self.dead = True
@@ -347,7 +341,7 @@ class Worker:
                     self.events.put(("notify", "stop"))
                 beats += 1
                 if beats % self.config.reap_every == 0:
-                    out = region.reap()
+                    out = db.run(ops.region.reap(self.config.region))
                     if out["dead_seps"] or out["expired"]:
                         self.log.warning("reaped", **out)
             except (psycopg.Error, DispatcherError) as exc:
@@ -360,13 +354,13 @@ class Worker:
     # ------------------------------------------------------------------ loop
     def _session_settings(self) -> None:
         if self.config.async_commit:
-            self.region().rows("async_commit")
+            self.gateway().run(ops.sep.async_commit())
 
     # What a completion sees of the worker (sep/completion.py, Host): sep_id, log,
-    # stopping, dead, region, reconnect, db, run_task, forget_listener.
-    def region(self) -> Region:
+    # stopping, dead, gateway, reconnect, db, run_task, forget_listener.
+    def gateway(self) -> Gateway:
         assert self.conn is not None
-        return Region(self.conn, self.config.region)
+        return Gateway(self.conn)
 
     def reconnect(self) -> None:
         if self.conn is not None:
@@ -383,12 +377,12 @@ class Worker:
         self.conn = conn
         self._session_settings()
 
-    def db(self, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
-        """Call a procedure, riding out a database restart (reconnect with backoff)."""
+    def db(self, op: Op[T]) -> T:
+        """Run OP, riding out a database restart (reconnect with backoff)."""
         backoff = Backoff()
         while True:
             try:
-                return fn(self.region(), *args, **kw)
+                return self.gateway().run(op)
             except _DB_LOST as exc:
                 self.log.warning(
                     "database_unavailable", error=str(exc).strip(), retry_in_s=backoff.first
@@ -423,7 +417,7 @@ class Worker:
     def _on_notify(self, payload: str) -> list[Task]:
         if payload.startswith("dispatch "):
             try:
-                task = self.db(Region.begin, self.sep_id, int(payload.split()[1]))
+                task = self.db(ops.sep.begin_task(self.sep_id, int(payload.split()[1])))
             except CompletionRefused:
                 return self._completion.claim()  # already taken (handed over)
             return [] if (task.request_id, task.attempt) in self._ran else [task]
@@ -461,10 +455,9 @@ class Worker:
         with self.inputs_lock:
             address = self._listeners.get(task.session_id)
         if address is None:
-            row = self.region().row("session_listener_address", session=task.session_id)
-            if not row or not row["address"]:
+            address = self.gateway().run(ops.sep.session_listener_address(task.session_id))
+            if address is None:
                 return None
-            address = str(row["address"])
             self._remember_listener(task.session_id, address)
         conversation = Conversation(
             self.links, address, task.request_id, task.session_id, self.sep_id, queue.Queue()
@@ -625,12 +618,12 @@ class Worker:
         )
         try:
             with connect(self.config.url, application_name="dispatcher-sep-watchdog") as conn:
-                region = Region(conn, self.config.region)
+                db = Gateway(conn)
                 if self.conn is not None and not self.conn.closed:
                     # the task's transaction goes now, even inside a long statement
-                    region.rows("end_backend", pid=self.conn.info.backend_pid)
+                    db.run(ops.sep.end_backend(self.conn.info.backend_pid))
                 end_overdue_task(
-                    region,
+                    db,
                     self.sep_id,
                     task.request_id,
                     task.attempt,
@@ -650,7 +643,7 @@ class Worker:
         if self.dead or self.conn is None:
             return
         try:
-            requeued = self.region().leave(self.sep_id)
+            requeued = self.gateway().run(ops.sep.leave_sep(self.sep_id))
             self.log.info("sep_left", requeued=requeued)
         except (psycopg.Error, UnknownSEP, DispatcherError) as exc:
             self.log.warning("sep_leave_failed", error=str(exc).strip())

@@ -32,6 +32,7 @@ from dispatcher.channel import (
 )
 from dispatcher.database import connect
 from dispatcher.errors import DispatcherError
+from dispatcher.gateway import ops
 from dispatcher.region import Region, Task
 from listener.server import Listener
 
@@ -145,10 +146,10 @@ class FakeSEP:
 
     def _reply_address(self, task: Task) -> str:
         with connect(self.db_url) as conn:
-            row = Region(conn, self.region_name).row(
-                "session_listener_address", session=task.session_id
+            address = Region(conn, self.region_name).run(
+                ops.sep.session_listener_address(task.session_id)
             )
-        return str(row["address"]) if row else ""
+        return address or ""
 
     def run(self, task: Task, reply_to: str, links: dict[str, socket.socket]) -> Task | None:
         # a dispatch frame can race with claim_next returning the same request: run once

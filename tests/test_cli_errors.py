@@ -28,9 +28,9 @@ BAD = [
     "tx class set big --max-active 99999999999999999999",
     "sep stop 99999999999999999999999",
     "sep pause 99999999999999999999999",
-    "sep start --app dispatcher.sample.app --poll inf",
-    "sep start --app dispatcher.sample.app --heartbeat nan",
-    "sep start --app dispatcher.sample.app --batch-window nan",
+    "sep start --app dispatcher_examples.sample --poll inf",
+    "sep start --app dispatcher_examples.sample --heartbeat nan",
+    "sep start --app dispatcher_examples.sample --batch-window nan",
     "request show 0",
     "start ECHO --data-file {not_utf8}",
 ]

@@ -113,7 +113,8 @@ def test_legacy_region_delegates_to_the_gateway(region: Region) -> None:
     assert region.request(e.request_id) == region.run(
         ops.request.show_request("test", e.request_id)
     )
-    assert region.rows("list_transactions", region="test") == region.transactions()
+    assert region.run(ops.transaction.list_transactions("test")) == region.transactions()
+    assert not hasattr(region, "rows") and not hasattr(region, "row")  # no raw access
 
 
 def test_enqueued_decodes_a_task_and_sep_address_when_the_row_has_them() -> None:

@@ -22,7 +22,7 @@ from sep.program import sync_app
 from .listeners import running_listener
 from .seps import ROOT, running_seps, sep_env
 
-APP = "dispatcher.sample.app"
+APP = "dispatcher_examples.sample"
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from sep.program import sync_app
 from .listeners import free_port, running_listener, wait_port
 from .seps import ROOT, running_seps, sep_env, wait_final
 
-APP = "dispatcher.sample.app"
+APP = "dispatcher_examples.sample"
 
 
 def _cert(tmp: Path) -> tuple[Path, Path]:

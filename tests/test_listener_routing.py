@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from dispatcher.database import connect as db_connect
+from dispatcher.gateway import ops
 from dispatcher.region import Region
 from dispatcher.tokens import create_token
 from listener import CallError, connect
@@ -95,7 +96,7 @@ def test_conversation_inputs_go_straight_to_the_sep(live: Live) -> None:
     assert seen == [({"prompt": "name?"}, True), ({"note": "thinking"}, False), (None, True)]
     inputs = [f for s in seps for f in s.frames if f["type"] == "input"]
     assert [f["data"] for f in inputs] == ["Ada", "again"]
-    rows = region.rows("outcomes", ids=list(range(1, 100)))
+    rows = region.run(ops.listener.outcomes(list(range(1, 100))))
     assert len(rows) == 1
 
 

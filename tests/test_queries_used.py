@@ -1,5 +1,6 @@
 """Every named query of sql/queries is reached from exactly one operation of
-dispatcher.gateway.ops, and nothing else in the core names a query."""
+dispatcher.gateway.ops, and no program module (the core, the CLI, the listener, the
+SEPs) names a query or uses the legacy Region face: they run operations."""
 
 from __future__ import annotations
 
@@ -71,18 +72,94 @@ def test_operations_build_ops_without_a_connection() -> None:
     assert list(sig.parameters) == ["sep"]
 
 
-def test_no_core_module_names_a_query_but_the_gateway() -> None:
-    """In dispatcher/, only the gateway's runner reads QUERIES, and no module calls a
-    raw rows("name")/row("name") or cur.execute(QUERIES[...])."""
-    raw = re.compile(r"""QUERIES\[|\.rows?\(\s*["']""")
-    offenders = [
-        str(path.relative_to(ROOT))
-        for path in sorted((ROOT / "dispatcher").rglob("*.py"))
-        if path.name != "queries.py"
-        and path != ROOT / "dispatcher" / "gateway" / "runner.py"
-        and raw.search(path.read_text(encoding="utf-8"))
-    ]
-    assert offenders == []
+# The program's packages; what each of their modules may not do (_offences).
+PROGRAM = ("dispatcher", "listener", "sep")
+# the one reader of QUERIES, where they are loaded, and the legacy face itself
+GATEWAY_ONLY = {
+    Path("dispatcher/queries.py"),
+    Path("dispatcher/gateway/runner.py"),
+    Path("dispatcher/region.py"),
+}
+RAW = re.compile(r"""QUERIES\[|\.rows?\(\s*["']""")
+
+
+def _module_name(rel: Path) -> str:
+    parts = list(rel.with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imported(rel: Path, tree: ast.Module) -> set[str]:
+    """The names REL imports, as ``module`` and ``module.name`` (relative imports
+    resolved; ``importlib.import_module("literal")`` counted)."""
+    package = _module_name(rel).split(".")
+    if rel.name != "__init__.py":
+        package = package[:-1]
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = package[: len(package) - node.level + 1] if node.level else []
+            module = ".".join([*base, *(node.module or "").split(".")]).strip(".")
+            found.add(module)
+            found |= {f"{module}.{a.name}" for a in node.names}
+        elif (
+            isinstance(node, ast.Call)
+            and getattr(node.func, "attr", getattr(node.func, "id", "")) == "import_module"
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+        ):
+            found.add(str(node.args[0].value))
+    return found
+
+
+def _offences(rel: Path, text: str) -> list[str]:
+    """What module REL (its source TEXT) does that only the gateway may do."""
+    found: list[str] = []
+    if rel in GATEWAY_ONLY:
+        return found
+    if RAW.search(text):
+        found.append('a query by name (QUERIES[...], .rows("..."), .row("..."))')
+    names = _imported(rel, ast.parse(text))
+    if "dispatcher.queries.QUERIES" in names:
+        found.append("imports QUERIES")
+    legacy = [n for n in names if n == "dispatcher.region" or n.startswith("dispatcher.region.")]
+    if legacy:
+        found.append(f"uses the legacy Region face ({', '.join(sorted(legacy))})")
+    return found
+
+
+def test_no_program_module_names_a_query_but_the_gateway() -> None:
+    """In dispatcher/ (the CLI too), listener/ and sep/, only the gateway's runner
+    reads QUERIES; no module calls a raw rows("name")/row("name"), executes
+    QUERIES[...], or imports the legacy dispatcher.region (Region, AsyncRegion)."""
+    offenders = {
+        str(rel): found
+        for package in PROGRAM
+        for path in sorted((ROOT / package).rglob("*.py"))
+        if (found := _offences(rel := path.relative_to(ROOT), path.read_text(encoding="utf-8")))
+    }
+    assert offenders == {}
+
+
+def test_the_program_scan_can_fail() -> None:
+    """The scan sees each way of going around the gateway, in each package."""
+    cases = {
+        "sep/worker.py": "from dispatcher.region import Region\n",
+        "listener/server.py": "from dispatcher.region import AsyncRegion\n",
+        "dispatcher/cli/sep.py": "from ..region import Region\n",
+        "dispatcher/cli/up.py": "import dispatcher.region\n",
+        "dispatcher/stats.py": "from .queries import QUERIES\n",
+        "sep/batch.py": 'def f(r):\n    return r.rows("claim_batch", sep=1)\n',
+        "sep/completion.py": "def f(r):\n    return r.row( 'sep_state', sep=1)\n",
+        "listener/routing.py": 'def f(cur):\n    cur.execute(QUERIES["enqueue"])\n',
+        "sep/context.py": 'import importlib\nimportlib.import_module("dispatcher.region")\n',
+    }
+    for rel, text in cases.items():
+        assert _offences(Path(rel), text), f"{rel}: {text!r} went unnoticed"
+    clean = "from dispatcher.gateway import Gateway, ops\nfrom ..queries import schema_files\n"
+    assert _offences(Path("dispatcher/cli/db.py"), clean) == []
+    assert _offences(Path("dispatcher/gateway/runner.py"), "from ..queries import QUERIES\n") == []
 
 
 def test_the_scanner_can_fail(tmp_path: Path) -> None:

@@ -87,10 +87,10 @@ def test_listener_answers_retryable_error_while_postgres_is_down(
     with connect(url) as conn:
         region = Region(conn, "r")
         region.ensure()
-        sync_app(region, "dispatcher.sample.app")
+        sync_app(region, "dispatcher_examples.sample")
         token = create_token(region, "t")
     with (
-        running_seps(url, "r", 1, "--poll", "0.5", app="dispatcher.sample.app"),
+        running_seps(url, "r", 1, "--poll", "0.5", app="dispatcher_examples.sample"),
         running_listener(url, "r") as address,
         open_session(address, token) as s,
     ):

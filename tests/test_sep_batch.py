@@ -100,7 +100,7 @@ def test_graceful_stop_hands_back_what_never_started(region: Region, db_url: str
 def test_sessions_and_conversations_through_batching_seps(region: Region, db_url: str) -> None:
     """Through a listener: calls, a conversation and a pseudo-conversation behave as
     with one-by-one SEPs."""
-    app = "dispatcher.sample.app"
+    app = "dispatcher_examples.sample"
     sync_app(region, app)
     token = create_token(region, "tester")
     with (

@@ -116,8 +116,10 @@ def test_two_apps_may_declare_the_same_transid() -> None:
     """Each app keeps its own declarations, whatever was imported before."""
     from sep.program import load_app
 
-    sample = load_app("dispatcher.sample.app")
+    sample = load_app("dispatcher_examples.sample")
     basic = load_app("tests.apps.basic")
-    assert sample["ECHO"].program == "dispatcher.sample.app:echo"
+    assert sample["ECHO"].program == "dispatcher_examples.sample:echo"
     assert basic["ECHO"].program == "tests.apps.basic:echo"
-    assert load_app("dispatcher.sample.app")["ECHO"].program == "dispatcher.sample.app:echo"
+    assert (
+        load_app("dispatcher_examples.sample")["ECHO"].program == "dispatcher_examples.sample:echo"
+    )

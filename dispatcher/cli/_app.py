@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import json
-import math
 import uuid
 from typing import Any
 
@@ -16,7 +15,6 @@ from ..config import DEFAULT_REGION, Settings
 from ..database import connect, database_url
 from ..gateway import RegionGateway, ops
 from ..migrate import ensure_schema
-from ..region import Region
 
 __all__ = ["App", "echo_json", "pass_app"]
 
@@ -58,11 +56,6 @@ class App:
             gw.run(ops.region.get_region(gw.name))
         return gw
 
-    def region(self, ensure: bool = False) -> Region:
-        """LEGACY: the region's procedures as methods (for sep and listener code that
-        takes a Region); new commands use :meth:`db`."""
-        return Region(self.db(ensure).conn, self.settings.region)
-
     def close(self) -> None:
         if self._conn is not None:
             self._conn.close()
@@ -86,28 +79,3 @@ def _default(value: Any) -> Any:
 
 def echo_json(value: Any) -> None:
     click.echo(json.dumps(value, default=_default, indent=2, sort_keys=True))
-
-
-class Seconds(click.ParamType[float]):
-    """A finite number of seconds in [LOW, HIGH] (click.FloatRange lets "nan" through)."""
-
-    name = "seconds"
-
-    def __init__(
-        self, low: float, high: float, *, low_open: bool = False, unit: str = "seconds"
-    ) -> None:
-        self.low, self.high, self.low_open, self.unit = low, high, low_open, unit
-
-    def convert(
-        self, value: object, param: click.Parameter | None, ctx: click.Context | None
-    ) -> float:
-        try:
-            f = float(value)  # type: ignore[arg-type]
-        except (TypeError, ValueError):
-            self.fail(f"{value!r} is not a number of {self.unit}", param, ctx)
-        below = f <= self.low if self.low_open else f < self.low
-        if not math.isfinite(f) or below or f > self.high:
-            low, high = f"{self.low:.10g}", f"{self.high:.10g}"
-            span = f"more than {low} and at most {high}" if self.low_open else f"{low} to {high}"
-            self.fail(f"must be {span} {self.unit}, not {value}", param, ctx)
-        return f

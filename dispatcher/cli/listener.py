@@ -13,8 +13,9 @@ import click
 
 from ..gateway import ops
 from ..protocol import DEFAULT_PORT
+from ..seconds import Seconds
 from ..tokens import create_token, local_token
-from ._app import App, Seconds, echo_json, pass_app
+from ._app import App, echo_json, pass_app
 from ._data import DATA_HELP, read_data
 
 DEFAULT_ADDRESS = f"127.0.0.1:{DEFAULT_PORT}"

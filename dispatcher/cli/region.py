@@ -5,7 +5,8 @@ from __future__ import annotations
 import click
 
 from ..gateway import ops
-from ._app import App, Seconds, echo_json, pass_app
+from ..seconds import Seconds
+from ._app import App, echo_json, pass_app
 
 
 @click.group("region")

@@ -11,7 +11,8 @@ import click
 
 from ..errors import DispatcherError
 from ..gateway import ops
-from ._app import App, Seconds, echo_json, pass_app
+from ..seconds import Seconds
+from ._app import App, echo_json, pass_app
 from ._data import DATA_HELP, parse_data, read_data
 
 FINAL_STATES = ("done", "failed", "cancelled")

@@ -13,6 +13,7 @@ import click
 
 from sep.options import click_options, make_config
 
+from ..gateway import ops
 from ._app import App, echo_json, pass_app
 
 
@@ -46,9 +47,9 @@ def start(
 
     config = make_config(app.url, app.settings.region, sep_options)
     assert config.app is not None  # required
-    region = app.region(ensure=True)
+    db = app.db(ensure=True)
     try:
-        names = sync_app(region, config.app)
+        names = sync_app(db, config.app)
     except AppError as exc:
         raise click.UsageError(str(exc)) from None
     click.echo(f"synced {len(names)} transaction(s): {', '.join(sorted(names))}", err=True)
@@ -68,7 +69,8 @@ def start(
 def list_(app: App, as_json: bool) -> None:
     """List the region's SEPs: id, host, pid, state, current request, heartbeat, tasks run,
     capabilities (app:MODULE for the app a SEP runs)."""
-    rows = app.region().seps()
+    db = app.db()
+    rows = db.run(ops.sep.list_seps(db.name))
     if as_json:
         echo_json(rows)
         return
@@ -97,13 +99,14 @@ def _request_cell(row: dict[str, Any]) -> str:
 
 
 def _control(app: App, action: str, sep_ids: tuple[int, ...], all_: bool) -> None:
-    region = app.region()
+    db = app.db()
     if all_:
-        sep_ids = tuple(int(r["id"]) for r in region.seps() if r["state"] != "dead")
+        seps = db.run(ops.sep.list_seps(db.name))
+        sep_ids = tuple(int(r["id"]) for r in seps if r["state"] != "dead")
     if not sep_ids:
         raise click.UsageError("name a SEP id, or --all")
     for sep_id in sep_ids:
-        row = region.control_sep(sep_id, action)
+        row = db.run(ops.sep.control_sep(sep_id, action))
         click.echo(f"SEP {sep_id}: {action} ({row['state']})")
 
 

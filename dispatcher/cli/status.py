@@ -8,7 +8,8 @@ from typing import Any
 import click
 
 from ..gateway import ops
-from ._app import App, Seconds, echo_json, pass_app
+from ..seconds import Seconds
+from ._app import App, echo_json, pass_app
 
 # Extra sections other parts add to the status (e.g. timers): name -> function(app).
 SECTIONS: dict[str, Any] = {}

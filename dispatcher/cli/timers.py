@@ -128,7 +128,7 @@ def timers(app: App, as_json: bool) -> None:
 @pass_app
 def monitor(app: App, metrics_port: int | None) -> None:
     """Run an event monitor: fire due timers into the region (any number may run)."""
-    app.region(ensure=True)
+    app.db(ensure=True)
     if app.settings.cross_region_url:
         from .. import migrate
 

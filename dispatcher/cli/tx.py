@@ -7,7 +7,8 @@ from click.core import ParameterSource
 
 from ..gateway import ops
 from ..gateway.ops.transaction import TRANSACTION_FIELDS
-from ._app import App, Seconds, echo_json, pass_app
+from ..seconds import Seconds
+from ._app import App, echo_json, pass_app
 
 
 @click.group("tx")
@@ -167,7 +168,7 @@ def sync(app: App, app_module: str) -> None:
     """Store the transactions that an app module declares with @program."""
     from sep.program import sync_app
 
-    names = sync_app(app.region(ensure=True), app_module)
+    names = sync_app(app.db(ensure=True), app_module)
     click.echo(f"synced {len(names)} transaction(s): {', '.join(sorted(names))}")
 
 

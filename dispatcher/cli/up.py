@@ -21,6 +21,7 @@ from sep.options import argv as sep_argv
 
 from ..database import Backoff, database_url, embedded_running, stop_embedded
 from ..errors import DispatcherError
+from ..gateway import ops
 from ..logs import get_logger
 from ..migrate import ensure_schema
 from ..supervision import NEVER, Child, ProcessSupervisor
@@ -28,7 +29,7 @@ from ._app import App, pass_app
 
 log = get_logger("dispatcher.up")
 
-SAMPLE_APP = "dispatcher.sample.app"
+SAMPLE_APP = "dispatcher_examples.sample"  # examples/sample.py
 
 
 def _wait_for_port(host: str, port: int, timeout: float, children: list[Child]) -> bool:
@@ -97,11 +98,11 @@ def up(
     try:
         url = app.url
         ensure_schema(url, upgrade_older=True)
-        region = app.region(ensure=True)
+        db = app.db(ensure=True)
         from sep.program import AppError, sync_app
 
         try:
-            sync_app(region, app_module)  # before the listener accepts its first call
+            sync_app(db, app_module)  # before the listener accepts its first call
         except AppError as exc:
             raise click.UsageError(str(exc)) from None
     except BaseException:
@@ -111,9 +112,9 @@ def up(
             stop_embedded(settings)
         raise
     count = seps or max(2, os.cpu_count() or 2)
-    info = region.info()
+    info = db.run(ops.region.get_region(db.name))
     if info["max_seps"] < count:
-        region.set(max_seps=count)
+        db.run(ops.region.set_region(db.name, max_seps=count))
     env = {
         **os.environ,
         "DISPATCHER_DATABASE_URL": url,

@@ -42,7 +42,7 @@ SELECT state, paused, stop_requested, standby FROM dispatcher.sep WHERE id = %(s
 SELECT dispatcher_v2.active_seps(%(region)s) AS n;
 
 -- name: sample_done_count
--- Used by the bundled sample app (dispatcher/sample/app.py): finished requests of a transaction.
+-- Used by the bundled sample app (examples/sample.py): finished requests of a transaction.
 SELECT count(*) AS n FROM dispatcher.request_history
 WHERE region = %(region)s AND transid = %(transid)s AND state = 'done';
 
