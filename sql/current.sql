@@ -2100,56 +2100,63 @@ BEGIN
 END $$;
 
 --
--- Name: dispatch_idle(text, bigint[], boolean); Type: FUNCTION; Schema: dispatcher_v2; Owner: -
+-- Name: dispatch_idle(text, bigint[], text[], boolean); Type: FUNCTION; Schema: dispatcher_v2; Owner: -
 --
 
-CREATE FUNCTION dispatcher_v2.dispatch_idle(p_region text, p_new bigint[], p_notify boolean) RETURNS TABLE(request_id bigint, sep_id bigint)
+CREATE FUNCTION dispatcher_v2.dispatch_idle(p_region text, p_new bigint[], p_requires text[], p_notify boolean) RETURNS TABLE(request_id bigint, sep_id bigint, sep_address text)
     LANGUAGE plpgsql
     AS $$
 DECLARE
-    v_todo bigint[] := p_new;
-    v_next bigint;
-    v_requires text[];
-    v_sep bigint;
+    i integer := 1;
+    v_n integer := coalesce(cardinality(p_new), 0);
+    v_none text[] := '{}';      -- requires that no idle SEP can run
+    v_taken bigint[] := '{}';   -- new requests handed to a SEP in this call
     v_fenced boolean := false;
+    s dispatcher.sep;
     p record;
 BEGIN
-    -- each turn hands a request to a SEP or drops one new request from v_todo
-    FOR k IN 1..2 * coalesce(cardinality(p_new), 0) LOOP
-        SELECT r.id, r.requires INTO v_next, v_requires FROM dispatcher.request r
-        WHERE r.id = ANY (v_todo) AND r.state = 'queued'
-        ORDER BY r.dispatch_key, r.id LIMIT 1;
-        EXIT WHEN NOT FOUND;
-        v_sep := dispatcher_v2.find_idle_sep(p_region, v_requires);
-        IF v_sep IS NULL AND NOT v_fenced THEN
+    WHILE i <= v_n LOOP
+        IF p_requires[i] = ANY (v_none) OR p_new[i] = ANY (v_taken) THEN
+            i := i + 1;
+            CONTINUE;
+        END IF;
+        s := dispatcher_v2.find_idle_sep(p_region, p_requires[i]::text[]);
+        IF s.id IS NULL AND NOT v_fenced THEN
             -- the last look, fenced against SEPs going idle (see the top)
             PERFORM pg_advisory_xact_lock_shared(dispatcher.region_lock_key(p_region));
             v_fenced := true;
-            v_sep := dispatcher_v2.find_idle_sep(p_region, v_requires);
+            s := dispatcher_v2.find_idle_sep(p_region, p_requires[i]::text[]);
         END IF;
-        IF v_sep IS NULL THEN
-            v_todo := array_remove(v_todo, v_next);
+        IF s.id IS NULL THEN
+            v_none := v_none || p_requires[i];
+            i := i + 1;
             CONTINUE;
         END IF;
-        p := dispatcher_v2.pick_request(p_region,
-                                        (SELECT capabilities FROM dispatcher.sep WHERE id = v_sep));
+        p := dispatcher_v2.pick_request(p_region, s.capabilities);
         IF p.request_id IS NULL THEN
             -- nothing it may run now (a class is full or busy): the SEP stays idle
             IF p.contended THEN
-                PERFORM pg_notify(dispatcher.sep_channel(v_sep), 'wake');
+                PERFORM pg_notify(dispatcher.sep_channel(s.id), 'wake');
             END IF;
-            v_todo := array_remove(v_todo, v_next);
+            v_none := v_none || p_requires[i];
+            i := i + 1;
             CONTINUE;
         END IF;
-        PERFORM dispatcher_v2.assign(ARRAY[p.request_id], v_sep, false);
+        PERFORM dispatcher_v2.assign(ARRAY[p.request_id], s.id, false);
         UPDATE dispatcher.sep SET state = 'busy', current_request = p.request_id,
             current_attempt = (SELECT attempt FROM dispatcher.request WHERE id = p.request_id)
-        WHERE id = v_sep;
-        IF p_notify OR NOT (p.request_id = ANY (p_new)) THEN
-            PERFORM pg_notify(dispatcher.sep_channel(v_sep), 'dispatch ' || p.request_id);
+        WHERE id = s.id;
+        IF p.request_id = ANY (p_new) THEN
+            v_taken := v_taken || p.request_id;
+            IF p_notify THEN
+                PERFORM pg_notify(dispatcher.sep_channel(s.id), 'dispatch ' || p.request_id);
+            END IF;
+        ELSE
+            PERFORM pg_notify(dispatcher.sep_channel(s.id), 'dispatch ' || p.request_id);
         END IF;
         request_id := p.request_id;
-        sep_id := v_sep;
+        sep_id := s.id;
+        sep_address := s.address;
         RETURN NEXT;
     END LOOP;
 END $$;
@@ -2168,6 +2175,7 @@ DECLARE
     v_priority integer;
     v_id bigint;
     v_sep bigint;
+    v_address text;
 BEGIN
     SELECT * INTO reg FROM dispatcher.region WHERE name = p_region;
     IF NOT FOUND THEN
@@ -2220,27 +2228,21 @@ BEGIN
         RETURN (v_id, NULL, 'duplicate', true, NULL, NULL)::dispatcher_v2.enqueued;
     END IF;
 
-    IF reg.state = 'running' THEN
-        SELECT d.sep_id INTO v_sep FROM dispatcher_v2.dispatch_idle(p_region, ARRAY[v_id], p_notify) d
-        WHERE d.request_id = v_id;
+    IF reg.state <> 'running' THEN
+        RETURN (v_id, NULL, 'region_stopping', false, NULL, NULL)::dispatcher_v2.enqueued;
     END IF;
-    RETURN dispatcher_v2.enqueue_answer(reg, v_id, v_sep);
+    SELECT d.sep_id, d.sep_address INTO v_sep, v_address
+    FROM dispatcher_v2.dispatch_idle(p_region, ARRAY[v_id], ARRAY[tx.requires::text], p_notify) d
+    WHERE d.request_id = v_id;
+    IF v_sep IS NOT NULL THEN
+        RETURN (v_id, v_sep, 'dispatched', false, to_jsonb(dispatcher_v2.task_of(v_id)),
+                v_address)::dispatcher_v2.enqueued;
+    END IF;
+    RETURN (v_id, NULL,
+            CASE WHEN tx.class IS NOT NULL AND dispatcher_v2.class_room(p_region, tx.class) = 0
+                 THEN 'class_full' ELSE 'no_idle_sep' END,
+            false, NULL, NULL)::dispatcher_v2.enqueued;
 END $$;
-
---
--- Name: enqueue_answer(dispatcher.region, bigint, bigint); Type: FUNCTION; Schema: dispatcher_v2; Owner: -
---
-
-CREATE FUNCTION dispatcher_v2.enqueue_answer(reg dispatcher.region, p_request bigint, p_sep bigint) RETURNS dispatcher_v2.enqueued
-    LANGUAGE sql STABLE
-    AS $$
-    SELECT p_request, p_sep,
-           CASE WHEN p_sep IS NOT NULL THEN 'dispatched'
-                ELSE dispatcher_v2.waiting_reason(reg, p_request) END,
-           false,
-           CASE WHEN p_sep IS NOT NULL THEN to_jsonb(dispatcher_v2.task_of(p_request)) END,
-           (SELECT address FROM dispatcher.sep WHERE id = p_sep)
-$$;
 
 --
 -- Name: enqueue_many(text, text[], jsonb[], uuid[], integer[], text[], text, boolean); Type: FUNCTION; Schema: dispatcher_v2; Owner: -
@@ -2255,8 +2257,11 @@ DECLARE
     v_n integer := coalesce(cardinality(p_transids), 0);
     v_bad text;
     v_ids bigint[];
-    v_assigned jsonb := '{}';
-    d record;
+    v_order bigint[];
+    v_requires text[];
+    v_got bigint[];
+    v_seps bigint[];
+    v_addresses text[];
 BEGIN
     IF v_n IS DISTINCT FROM coalesce(cardinality(p_payloads), 0) THEN
         RAISE EXCEPTION USING ERRCODE = 'DP003',
@@ -2314,31 +2319,39 @@ BEGIN
         CROSS JOIN LATERAL (SELECT least(255, x.priority + coalesce(s.priority, 0)
                                               + coalesce(p_user_priorities[i], 0)) AS prio) pr
         ORDER BY i
-        RETURNING id
+        RETURNING id, dispatch_key, requires
     )
-    SELECT array_agg(id ORDER BY id) INTO v_ids FROM ins;   -- ids follow the batch order
+    SELECT array_agg(id ORDER BY id),                          -- ids follow the batch order
+           array_agg(id ORDER BY dispatch_key, id),            -- and in dispatch order
+           array_agg(requires::text ORDER BY dispatch_key, id)
+    INTO v_ids, v_order, v_requires FROM ins;
 
     IF reg.state = 'running' THEN
-        FOR d IN SELECT * FROM dispatcher_v2.dispatch_idle(p_region, v_ids, p_notify) LOOP
-            v_assigned := v_assigned || jsonb_build_object(d.request_id::text, d.sep_id);
-        END LOOP;
+        SELECT array_agg(d.request_id), array_agg(d.sep_id), array_agg(d.sep_address)
+        INTO v_got, v_seps, v_addresses
+        FROM dispatcher_v2.dispatch_idle(p_region, v_order, v_requires, p_notify) d;
     END IF;
 
     RETURN QUERY
-    SELECT i, x.request_id, x.sep_id, x.reason, x.duplicate, x.task, x.sep_address
-    FROM generate_subscripts(p_transids, 1) AS i,
-         LATERAL dispatcher_v2.enqueue_answer(
-             reg, v_ids[i], (v_assigned ->> v_ids[i]::text)::bigint) AS x;
+    SELECT i, v_ids[i], a.sep, CASE WHEN a.sep IS NOT NULL THEN 'dispatched'
+                                    WHEN reg.state <> 'running' THEN 'region_stopping'
+                                    ELSE 'no_idle_sep' END,
+           false,
+           CASE WHEN a.sep IS NOT NULL THEN to_jsonb(dispatcher_v2.task_of(v_ids[i])) END,
+           a.address
+    FROM generate_subscripts(p_transids, 1) AS i
+    LEFT JOIN unnest(v_got, v_seps, v_addresses) AS a(request, sep, address)
+        ON a.request = v_ids[i];
 END $$;
 
 --
 -- Name: find_idle_sep(text, text[]); Type: FUNCTION; Schema: dispatcher_v2; Owner: -
 --
 
-CREATE FUNCTION dispatcher_v2.find_idle_sep(p_region text, p_requires text[]) RETURNS bigint
+CREATE FUNCTION dispatcher_v2.find_idle_sep(p_region text, p_requires text[]) RETURNS dispatcher.sep
     LANGUAGE sql
     AS $$
-    SELECT s.id FROM dispatcher.sep s
+    SELECT s.* FROM dispatcher.sep s
     WHERE s.region = p_region AND s.state = 'idle' AND NOT s.standby
       AND NOT s.paused AND NOT s.stop_requested AND s.capabilities @> p_requires
     ORDER BY s.idle_since
@@ -2823,25 +2836,6 @@ CREATE FUNCTION dispatcher_v2.task_of(p_request bigint) RETURNS dispatcher.task
     FROM dispatcher.request r
     LEFT JOIN dispatcher.transaction x ON x.region = r.region AND x.transid = r.transid
     WHERE r.id = p_request
-$$;
-
---
--- Name: waiting_reason(dispatcher.region, bigint); Type: FUNCTION; Schema: dispatcher_v2; Owner: -
---
-
-CREATE FUNCTION dispatcher_v2.waiting_reason(reg dispatcher.region, p_request bigint) RETURNS text
-    LANGUAGE sql STABLE
-    AS $$
-    SELECT CASE
-        WHEN reg.state <> 'running' THEN 'region_stopping'
-        WHEN EXISTS (
-            SELECT 1 FROM dispatcher.request r JOIN dispatcher.tx_class c
-                ON c.region = r.region AND c.name = r.class
-            WHERE r.id = p_request
-              AND c.max_active <= (SELECT count(*) FROM dispatcher.request q
-                                   WHERE q.region = r.region AND q.class = r.class
-                                     AND q.state <> 'queued')) THEN 'class_full'
-        ELSE 'no_idle_sep' END
 $$;
 
 --
