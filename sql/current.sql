@@ -1783,16 +1783,15 @@ CREATE FUNCTION dispatcher_v2.archive(r dispatcher.request, p_state text, p_resu
 $$;
 
 --
--- Name: assign(bigint[], bigint, boolean); Type: FUNCTION; Schema: dispatcher_v2; Owner: -
+-- Name: assign(bigint[], bigint); Type: FUNCTION; Schema: dispatcher_v2; Owner: -
 --
 
-CREATE FUNCTION dispatcher_v2.assign(p_requests bigint[], p_sep bigint, p_running boolean) RETURNS void
+CREATE FUNCTION dispatcher_v2.assign(p_requests bigint[], p_sep bigint) RETURNS void
     LANGUAGE sql
     AS $$
     UPDATE dispatcher.request r SET
-        state = CASE WHEN p_running THEN 'running' ELSE 'dispatched' END,
-        sep_id = p_sep, attempt = r.attempt + 1, dispatched_at = clock_timestamp(),
-        started_at = CASE WHEN p_running THEN clock_timestamp() END
+        state = 'dispatched', sep_id = p_sep, attempt = r.attempt + 1,
+        dispatched_at = clock_timestamp()
     WHERE r.id = ANY (p_requests)
 $$;
 
@@ -1876,35 +1875,49 @@ CREATE FUNCTION dispatcher_v2.complete(p_sep bigint, p_request bigint, p_attempt
 DECLARE
     s dispatcher.sep;
     r dispatcher.request;
+    v_session uuid;
+    v_class text;
+    v_region text;
     t dispatcher.task;
 BEGIN
     SELECT * INTO s FROM dispatcher.sep WHERE id = p_sep FOR UPDATE;
     IF NOT FOUND OR s.state = 'dead' THEN
         s := dispatcher_v2.lock_sep(p_sep);   -- raises the right error
     END IF;
-    SELECT * INTO r FROM dispatcher.request WHERE id = p_request FOR UPDATE;
-    IF NOT FOUND OR r.sep_id IS DISTINCT FROM p_sep OR r.attempt <> p_attempt
-       OR r.state = 'queued' THEN
-        RAISE EXCEPTION USING ERRCODE = 'DP004',
-            MESSAGE = format('completion refused: SEP %s no longer holds attempt %s of request %s',
-                             p_sep, p_attempt, p_request);
-    END IF;
     IF p_ok THEN
-        -- the hot path: one statement, the row locked above
+        -- the hot path: one statement, fenced on the SEP and the attempt
         WITH gone AS (
-            DELETE FROM dispatcher.request q WHERE q.id = p_request RETURNING q
+            DELETE FROM dispatcher.request q
+            WHERE q.id = p_request AND q.sep_id = p_sep AND q.attempt = p_attempt
+              AND q.state <> 'queued'
+            RETURNING q
         )
         INSERT INTO dispatcher.request_history
         SELECT h.* FROM gone g, LATERAL dispatcher_v2.history_row(
             g.q, 'done', p_result, p_error, coalesce((g.q).started_at, (g.q).dispatched_at),
-            clock_timestamp()) h;
-        IF r.session_id IS NOT NULL THEN
+            clock_timestamp()) h
+        RETURNING session_id, class, region INTO v_session, v_class, v_region;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION USING ERRCODE = 'DP004',
+                MESSAGE = format('completion refused: SEP %s no longer holds attempt %s of request %s',
+                                 p_sep, p_attempt, p_request);
+        END IF;
+        IF v_session IS NOT NULL THEN
             UPDATE dispatcher.session SET
                 next_transid = p_next_transid, commarea = p_commarea, bound_sep = NULL,
                 last_active = clock_timestamp()
-            WHERE id = r.session_id;
+            WHERE id = v_session;
         END IF;
     ELSE
+        SELECT * INTO r FROM dispatcher.request WHERE id = p_request FOR UPDATE;
+        IF NOT FOUND OR r.sep_id IS DISTINCT FROM p_sep OR r.attempt <> p_attempt
+           OR r.state = 'queued' THEN
+            RAISE EXCEPTION USING ERRCODE = 'DP004',
+                MESSAGE = format('completion refused: SEP %s no longer holds attempt %s of request %s',
+                                 p_sep, p_attempt, p_request);
+        END IF;
+        v_class := r.class;
+        v_region := r.region;
         PERFORM dispatcher_v2.settle_abend(r, p_result, p_error);
     END IF;
 
@@ -1915,12 +1928,12 @@ BEGIN
     END IF;
 
     -- a class slot came free and this SEP did not use it: wake an idle SEP to look
-    IF r.class IS NOT NULL THEN
+    IF v_class IS NOT NULL THEN
         IF (t.request_id IS NULL OR
-            (SELECT class FROM dispatcher.request WHERE id = t.request_id) IS DISTINCT FROM r.class)
+            (SELECT class FROM dispatcher.request WHERE id = t.request_id) IS DISTINCT FROM v_class)
            AND EXISTS (SELECT 1 FROM dispatcher.request q
-                       WHERE q.region = r.region AND q.class = r.class AND q.state = 'queued') THEN
-            PERFORM dispatcher_v2.wake_idle_sep(r.region, p_sep);
+                       WHERE q.region = v_region AND q.class = v_class AND q.state = 'queued') THEN
+            PERFORM dispatcher_v2.wake_idle_sep(v_region, p_sep);
         END IF;
     END IF;
 
@@ -2142,7 +2155,7 @@ BEGIN
             i := i + 1;
             CONTINUE;
         END IF;
-        PERFORM dispatcher_v2.assign(ARRAY[p.request_id], s.id, false);
+        PERFORM dispatcher_v2.assign(ARRAY[p.request_id], s.id);
         UPDATE dispatcher.sep SET state = 'busy', current_request = p.request_id,
             current_attempt = (SELECT attempt FROM dispatcher.request WHERE id = p.request_id)
         WHERE id = s.id;
@@ -2499,7 +2512,7 @@ BEGIN
                 CONTINUE;
             END IF;
             -- counted at once: class_room counts what is no longer queued
-            PERFORM dispatcher_v2.assign(ARRAY[c.id], s.id, false);
+            PERFORM dispatcher_v2.assign(ARRAY[c.id], s.id);
         ELSE
             v_plain := v_plain || c.id;
         END IF;
@@ -2508,7 +2521,7 @@ BEGIN
     IF v_held = '{}' THEN
         RETURN;
     END IF;
-    PERFORM dispatcher_v2.assign(v_plain, s.id, false);
+    PERFORM dispatcher_v2.assign(v_plain, s.id);
     UPDATE dispatcher.sep SET held = v_held WHERE id = s.id;
     RETURN QUERY
         SELECT x.* FROM unnest(v_held) WITH ORDINALITY AS h(id, n),
@@ -2815,8 +2828,18 @@ CREATE FUNCTION dispatcher_v2.start_task(s dispatcher.sep, p_request bigint, p_d
 DECLARE
     t dispatcher.task;
 BEGIN
-    PERFORM dispatcher_v2.assign(ARRAY[p_request], s.id, true);
-    t := dispatcher_v2.task_of(p_request);
+    WITH u AS (
+        UPDATE dispatcher.request r SET
+            state = 'running', sep_id = s.id, attempt = r.attempt + 1,
+            dispatched_at = clock_timestamp(), started_at = clock_timestamp()
+        WHERE r.id = p_request
+        RETURNING r.id, r.attempt, r.transid, r.payload, r.session_id, r.commarea,
+                  r.enqueued_at, r.region
+    )
+    SELECT u.id, u.attempt, u.transid, x.program, u.payload, u.session_id, u.commarea,
+           x.timeout_s, u.enqueued_at
+    INTO t
+    FROM u LEFT JOIN dispatcher.transaction x ON x.region = u.region AND x.transid = u.transid;
     UPDATE dispatcher.sep SET state = 'busy', current_request = p_request,
         current_attempt = t.attempt, tasks_run = tasks_run + p_done,
         heartbeat_at = clock_timestamp()
