@@ -10,7 +10,7 @@ safety net for an end frame that never came (a SEP that died after its commit).
 ``Listener`` only wires the parts together and starts and stops them:
 
 - sessions.py: client sessions and the client protocol (hello, call, input, result_of);
-- routing.py: hand-over to SEPs, the transaction cache, messages coming from SEPs;
+- routing.py: hand-over to SEPs (the task and address enqueue answered), messages from SEPs;
 - outcomes.py: answering a call with its request's outcome, the outcome poll;
 - group_commit.py: calls that arrive together share one enqueue and one commit;
 - health.py: registration, heartbeat, reaping, and a lost database (Health.guard);
