@@ -1813,6 +1813,33 @@ BEGIN
 END $$;
 
 --
+-- Name: cancel_request(text, bigint); Type: FUNCTION; Schema: dispatcher_v2; Owner: -
+--
+
+CREATE FUNCTION dispatcher_v2.cancel_request(p_region text, p_request bigint) RETURNS text
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    r dispatcher.request;
+BEGIN
+    SELECT * INTO r FROM dispatcher.request WHERE id = p_request AND region = p_region FOR UPDATE;
+    IF FOUND THEN
+        IF r.state <> 'queued' THEN
+            RETURN 'running';
+        END IF;
+        PERFORM dispatcher_v2.archive(r, 'cancelled', NULL,
+            jsonb_build_object('type', 'Cancelled', 'message', 'cancelled while queued'));
+        RETURN 'cancelled';
+    END IF;
+    IF EXISTS (SELECT 1 FROM dispatcher.request_history
+               WHERE id = p_request AND region = p_region) THEN
+        RETURN 'finished';
+    END IF;
+    RAISE EXCEPTION USING ERRCODE = 'DP009',
+        MESSAGE = format('unknown request %s in region %L', p_request, p_region);
+END $$;
+
+--
 -- Name: claim(bigint, integer); Type: FUNCTION; Schema: dispatcher_v2; Owner: -
 --
 

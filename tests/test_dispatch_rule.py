@@ -91,3 +91,27 @@ def test_enqueue_many_dispatches_each_new_request_to_a_sep_able_to_run_it(
         ("no_idle_sep", None),
         ("dispatched", plain),
     ]
+
+
+def test_cancel_request_only_while_it_waits(region: Region) -> None:
+    """A queued request is cancelled (history 'cancelled', never runs); a running one
+    and a finished one are not; an unknown one is UnknownRequest."""
+    from dispatcher.errors import UnknownRequest
+    from dispatcher.gateway import ops
+
+    region.define_transaction("T", "app:fn")
+    queued = region.enqueue("T", 1).request_id
+    assert region.run(ops.request.cancel_request("test", queued)) == "cancelled"
+    row = region.request(queued)
+    assert row["state"] == "cancelled" and row["error"]["type"] == "Cancelled"
+    assert region.run(ops.request.cancel_request("test", queued)) == "finished"
+    sep = _sep(region)
+    running = region.claim_next(sep)
+    assert running is None  # nothing queued any more
+    held = region.enqueue("T", 2)
+    assert held.sep_id == sep
+    assert region.run(ops.request.cancel_request("test", held.request_id)) == "running"
+    with pytest.raises(UnknownRequest):
+        region.run(ops.request.cancel_request("test", 10**12))
+    with pytest.raises(UnknownRequest):
+        region.run(ops.request.cancel_request("elsewhere", held.request_id))

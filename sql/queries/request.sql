@@ -16,3 +16,7 @@ SELECT id, region, transid, state, attempt, sep_id, payload, result, error,
     priority, session_id, origin, enqueued_at, dispatched_at, started_at, finished_at
 FROM dispatcher.request_history WHERE id = %(id)s AND region = %(region)s;
 
+
+-- name: cancel_request
+-- Cancel a queued request: 'cancelled', 'running' (too late) or 'finished'.
+SELECT dispatcher_v2.cancel_request(%(region)s, %(id)s) AS outcome;

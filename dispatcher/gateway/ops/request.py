@@ -11,7 +11,7 @@ from psycopg.types.json import Jsonb
 
 from ...errors import UnknownRequest
 from ...values import check_data, check_text
-from ..op import Op, Result, Row, each, one
+from ..op import Op, Result, Row, each, one, scalar
 from ..records import Enqueued
 
 __all__ = ["enqueue", "enqueue_many", "enqueue_many_params", "enqueue_params", "show_request"]
@@ -143,3 +143,13 @@ def show_request(region: str, request_id: int) -> Op[Row]:
         return result.rows[0]
 
     return Op("show_request", {"region": region, "id": request_id}, decode)
+
+
+def cancel_request(region: str, request_id: int) -> Op[str]:
+    """Cancel a queued request: ``cancelled``, or why not: ``running`` (a SEP has it) or
+    ``finished`` (UnknownRequest if there is none)."""
+    return Op(
+        "cancel_request",
+        {"region": region, "id": request_id},
+        scalar("cancel_request", "outcome", str),
+    )
