@@ -32,9 +32,13 @@ __all__ = [
 OnOutput = Callable[[Any, bool], Any]
 
 
-def _with_key(message: dict[str, Any], key: str | None) -> dict[str, Any]:
+def _with_key(
+    message: dict[str, Any], key: str | None, routing_key: str | None = None
+) -> dict[str, Any]:
     if key is not None:
         message["key"] = key
+    if routing_key is not None:
+        message["routing_key"] = routing_key
     return message
 
 
@@ -107,14 +111,17 @@ class Session:
         on_output: OnOutput | None = None,
         timeout: float | None = 300.0,
         key: str | None = None,
+        routing_key: str | None = None,
     ) -> Any:
         """Run TRANSID with DATA and return its result; raise CallError on an error reply.
 
         KEY (idempotency key): a call sent again with the same key, after a retryable
         error or from a new session, runs once and answers with the first one's outcome.
+        ROUTING_KEY: calls with the same routing key run on the same live SEP.
         """
         cid = next(self._ids)
-        self.send(_with_key({"type": "call", "id": cid, "transid": transid, "data": data}, key))
+        msg = {"type": "call", "id": cid, "transid": transid, "data": data}
+        self.send(_with_key(msg, key, routing_key))
         return self._follow(cid, on_output, timeout)
 
     def input(
@@ -250,11 +257,12 @@ class AsyncSession:
         *,
         on_output: AsyncOnOutput | None = None,
         key: str | None = None,
+        routing_key: str | None = None,
     ) -> Any:
         """Run TRANSID with DATA and return its result (see :meth:`Session.call`)."""
         cid = next(self._ids)
         msg = {"type": "call", "id": cid, "transid": transid, "data": data}
-        await self.send(_with_key(msg, key))
+        await self.send(_with_key(msg, key, routing_key))
         return await self._follow(cid, on_output)
 
     async def input(

@@ -60,16 +60,16 @@ def token_hash(token: str) -> bytes:
         return b""
 
 
-def check_key(key: Any) -> dict[str, Any] | None:
-    """The error for a bad idempotency key (None when KEY is absent or good)."""
+def check_key(key: Any, name: str = "key") -> dict[str, Any] | None:
+    """The error for a bad idempotency or routing key (None when KEY is absent or good)."""
     if key is None:
         return None
     if not isinstance(key, str):
-        return error("bad_frame", f"key must be a string of 1-{MAX_KEY} characters")
+        return error("bad_frame", f"{name} must be a string of 1-{MAX_KEY} characters")
     if not 0 < len(key) <= MAX_KEY:
-        return error("invalid_value", f"key must be 1-{MAX_KEY} characters, not {len(key)}")
+        return error("invalid_value", f"{name} must be 1-{MAX_KEY} characters, not {len(key)}")
     try:
-        check_text(key, "the key")
+        check_text(key, f"the {name}")
     except InvalidValue as exc:
         return error("invalid_value", exc.message)
     return None
@@ -88,6 +88,8 @@ def check_call(msg: dict[str, Any]) -> dict[str, Any] | None:
         except InvalidValue as exc:
             return error("invalid_value", exc.message)
     bad = check_key(msg.get("key"))
+    if bad is None and msg["type"] == "call":
+        bad = check_key(msg.get("routing_key"), "routing_key")
     if bad is not None:
         return bad
     try:

@@ -15,7 +15,9 @@ from .health import DB_ERRORS
 
 __all__ = ["GroupCommit"]
 
-_Item = tuple[tuple[str, Any, UUID, Any, str | None], "asyncio.Future[Any]"]
+# (transid, data, session, commarea, idempotency key, routing key), the caller's future
+_Call = tuple[str, Any, UUID, Any, str | None, str | None]
+_Item = tuple[_Call, "asyncio.Future[Any]"]
 
 
 class GroupCommit:
@@ -44,10 +46,16 @@ class GroupCommit:
         self.queue: asyncio.Queue[_Item] = asyncio.Queue()
 
     async def submit(
-        self, transid: str, data: Any, session: UUID, commarea: Any, key: str | None = None
+        self,
+        transid: str,
+        data: Any,
+        session: UUID,
+        commarea: Any,
+        key: str | None = None,
+        routing_key: str | None = None,
     ) -> Enqueued:
         fut: asyncio.Future[Enqueued] = asyncio.get_running_loop().create_future()
-        item: _Item = ((transid, data, session, commarea, key), fut)
+        item: _Item = ((transid, data, session, commarea, key, routing_key), fut)
         if self.queue.empty() and not self._flushing and not self._inline:
             # nothing to group with and no batch in flight: enqueue right here, without
             # the hops through the batching task (the latency of a lone call); calls
@@ -90,7 +98,7 @@ class GroupCommit:
             async with self.pool.connection() as conn:
                 db = AsyncGateway(conn)
                 if len(batch) == 1:
-                    (transid, data, sid, commarea, key), _ = batch[0]
+                    (transid, data, sid, commarea, key, route), _ = batch[0]
                     one = ops.request.enqueue(
                         self.region,
                         transid,
@@ -100,16 +108,18 @@ class GroupCommit:
                         idempotency_key=key,
                         origin="listener",
                         notify=False,
+                        routing_key=route,
                     )
                     out = [await db.run(one)]
                 else:
                     many = ops.request.enqueue_many(
                         self.region,
-                        [(t, d) for (t, d, _, _, _), _ in batch],
-                        sessions=[sid for (_, _, sid, _, _), _ in batch],
-                        idempotency_keys=[k for (_, _, _, _, k), _ in batch],
+                        [(c[0], c[1]) for c, _ in batch],
+                        sessions=[c[2] for c, _ in batch],
+                        idempotency_keys=[c[4] for c, _ in batch],
                         origin="listener",
                         notify=False,
+                        routing_keys=[c[5] for c, _ in batch],
                     )
                     out = await db.run(many)
         except (*DB_ERRORS, asyncio.CancelledError) as exc:

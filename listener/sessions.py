@@ -244,7 +244,7 @@ class ClientSessions:
                 await s.send(bad)
             elif kind == "call":
                 transid, data, key = msg["transid"], msg.get("data"), msg.get("key")
-                await self._start_call(s, cid, transid, data, None, key)
+                await self._start_call(s, cid, transid, data, None, key, msg.get("routing_key"))
             else:
                 await self._input(s, cid, msg.get("data"), msg.get("key"))
         elif kind == "result_of":
@@ -257,7 +257,14 @@ class ClientSessions:
             await s.send(error("bad_frame", f"unknown message type {kind!r}", id=cid))
 
     async def _start_call(
-        self, s: Session, cid: Any, transid: str, data: Any, commarea: Any, key: str | None = None
+        self,
+        s: Session,
+        cid: Any,
+        transid: str,
+        data: Any,
+        commarea: Any,
+        key: str | None = None,
+        routing_key: str | None = None,
     ) -> None:
         if s.call is not None:
             await s.send(
@@ -273,7 +280,7 @@ class ClientSessions:
         scoped = None if key is None else f"{s.user}/{key}"
         try:
             async with self.health.guard(s.send, cid):
-                e = await self.enqueuer.submit(transid, data, s.id, commarea, scoped)
+                e = await self.enqueuer.submit(transid, data, s.id, commarea, scoped, routing_key)
         except DispatcherError as exc:  # (DatabaseUnavailable is one too: the guard's)
             await s.send(error(error_code(exc), exc.message, id=cid))
             return

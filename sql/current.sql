@@ -1071,7 +1071,9 @@ CREATE TABLE dispatcher.request (
     enqueued_at timestamp with time zone DEFAULT clock_timestamp() NOT NULL,
     dispatched_at timestamp with time zone,
     started_at timestamp with time zone,
+    routing_key text,
     CONSTRAINT request_priority_check CHECK (((priority >= 0) AND (priority <= 255))),
+    CONSTRAINT request_routing_key_check CHECK (((routing_key IS NULL) OR ((length(routing_key) >= 1) AND (length(routing_key) <= 200)))),
     CONSTRAINT request_state_check CHECK ((state = ANY (ARRAY['queued'::text, 'dispatched'::text, 'running'::text])))
 );
 
@@ -2124,6 +2126,7 @@ BEGIN
         UPDATE dispatcher.sep SET stop_requested = true,
             state = CASE WHEN state IN ('idle', 'unavailable') THEN 'draining' ELSE state END
         WHERE id = p_sep RETURNING * INTO s;
+        PERFORM dispatcher_v2.wake_for_keys(s.region);   -- its keys have new owners
     ELSIF p_action = 'kill' THEN
         IF s.state <> 'dead' THEN
             PERFORM dispatcher_v2.requeue_held(s, format('SEP %s was stopped by force', p_sep));
@@ -2140,45 +2143,58 @@ BEGIN
 END $$;
 
 --
--- Name: dispatch_idle(text, bigint[], text[], boolean); Type: FUNCTION; Schema: dispatcher_v2; Owner: -
+-- Name: dispatch_idle(text, bigint[], text[], text[], boolean); Type: FUNCTION; Schema: dispatcher_v2; Owner: -
 --
 
-CREATE FUNCTION dispatcher_v2.dispatch_idle(p_region text, p_new bigint[], p_requires text[], p_notify boolean) RETURNS TABLE(request_id bigint, sep_id bigint, sep_address text)
+CREATE FUNCTION dispatcher_v2.dispatch_idle(p_region text, p_new bigint[], p_requires text[], p_keys text[], p_notify boolean) RETURNS TABLE(request_id bigint, sep_id bigint, sep_address text)
     LANGUAGE plpgsql
     AS $$
 DECLARE
     i integer := 1;
     v_n integer := coalesce(cardinality(p_new), 0);
-    v_none text[] := '{}';      -- requires that no idle SEP can run
+    v_none text[] := '{}';      -- what no idle SEP can run: requires, or 'sep:' || owner
     v_taken bigint[] := '{}';   -- new requests handed to a SEP in this call
     v_fenced boolean := false;
+    v_owner bigint;
+    v_need text;
     s dispatcher.sep;
     p record;
 BEGIN
     WHILE i <= v_n LOOP
-        IF p_requires[i] = ANY (v_none) OR p_new[i] = ANY (v_taken) THEN
+        IF p_new[i] = ANY (v_taken) THEN
             i := i + 1;
             CONTINUE;
         END IF;
-        s := dispatcher_v2.find_idle_sep(p_region, p_requires[i]::text[]);
+        v_owner := NULL;
+        v_need := p_requires[i];
+        IF p_keys[i] IS NOT NULL THEN
+            -- a keyed request goes only to the SEP that owns its key
+            v_owner := dispatcher_v2.key_owner(p_region, p_keys[i], p_requires[i]::text[]);
+            v_need := 'sep:' || coalesce(v_owner::text, 'none');
+        END IF;
+        IF v_need = ANY (v_none) OR (p_keys[i] IS NOT NULL AND v_owner IS NULL) THEN
+            i := i + 1;
+            CONTINUE;
+        END IF;
+        s := dispatcher_v2.find_idle_sep(p_region, p_requires[i]::text[], v_owner);
         IF s.id IS NULL AND NOT v_fenced THEN
             -- the last look, fenced against SEPs going idle (see the top)
             PERFORM pg_advisory_xact_lock_shared(dispatcher.region_lock_key(p_region));
             v_fenced := true;
-            s := dispatcher_v2.find_idle_sep(p_region, p_requires[i]::text[]);
+            s := dispatcher_v2.find_idle_sep(p_region, p_requires[i]::text[], v_owner);
         END IF;
         IF s.id IS NULL THEN
-            v_none := v_none || p_requires[i];
+            v_none := v_none || v_need;
             i := i + 1;
             CONTINUE;
         END IF;
-        p := dispatcher_v2.pick_request(p_region, s.capabilities);
+        p := dispatcher_v2.pick_request(p_region, s.capabilities, s.id);
         IF p.request_id IS NULL THEN
             -- nothing it may run now (a class is full or busy): the SEP stays idle
             IF p.contended THEN
                 PERFORM pg_notify(dispatcher.sep_channel(s.id), 'wake');
             END IF;
-            v_none := v_none || p_requires[i];
+            v_none := v_none || v_need;
             i := i + 1;
             CONTINUE;
         END IF;
@@ -2202,10 +2218,10 @@ BEGIN
 END $$;
 
 --
--- Name: enqueue(text, text, jsonb, uuid, integer, text, timestamp with time zone, jsonb, text, boolean); Type: FUNCTION; Schema: dispatcher_v2; Owner: -
+-- Name: enqueue(text, text, jsonb, uuid, integer, text, timestamp with time zone, jsonb, text, boolean, text); Type: FUNCTION; Schema: dispatcher_v2; Owner: -
 --
 
-CREATE FUNCTION dispatcher_v2.enqueue(p_region text, p_transid text, p_payload jsonb DEFAULT 'null'::jsonb, p_session uuid DEFAULT NULL::uuid, p_user_priority integer DEFAULT 0, p_idempotency_key text DEFAULT NULL::text, p_deadline timestamp with time zone DEFAULT NULL::timestamp with time zone, p_commarea jsonb DEFAULT NULL::jsonb, p_origin text DEFAULT 'api'::text, p_notify boolean DEFAULT true) RETURNS dispatcher_v2.enqueued
+CREATE FUNCTION dispatcher_v2.enqueue(p_region text, p_transid text, p_payload jsonb DEFAULT 'null'::jsonb, p_session uuid DEFAULT NULL::uuid, p_user_priority integer DEFAULT 0, p_idempotency_key text DEFAULT NULL::text, p_deadline timestamp with time zone DEFAULT NULL::timestamp with time zone, p_commarea jsonb DEFAULT NULL::jsonb, p_origin text DEFAULT 'api'::text, p_notify boolean DEFAULT true, p_routing_key text DEFAULT NULL::text) RETURNS dispatcher_v2.enqueued
     LANGUAGE plpgsql
     AS $$
 DECLARE
@@ -2252,14 +2268,18 @@ BEGIN
         END IF;
     END IF;
 
+    IF p_routing_key IS NOT NULL AND length(p_routing_key) NOT BETWEEN 1 AND 200 THEN
+        RAISE EXCEPTION USING ERRCODE = 'DP003',
+            MESSAGE = 'a routing key is 1 to 200 characters';
+    END IF;
     INSERT INTO dispatcher.request
         (region, transid, payload, session_id, priority, dispatch_key, max_attempts, class,
-         requires, idempotency_key, deadline, commarea, origin)
+         requires, idempotency_key, deadline, commarea, origin, routing_key)
     VALUES
         (p_region, p_transid, coalesce(p_payload, 'null'::jsonb), p_session, v_priority,
          clock_timestamp() - make_interval(secs => v_priority * reg.aging_ms / 1000.0),
          tx.max_attempts, tx.class, tx.requires, p_idempotency_key, p_deadline, p_commarea,
-         coalesce(p_origin, 'api'))
+         coalesce(p_origin, 'api'), p_routing_key)
     ON CONFLICT (region, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
     RETURNING id INTO v_id;
     IF v_id IS NULL THEN
@@ -2272,7 +2292,8 @@ BEGIN
         RETURN (v_id, NULL, 'region_stopping', false, NULL, NULL)::dispatcher_v2.enqueued;
     END IF;
     SELECT d.sep_id, d.sep_address INTO v_sep, v_address
-    FROM dispatcher_v2.dispatch_idle(p_region, ARRAY[v_id], ARRAY[tx.requires::text], p_notify) d
+    FROM dispatcher_v2.dispatch_idle(p_region, ARRAY[v_id], ARRAY[tx.requires::text],
+                                     ARRAY[p_routing_key], p_notify) d
     WHERE d.request_id = v_id;
     IF v_sep IS NOT NULL THEN
         RETURN (v_id, v_sep, 'dispatched', false, to_jsonb(dispatcher_v2.task_of(v_id)),
@@ -2285,10 +2306,10 @@ BEGIN
 END $$;
 
 --
--- Name: enqueue_many(text, text[], jsonb[], uuid[], integer[], text[], text, boolean); Type: FUNCTION; Schema: dispatcher_v2; Owner: -
+-- Name: enqueue_many(text, text[], jsonb[], uuid[], integer[], text[], text, boolean, text[]); Type: FUNCTION; Schema: dispatcher_v2; Owner: -
 --
 
-CREATE FUNCTION dispatcher_v2.enqueue_many(p_region text, p_transids text[], p_payloads jsonb[], p_sessions uuid[] DEFAULT NULL::uuid[], p_user_priorities integer[] DEFAULT NULL::integer[], p_idempotency_keys text[] DEFAULT NULL::text[], p_origin text DEFAULT 'api'::text, p_notify boolean DEFAULT true) RETURNS TABLE(ordinal integer, request_id bigint, sep_id bigint, reason text, duplicate boolean, task jsonb, sep_address text)
+CREATE FUNCTION dispatcher_v2.enqueue_many(p_region text, p_transids text[], p_payloads jsonb[], p_sessions uuid[] DEFAULT NULL::uuid[], p_user_priorities integer[] DEFAULT NULL::integer[], p_idempotency_keys text[] DEFAULT NULL::text[], p_origin text DEFAULT 'api'::text, p_notify boolean DEFAULT true, p_routing_keys text[] DEFAULT NULL::text[]) RETURNS TABLE(ordinal integer, request_id bigint, sep_id bigint, reason text, duplicate boolean, task jsonb, sep_address text)
     LANGUAGE plpgsql
     AS $$
 DECLARE
@@ -2299,6 +2320,7 @@ DECLARE
     v_ids bigint[];
     v_order bigint[];
     v_requires text[];
+    v_keys text[];
     v_got bigint[];
     v_seps bigint[];
     v_addresses text[];
@@ -2315,7 +2337,7 @@ BEGIN
             e := dispatcher_v2.enqueue(
                 p_region, p_transids[i], p_payloads[i], p_sessions[i],
                 coalesce(p_user_priorities[i], 0), p_idempotency_keys[i], NULL, NULL,
-                p_origin, p_notify);
+                p_origin, p_notify, p_routing_keys[i]);
             ordinal := i; request_id := e.request_id; sep_id := e.sep_id;
             reason := e.reason; duplicate := e.duplicate; task := e.task;
             sep_address := e.sep_address;
@@ -2345,31 +2367,35 @@ BEGIN
                    SELECT 1 FROM dispatcher.session s WHERE s.id = sid AND s.region = p_region)) THEN
         RAISE EXCEPTION USING ERRCODE = 'DP007', MESSAGE = 'unknown session in the batch';
     END IF;
+    IF EXISTS (SELECT 1 FROM unnest(p_routing_keys) k WHERE length(k) NOT BETWEEN 1 AND 200) THEN
+        RAISE EXCEPTION USING ERRCODE = 'DP003', MESSAGE = 'a routing key is 1 to 200 characters';
+    END IF;
 
     WITH ins AS (
         INSERT INTO dispatcher.request
             (region, transid, payload, session_id, priority, dispatch_key, max_attempts,
-             class, requires, origin)
+             class, requires, origin, routing_key)
         SELECT p_region, x.transid, coalesce(p_payloads[i], 'null'::jsonb), p_sessions[i],
                pr.prio, clock_timestamp() - make_interval(secs => pr.prio * reg.aging_ms / 1000.0),
-               x.max_attempts, x.class, x.requires, coalesce(p_origin, 'api')
+               x.max_attempts, x.class, x.requires, coalesce(p_origin, 'api'), p_routing_keys[i]
         FROM generate_subscripts(p_transids, 1) AS i
         JOIN dispatcher.transaction x ON x.region = p_region AND x.transid = p_transids[i]
         LEFT JOIN dispatcher.session s ON s.id = p_sessions[i]
         CROSS JOIN LATERAL (SELECT least(255, x.priority + coalesce(s.priority, 0)
                                               + coalesce(p_user_priorities[i], 0)) AS prio) pr
         ORDER BY i
-        RETURNING id, dispatch_key, requires
+        RETURNING id, dispatch_key, requires, routing_key
     )
     SELECT array_agg(id ORDER BY id),                          -- ids follow the batch order
            array_agg(id ORDER BY dispatch_key, id),            -- and in dispatch order
-           array_agg(requires::text ORDER BY dispatch_key, id)
-    INTO v_ids, v_order, v_requires FROM ins;
+           array_agg(requires::text ORDER BY dispatch_key, id),
+           array_agg(routing_key ORDER BY dispatch_key, id)
+    INTO v_ids, v_order, v_requires, v_keys FROM ins;
 
     IF reg.state = 'running' THEN
         SELECT array_agg(d.request_id), array_agg(d.sep_id), array_agg(d.sep_address)
         INTO v_got, v_seps, v_addresses
-        FROM dispatcher_v2.dispatch_idle(p_region, v_order, v_requires, p_notify) d;
+        FROM dispatcher_v2.dispatch_idle(p_region, v_order, v_requires, v_keys, p_notify) d;
     END IF;
 
     RETURN QUERY
@@ -2385,15 +2411,16 @@ BEGIN
 END $$;
 
 --
--- Name: find_idle_sep(text, text[]); Type: FUNCTION; Schema: dispatcher_v2; Owner: -
+-- Name: find_idle_sep(text, text[], bigint); Type: FUNCTION; Schema: dispatcher_v2; Owner: -
 --
 
-CREATE FUNCTION dispatcher_v2.find_idle_sep(p_region text, p_requires text[]) RETURNS dispatcher.sep
+CREATE FUNCTION dispatcher_v2.find_idle_sep(p_region text, p_requires text[], p_only bigint) RETURNS dispatcher.sep
     LANGUAGE sql
     AS $$
     SELECT s.* FROM dispatcher.sep s
     WHERE s.region = p_region AND s.state = 'idle' AND NOT s.standby
       AND NOT s.paused AND NOT s.stop_requested AND s.capabilities @> p_requires
+      AND (p_only IS NULL OR s.id = p_only)
     ORDER BY s.idle_since
     LIMIT 1
     FOR UPDATE SKIP LOCKED
@@ -2467,6 +2494,20 @@ CREATE FUNCTION dispatcher_v2.history_row(r dispatcher.request, p_state text, p_
 $$;
 
 --
+-- Name: key_owner(text, text, text[]); Type: FUNCTION; Schema: dispatcher_v2; Owner: -
+--
+
+CREATE FUNCTION dispatcher_v2.key_owner(p_region text, p_key text, p_requires text[]) RETURNS bigint
+    LANGUAGE sql STABLE COST 1000
+    AS $$
+    SELECT s.id FROM dispatcher.sep s
+    WHERE s.region = p_region AND s.state <> 'dead' AND NOT s.standby AND NOT s.stop_requested
+      AND s.capabilities @> p_requires
+    ORDER BY hashtextextended(p_key, s.id) DESC, s.id
+    LIMIT 1
+$$;
+
+--
 -- Name: leave_sep(bigint); Type: FUNCTION; Schema: dispatcher_v2; Owner: -
 --
 
@@ -2531,7 +2572,7 @@ BEGIN
         RETURN;
     END IF;
     FOR c IN SELECT * FROM dispatcher_v2.queue_candidates(s.region, s.capabilities, '{}',
-                                                          least(p_take, 1000) - 1) LOOP
+                                                          least(p_take, 1000) - 1, s.id) LOOP
         IF c.class IS NOT NULL THEN
             CONTINUE WHEN c.class = ANY (v_full);
             IF dispatcher_v2.class_room(s.region, c.class) <> 1 THEN
@@ -2579,7 +2620,7 @@ BEGIN
         END IF;
     END IF;
     IF NOT s.standby AND NOT s.paused AND NOT s.stop_requested AND reg.state = 'running' THEN
-        p := dispatcher_v2.pick_request(s.region, s.capabilities);
+        p := dispatcher_v2.pick_request(s.region, s.capabilities, s.id);
         v_contended := p.contended;
         IF p.request_id IS NULL THEN
             -- the last look, fenced against concurrent enqueues (see the top). The lock
@@ -2592,7 +2633,7 @@ BEGIN
                 PERFORM pg_sleep(0.0005);
             END LOOP;
             IF v_fenced THEN
-                p := dispatcher_v2.pick_request(s.region, s.capabilities);
+                p := dispatcher_v2.pick_request(s.region, s.capabilities, s.id);
                 v_contended := v_contended OR p.contended;
             ELSE
                 v_contended := true;
@@ -2610,10 +2651,10 @@ BEGIN
 END $$;
 
 --
--- Name: pick_request(text, text[]); Type: FUNCTION; Schema: dispatcher_v2; Owner: -
+-- Name: pick_request(text, text[], bigint); Type: FUNCTION; Schema: dispatcher_v2; Owner: -
 --
 
-CREATE FUNCTION dispatcher_v2.pick_request(p_region text, p_caps text[], OUT request_id bigint, OUT contended boolean) RETURNS record
+CREATE FUNCTION dispatcher_v2.pick_request(p_region text, p_caps text[], p_sep bigint, OUT request_id bigint, OUT contended boolean) RETURNS record
     LANGUAGE plpgsql
     AS $$
 DECLARE
@@ -2624,7 +2665,7 @@ BEGIN
     contended := false;
     FOR i IN 1..50 LOOP
         SELECT c.id, c.class INTO request_id, v_class
-        FROM dispatcher_v2.queue_candidates(p_region, p_caps, v_full, 1) c;
+        FROM dispatcher_v2.queue_candidates(p_region, p_caps, v_full, 1, p_sep) c;
         IF NOT FOUND THEN
             request_id := NULL;
             RETURN;
@@ -2645,10 +2686,10 @@ BEGIN
 END $$;
 
 --
--- Name: queue_candidates(text, text[], text[], integer); Type: FUNCTION; Schema: dispatcher_v2; Owner: -
+-- Name: queue_candidates(text, text[], text[], integer, bigint); Type: FUNCTION; Schema: dispatcher_v2; Owner: -
 --
 
-CREATE FUNCTION dispatcher_v2.queue_candidates(p_region text, p_caps text[], p_skip text[], p_limit integer) RETURNS TABLE(id bigint, class text)
+CREATE FUNCTION dispatcher_v2.queue_candidates(p_region text, p_caps text[], p_skip text[], p_limit integer, p_sep bigint) RETURNS TABLE(id bigint, class text)
     LANGUAGE plpgsql
     AS $$
 BEGIN
@@ -2659,6 +2700,8 @@ BEGIN
       AND (r.not_before IS NULL OR r.not_before <= clock_timestamp())
       AND (r.deadline IS NULL OR r.deadline > clock_timestamp())
       AND (r.class IS NULL OR r.class <> ALL (p_skip))
+      AND (r.routing_key IS NULL
+           OR dispatcher_v2.key_owner(r.region, r.routing_key, r.requires) = p_sep)
     ORDER BY r.dispatch_key, r.id
     LIMIT p_limit
     FOR UPDATE OF r SKIP LOCKED;
@@ -2792,6 +2835,7 @@ BEGIN
     IF n > 0 THEN
         PERFORM dispatcher_v2.wake_idle_sep(s.region, s.id);   -- for the requeued work
     END IF;
+    PERFORM dispatcher_v2.wake_for_keys(s.region);   -- its keys have new owners
     RETURN n;
 END $$;
 
@@ -2886,6 +2930,21 @@ CREATE FUNCTION dispatcher_v2.task_of(p_request bigint) RETURNS dispatcher.task
     FROM dispatcher.request r
     LEFT JOIN dispatcher.transaction x ON x.region = r.region AND x.transid = r.transid
     WHERE r.id = p_request
+$$;
+
+--
+-- Name: wake_for_keys(text); Type: FUNCTION; Schema: dispatcher_v2; Owner: -
+--
+
+CREATE FUNCTION dispatcher_v2.wake_for_keys(p_region text) RETURNS void
+    LANGUAGE sql
+    AS $$
+    SELECT pg_notify(dispatcher.sep_channel(s.id), 'wake')
+    FROM dispatcher.sep s
+    WHERE s.region = p_region AND s.state = 'idle'
+      AND EXISTS (SELECT 1 FROM dispatcher.request r
+                  WHERE r.region = p_region AND r.state = 'queued'
+                    AND r.routing_key IS NOT NULL)
 $$;
 
 --

@@ -17,6 +17,8 @@ WHERE r.region = %(region)s AND r.state = 'queued'
   AND (r.not_before IS NULL OR r.not_before <= clock_timestamp())
   AND (r.deadline IS NULL OR r.deadline > clock_timestamp())
   AND (r.class IS NULL OR r.class <> ALL (%(full)s::text[]))
+  AND (r.routing_key IS NULL
+       OR dispatcher_v2.key_owner(r.region, r.routing_key, r.requires) = %(sep)s)
 ORDER BY r.dispatch_key, r.id
 LIMIT 1
 FOR UPDATE OF r SKIP LOCKED
@@ -40,6 +42,7 @@ def test_pick_query_matches_the_procedure() -> None:
         "FOR UPDATE OF r SKIP LOCKED",
         "AND r.requires <@ p_caps",
         "AND (r.class IS NULL OR r.class <> ALL (p_skip))",
+        "OR dispatcher_v2.key_owner(r.region, r.routing_key, r.requires) = p_sep)",
     ):
         assert line in text
 
@@ -60,7 +63,7 @@ def test_pick_next_uses_queue_index_with_100k_queued(
     conn.execute("ANALYZE dispatcher.request")
     with conn.transaction():
         row = conn.execute(
-            "EXPLAIN (FORMAT JSON) " + PICK, {"region": "test", "caps": [], "full": []}
+            "EXPLAIN (FORMAT JSON) " + PICK, {"region": "test", "caps": [], "full": [], "sep": 1}
         ).fetchone()
     assert row is not None
     plan = row["QUERY PLAN"]
@@ -73,7 +76,7 @@ def test_pick_next_uses_queue_index_with_100k_queued(
     # and it is fast in practice: one row read from the index head
     with conn.transaction():
         row = conn.execute(
-            "EXPLAIN (ANALYZE, FORMAT JSON) " + PICK, {"region": "test", "caps": [], "full": []}
+            "EXPLAIN (ANALYZE, FORMAT JSON) " + PICK, {"region": "test", "caps": [], "full": [], "sep": 1}
         ).fetchone()
     assert row is not None
     analyzed = row["QUERY PLAN"]

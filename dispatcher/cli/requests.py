@@ -59,6 +59,11 @@ def wait_for(app: App, request_id: int, timeout: float) -> dict[str, Any]:
 @click.option("--at", "at", help="Start at a time: ISO 8601 with a zone, e.g. 2026-12-01T09:00Z.")
 @click.option("--cron", "cron_expr", help='Start on a schedule: "*/5 * * * *" (five fields).')
 @click.option("--tz", help="Time zone of --cron (default UTC), e.g. Europe/Paris.")
+@click.option(
+    "--routing-key",
+    help="Run on the SEP that owns this key (requests with the same key go to the same "
+    "live SEP; docs/dispatch.md). Not for timers.",
+)
 @click.option("--wait", is_flag=True, help="Wait for the task and print its result.")
 @click.option(
     "--timeout",
@@ -79,6 +84,7 @@ def start(
     at: str | None,
     cron_expr: str | None,
     tz: str | None,
+    routing_key: str | None,
     wait: bool,
     timeout: float,
 ) -> None:
@@ -89,9 +95,9 @@ def start(
     object {"transid": ..., "data": ...}.
     """
     if after is not None or at is not None or cron_expr is not None or tz is not None:
-        if wait or data_file is not None or transid is None:
+        if wait or data_file is not None or transid is None or routing_key is not None:
             raise click.UsageError(
-                "a timer START takes TRANSID and --data, not --wait or --data-file"
+                "a timer START takes TRANSID and --data, not --wait, --data-file or --routing-key"
             )
         from .timers import schedule
 
@@ -115,6 +121,7 @@ def start(
         if data is not None:
             raise click.UsageError("give --data or --data-file, not both")
         items: list[tuple[str, Any]] = []
+        routes: list[str | None] = []
         try:
             text = data_file.read_bytes().decode("utf-8")
         except UnicodeDecodeError as exc:
@@ -125,12 +132,19 @@ def start(
             value = parse_json(line, f"line {n} of {data_file}")
             if isinstance(value, dict) and "transid" in value:
                 items.append((str(value["transid"]), value.get("data")))
+                route = value.get("routing_key", routing_key)
+                if route is not None and not isinstance(route, str):
+                    raise click.UsageError(f"line {n}: routing_key must be a string")
+                routes.append(route)
             elif transid is None:
                 raise click.UsageError(f"line {n}: no transid, and no TRANSID argument given")
             else:
                 items.append((transid, value))
+                routes.append(routing_key)
         results = db.run(
-            ops.request.enqueue_many(db.name, items, user_priorities=[priority] * len(items))
+            ops.request.enqueue_many(
+                db.name, items, user_priorities=[priority] * len(items), routing_keys=routes
+            )
         )
         for r in results:
             click.echo(r.request_id)
@@ -139,7 +153,12 @@ def start(
         raise click.UsageError("missing TRANSID")
     payload = parse_json(data, "--data") if data is not None else None
     op = ops.request.enqueue(
-        db.name, transid, payload, user_priority=priority, idempotency_key=reqid
+        db.name,
+        transid,
+        payload,
+        user_priority=priority,
+        idempotency_key=reqid,
+        routing_key=routing_key,
     )
     e = db.run(op)
     if not wait:

@@ -1,10 +1,11 @@
 -- name: enqueue
 SELECT * FROM dispatcher_v2.enqueue(%(region)s, %(transid)s, %(payload)s, %(session)s,
-    %(user_priority)s, %(idempotency_key)s, %(deadline)s, %(commarea)s, %(origin)s, %(notify)s);
+    %(user_priority)s, %(idempotency_key)s, %(deadline)s, %(commarea)s, %(origin)s, %(notify)s,
+    %(routing_key)s);
 
 -- name: enqueue_many
 SELECT * FROM dispatcher_v2.enqueue_many(%(region)s, %(transids)s, %(payloads)s, %(sessions)s,
-    %(user_priorities)s, %(idempotency_keys)s, %(origin)s, %(notify)s);
+    %(user_priorities)s, %(idempotency_keys)s, %(origin)s, %(notify)s, %(routing_keys)s);
 
 -- name: show_request
 SELECT id, region, transid, state, attempt, sep_id, payload, NULL::jsonb AS result, error,

@@ -9,7 +9,7 @@ from uuid import UUID
 
 from psycopg.types.json import Jsonb
 
-from ...errors import UnknownRequest
+from ...errors import InvalidValue, UnknownRequest
 from ...values import check_data, check_text
 from ..op import Op, Result, Row, each, one, scalar
 from ..records import Enqueued
@@ -17,12 +17,21 @@ from ..records import Enqueued
 __all__ = ["enqueue", "enqueue_many", "enqueue_many_params", "enqueue_params", "show_request"]
 
 
-def _check_request(transid: str, payload: Any, idempotency_key: str | None) -> None:
+MAX_ROUTING_KEY = 200  # characters (the request table's check)
+
+
+def _check_request(
+    transid: str, payload: Any, idempotency_key: str | None, routing_key: str | None = None
+) -> None:
     """The limits of dispatcher.values, checked before anything reaches the database."""
     check_text(transid, "the transaction id")
     check_data(payload)
     if idempotency_key is not None:
         check_text(idempotency_key, "the idempotency key")
+    if routing_key is not None:
+        check_text(routing_key, "the routing key")
+        if not 1 <= len(routing_key) <= MAX_ROUTING_KEY:
+            raise InvalidValue(f"a routing key is 1 to {MAX_ROUTING_KEY} characters")
 
 
 def enqueue_params(
@@ -37,9 +46,10 @@ def enqueue_params(
     commarea: Any = None,
     origin: str = "api",
     notify: bool = True,
+    routing_key: str | None = None,
 ) -> dict[str, Any]:
     """The bound parameters of ``enqueue`` (checks the values first)."""
-    _check_request(transid, payload, idempotency_key)
+    _check_request(transid, payload, idempotency_key, routing_key)
     if commarea is not None:
         check_data(commarea, "the COMMAREA")
     return {
@@ -53,6 +63,7 @@ def enqueue_params(
         "commarea": None if commarea is None else Jsonb(commarea),
         "origin": origin,
         "notify": notify,
+        "routing_key": routing_key,
     }
 
 
@@ -65,11 +76,13 @@ def enqueue_many_params(
     idempotency_keys: Sequence[str | None] | None = None,
     origin: str = "api",
     notify: bool = True,
+    routing_keys: Sequence[str | None] | None = None,
 ) -> dict[str, Any]:
     """The bound parameters of ``enqueue_many`` (checks the values first)."""
     keys = list(idempotency_keys) if idempotency_keys is not None else [None] * len(items)
-    for (transid, payload), key in zip(items, keys, strict=True):
-        _check_request(transid, payload, key)
+    routes = list(routing_keys) if routing_keys is not None else [None] * len(items)
+    for (transid, payload), key, route in zip(items, keys, routes, strict=True):
+        _check_request(transid, payload, key, route)
     return {
         "region": region,
         "transids": [t for t, _ in items],
@@ -79,6 +92,7 @@ def enqueue_many_params(
         "idempotency_keys": list(idempotency_keys) if idempotency_keys is not None else None,
         "origin": origin,
         "notify": notify,
+        "routing_keys": routes if any(r is not None for r in routes) else None,
     }
 
 
@@ -94,8 +108,10 @@ def enqueue(
     commarea: Any = None,
     origin: str = "api",
     notify: bool = True,
+    routing_key: str | None = None,
 ) -> Op[Enqueued]:
-    """Queue a request of TRANSID (dispatched at once to an idle SEP when there is one)."""
+    """Queue a request of TRANSID (dispatched at once to an idle SEP when there is one;
+    with ROUTING_KEY, only ever to the SEP that owns the key)."""
     params = enqueue_params(
         region,
         transid,
@@ -107,6 +123,7 @@ def enqueue(
         commarea=commarea,
         origin=origin,
         notify=notify,
+        routing_key=routing_key,
     )
     return Op("enqueue", params, one("enqueue", Enqueued.from_row))
 
@@ -120,6 +137,7 @@ def enqueue_many(
     idempotency_keys: Sequence[str | None] | None = None,
     origin: str = "api",
     notify: bool = True,
+    routing_keys: Sequence[str | None] | None = None,
 ) -> Op[list[Enqueued]]:
     """Queue ITEMS ((transid, payload) pairs) in one call, all or none."""
     params = enqueue_many_params(
@@ -130,6 +148,7 @@ def enqueue_many(
         idempotency_keys=idempotency_keys,
         origin=origin,
         notify=notify,
+        routing_keys=routing_keys,
     )
     return Op("enqueue_many", params, each(Enqueued.from_row))
 
