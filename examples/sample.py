@@ -10,6 +10,8 @@ Try it with ``dispatcher call TRANSID --data JSON``:
 - ``ORDER``: a pseudo-conversational chain: ORDER asks for a quantity and ends naming
   ``ORDER2`` as the transaction for your next input, with a commarea; ORDER2 confirms.
 - ``REMIND``: STARTs ``ECHO`` with a timer (``{"after": seconds, "text": ...}``).
+- ``DELIVER``: the built-in HTTP delivery program (``sep.delivery``): makes the HTTP
+  call its data describes, at least once, with retries (docs/delivery.md).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 
 from dispatcher.gateway import Gateway, ops
 from sep import program
+from sep.delivery import deliver  # noqa: F401  (DELIVER runs on the sample app's SEPs)
 
 
 @program("ECHO", priority=5)

@@ -22,6 +22,21 @@ __all__ = [
 ]
 
 
+class RetryLater(Exception):
+    """Raise it from a program to abend the task and have it run again, not sooner than
+    AFTER seconds (when given; the transaction's backoff applies too, whichever is
+    later). With no attempts left the request fails as for any abend."""
+
+    def __init__(self, message: str, *, after: float | None = None) -> None:
+        super().__init__(message)
+        self.after = after
+
+
+class GiveUp(Exception):
+    """Raise it from a program to fail the request for good: it is not run again, even
+    with attempts left (a request that can never succeed, say an HTTP 404)."""
+
+
 class AppError(Exception):
     """An application module or program that cannot be loaded."""
 

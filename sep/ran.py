@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -10,6 +11,7 @@ import psycopg
 from dispatcher.gateway import Outcome, Task
 
 from .conversation import Conversation
+from .program import GiveUp, RetryLater
 
 __all__ = ["Ran"]
 
@@ -51,6 +53,11 @@ class Ran:
         self.next_transid = None
         self.commarea = None
         self.error = {"type": type(exc).__name__, "message": str(exc), "traceback": tb}
+        after = getattr(exc, "after", None) if isinstance(exc, RetryLater) else None
+        if isinstance(after, int | float) and math.isfinite(after) and after > 0:
+            self.error["retry_after_s"] = min(float(after), 7 * 86400.0)
+        if isinstance(exc, GiveUp):
+            self.error["retryable"] = False
 
     def commit(self) -> None:
         """Commit the program's transaction (it carries the task's completion)."""

@@ -197,6 +197,44 @@ def show(app: App, request_id: int, as_json: bool) -> None:
         click.echo(f"{key:14} {value}")
 
 
+@request.command("list")
+@click.option(
+    "--state", type=click.Choice(ops.request.REQUEST_STATES), help="Only requests in this state."
+)
+@click.option("--transid", help="Only requests of this transaction.")
+@click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@pass_app
+def list_(app: App, state: str | None, transid: str | None, limit: int, as_json: bool) -> None:
+    """List requests, newest first: dead letters are --state failed (then: request rerun)."""
+    db = app.db()
+    rows = db.run(ops.request.list_requests(db.name, state=state, transid=transid, limit=limit))
+    if as_json:
+        echo_json(rows)
+        return
+    click.echo(f"{'ID':>10} {'TRANSID':10} {'STATE':10} {'ATT':>3}  ERROR")
+    for r in rows:
+        err = f"{r['error_type']}: {r['error_message']}" if r["error_type"] else ""
+        line = f"{r['id']:>10} {r['transid']:10} {r['state']:10} {r['attempt']:>3}  {err}"
+        click.echo(line[:200])
+
+
+@request.command("rerun")
+@click.argument("request_id", type=click.IntRange(1, 2**63 - 1))
+@pass_app
+def rerun(app: App, request_id: int) -> None:
+    """Run a failed or cancelled request again, as a new request with the same
+    transaction and data (a dead letter, after its cause is fixed); prints the new id."""
+    db = app.db()
+    row = db.run(ops.request.show_request(db.name, request_id))
+    if row["state"] not in ("failed", "cancelled"):
+        raise click.ClickException(
+            f"request {request_id} is {row['state']}: only a failed or cancelled one runs again"
+        )
+    e = db.run(ops.request.enqueue(db.name, row["transid"], row["payload"], origin="rerun"))
+    click.echo(e.request_id)
+
+
 def register(cli: click.Group) -> None:
     cli.add_command(start)
     cli.add_command(request)

@@ -21,3 +21,21 @@ FROM dispatcher.request_history WHERE id = %(id)s AND region = %(region)s;
 -- name: cancel_request
 -- Cancel a queued request: 'cancelled', 'running' (too late) or 'finished'.
 SELECT dispatcher_v2.cancel_request(%(region)s, %(id)s) AS outcome;
+
+-- name: list_requests
+-- The region's requests, newest first, queued/running ones and finished ones alike;
+-- STATE and TRANSID filter when given (NULL: any).
+SELECT id, transid, state, attempt, sep_id, origin, error ->> 'type' AS error_type,
+    error ->> 'message' AS error_message, enqueued_at, finished_at
+FROM (
+    SELECT id, transid, state, attempt, sep_id, origin, error, enqueued_at,
+        NULL::timestamptz AS finished_at
+    FROM dispatcher.request WHERE region = %(region)s
+    UNION ALL
+    SELECT id, transid, state, attempt, sep_id, origin, error, enqueued_at, finished_at
+    FROM dispatcher.request_history WHERE region = %(region)s
+) r
+WHERE (%(state)s::text IS NULL OR state = %(state)s::text)
+  AND (%(transid)s::text IS NULL OR transid = %(transid)s::text)
+ORDER BY id DESC
+LIMIT %(limit)s;

@@ -267,24 +267,31 @@ $$;
 -- queue, in its old place, after a backoff of retry_backoff_s * 2^(attempt - 1), at most
 -- max_backoff_s (never over 7 days, whatever a row holds), then +-10% jitter; each
 -- factor is bounded first so that nothing can overflow (NaN and Infinity sort above
--- every number: least() passes them over). Its last attempt, or a conversation whose
--- session ended (nobody is there to talk to), fails.
+-- every number: least() passes them over). A program that asked to be retried after a
+-- delay (error "retry_after_s": sep.RetryLater, an HTTP Retry-After) waits at least that
+-- long (at most 7 days). Its last attempt, a program that gave up (error "retryable":
+-- false: sep.GiveUp), or a conversation whose session ended (nobody is there to talk
+-- to), fails.
 CREATE FUNCTION dispatcher_v2.settle_abend(r dispatcher.request, p_result jsonb, p_error jsonb)
 RETURNS void
 LANGUAGE plpgsql AS $$
 BEGIN
-    IF r.attempt >= r.max_attempts OR p_error->>'type' = 'SessionEnded' THEN
+    IF r.attempt >= r.max_attempts OR p_error->>'type' = 'SessionEnded'
+       OR p_error->'retryable' = 'false'::jsonb THEN
         PERFORM dispatcher_v2.archive(r, 'failed', p_result, p_error);
     ELSE
         UPDATE dispatcher.request SET
             state = 'queued', sep_id = NULL, error = p_error,
-            not_before = clock_timestamp() + make_interval(secs =>
+            not_before = clock_timestamp() + make_interval(secs => greatest(
                 coalesce((SELECT least(x.max_backoff_s, 604800,
                                        least(greatest(x.retry_backoff_s, 0), 604800)
                                        * power(2::float8, least(greatest(r.attempt - 1, 0), 60)))
                           FROM dispatcher.transaction x
                           WHERE x.region = r.region AND x.transid = r.transid), 0)
-                * (0.9 + 0.2 * random()))
+                * (0.9 + 0.2 * random()),
+                CASE WHEN jsonb_typeof(p_error->'retry_after_s') = 'number'
+                     THEN least(greatest((p_error->>'retry_after_s')::float8, 0), 604800)
+                     ELSE 0 END))
         WHERE id = r.id;
     END IF;
 END $$;

@@ -11,7 +11,7 @@ from psycopg.types.json import Jsonb
 
 from ...errors import InvalidValue, UnknownRequest
 from ...values import check_data, check_text
-from ..op import Op, Result, Row, each, one, scalar
+from ..op import Op, Result, Row, all_rows, each, one, scalar
 from ..records import Enqueued
 
 __all__ = ["enqueue", "enqueue_many", "enqueue_many_params", "enqueue_params", "show_request"]
@@ -172,3 +172,18 @@ def cancel_request(region: str, request_id: int) -> Op[str]:
         {"region": region, "id": request_id},
         scalar("cancel_request", "outcome", str),
     )
+
+
+REQUEST_STATES = ("queued", "dispatched", "running", "done", "failed", "cancelled")
+
+
+def list_requests(
+    region: str, *, state: str | None = None, transid: str | None = None, limit: int = 50
+) -> Op[list[Row]]:
+    """The region's requests, newest first (STATE, TRANSID: only those)."""
+    if state is not None and state not in REQUEST_STATES:
+        raise InvalidValue(f"state must be one of {', '.join(REQUEST_STATES)}, not {state!r}")
+    if transid is not None:
+        check_text(transid, "the transaction id")
+    params = {"region": region, "state": state, "transid": transid, "limit": limit}
+    return Op("list_requests", params, all_rows)
