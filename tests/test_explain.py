@@ -76,7 +76,8 @@ def test_pick_next_uses_queue_index_with_100k_queued(
     # and it is fast in practice: one row read from the index head
     with conn.transaction():
         row = conn.execute(
-            "EXPLAIN (ANALYZE, FORMAT JSON) " + PICK, {"region": "test", "caps": [], "full": [], "sep": 1}
+            "EXPLAIN (ANALYZE, FORMAT JSON) " + PICK,
+            {"region": "test", "caps": [], "full": [], "sep": 1},
         ).fetchone()
     assert row is not None
     analyzed = row["QUERY PLAN"]

@@ -1,0 +1,49 @@
+"""``dispatcher http``: the HTTP front of a region (docs/http.md)."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+
+import click
+
+from ._app import App, pass_app
+
+DEFAULT_HTTP_PORT = 7380  # listener.http.DEFAULT_HTTP_PORT
+
+
+@click.command("http")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(0, 65535), default=DEFAULT_HTTP_PORT, show_default=True)
+@pass_app
+def http(app: App, host: str, port: int) -> None:
+    """Serve the region's requests and timers over HTTP on HOST:PORT until Ctrl-C or
+    SIGTERM (tokens: dispatcher token create)."""
+    from listener.http import HttpFront
+
+    app.db(ensure=True)
+    url = app.url
+    app.close()
+    xr_url = app.settings.cross_region_url
+    if xr_url:
+        from ..migrate import install_cross_region
+
+        install_cross_region(xr_url)
+
+    async def main() -> None:
+        front = HttpFront(url, app.settings.region, host, port, xr_url=xr_url)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, front.stopping.set)
+        await front.start()
+        click.echo(f"http on {host}:{front.port}", err=True)
+        try:
+            await front.stopping.wait()
+        finally:
+            await front.close()
+
+    asyncio.run(main())
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(http)
