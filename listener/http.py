@@ -294,7 +294,10 @@ class HttpFront:
         data = await self.json_body(request)
         wait, preferred = wait_preference(request)
         key = request.headers.get("Idempotency-Key")
-        bad = check_call({"type": "call", "transid": transid, "data": data, "key": key})
+        route = request.headers.get("Routing-Key")
+        bad = check_call(
+            {"type": "call", "transid": transid, "data": data, "key": key, "routing_key": route}
+        )
         if bad is not None:
             raise Problem(bad["code"], bad["message"])
         if tok.allow is not None and transid not in tok.allow:
@@ -311,6 +314,7 @@ class HttpFront:
                     user_priority=tok.priority,
                     idempotency_key=scoped,
                     origin="http",
+                    routing_key=route,
                 )
             )
             if e.duplicate:

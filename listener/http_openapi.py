@@ -133,6 +133,7 @@ def openapi() -> dict[str, Any]:
                         {"name": "wait", "in": "query", "schema": {"type": "number"}},
                         {"name": "Prefer", "in": "header", "schema": {"type": "string"}},
                         {"name": "Idempotency-Key", "in": "header", "schema": {"type": "string"}},
+                        {"name": "Routing-Key", "in": "header", "schema": {"type": "string"}},
                     ],
                     "requestBody": {
                         "required": True,

@@ -218,6 +218,11 @@ def test_bad_input_stores_nothing(front: Front) -> None:
             400,
             "invalid_value",
         ),
+        (
+            front.call("POST", "/v1/requests/ECHO", 1, headers={"Routing-Key": "r" * 201}),
+            400,
+            "invalid_value",
+        ),
         (front.call("POST", "/v1/requests/ECHO?wait=abc", 1), 400, "invalid_value"),
         (front.call("POST", "/v1/requests/EC%00HO", 1), 400, "invalid_value"),
     ]
@@ -440,3 +445,12 @@ def test_the_http_command(cli_env: dict[str, str], region: Region) -> None:
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
+
+
+def test_a_routing_key_header_keys_the_request(front: Front, conn: psycopg.Connection[Any]) -> None:
+    """Routing-Key: the request carries it (it runs only on the SEP that owns the key)."""
+    r = front.call("POST", "/v1/requests/ECHO", 1, headers={"Routing-Key": "customer-9"})
+    assert r.status == 202
+    rid = r.body["request_id"]
+    row = conn.execute("SELECT routing_key FROM dispatcher.request WHERE id = %s", [rid]).fetchone()
+    assert row is not None and row["routing_key"] == "customer-9"
