@@ -9,14 +9,16 @@ from __future__ import annotations
 import os
 import re
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
 import psycopg
 import sqlalchemy.exc
 
+from ..config import CONFIG_ENV, load_settings
 from ..errors import DispatcherError
-from . import db, listener, region, requests, sep, stats, status, timers, tx, up
+from . import config, db, listener, region, requests, sep, stats, status, timers, tx, up
 from ._app import App, pass_app
 
 __all__ = ["App", "cli", "main", "pass_app"]
@@ -91,47 +93,80 @@ class DispatcherGroup(click.Group):
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
 @click.option(
+    "--config",
+    "config_path",
+    default=None,
+    metavar="PATH",
+    help="The configuration file [env DISPATCHER_CONFIG; default: "
+    "$DISPATCHER_HOME/dispatcher.toml if it exists]. See: dispatcher config show.",
+)
+@click.option(
     "--region",
     "region_name",
-    envvar="DISPATCHER_REGION",
     default=None,
     callback=lambda _ctx, _param, value: _region_name(value),
-    help="Region to act on [env DISPATCHER_REGION; default: default].",
+    help="Region to act on [env DISPATCHER_REGION; file: region; default: default].",
 )
 @click.option(
     "--log-format",
     type=click.Choice(["text", "json"]),
-    envvar="DISPATCHER_LOG_FORMAT",
-    default="text",
-    show_default=True,
-    help="Log lines as key=value text or JSON.",
+    default=None,
+    help="Log lines as key=value text or JSON [env DISPATCHER_LOG_FORMAT; file: log_format; "
+    "default: text].",
 )
 @click.option(
     "--log-level",
     type=click.Choice(["debug", "info", "warning", "error"]),
-    envvar="DISPATCHER_LOG_LEVEL",
-    default="info",
-    show_default=True,
+    default=None,
+    help="[env DISPATCHER_LOG_LEVEL; file: log_level; default: info]",
 )
 @click.version_option(package_name="dispatcher")
 @click.pass_context
-def cli(ctx: click.Context, region_name: str | None, log_format: str, log_level: str) -> None:
+def cli(
+    ctx: click.Context,
+    config_path: str | None,
+    region_name: str | None,
+    log_format: str | None,
+    log_level: str | None,
+) -> None:
     """A transaction dispatcher whose scheduling brain is PostgreSQL.
 
     With no configuration every command uses an embedded PostgreSQL kept in
     $DISPATCHER_HOME (default ~/.dispatcher); DISPATCHER_DATABASE_URL points
-    everything at an existing server instead.
+    everything at an existing server instead. Settings come from flags, then the
+    environment, then dispatcher.toml, then defaults (docs/config.md).
     """
     from ..logs import configure_logging
     from ..processes import die_with_parent
 
-    configure_logging(log_format, log_level)
+    # flags > environment > file > defaults; a bad file stops here (exit 2): nothing
+    # is started
+    flags = {"region": region_name, "log_format": log_format, "log_level": log_level}
+    settings = load_settings(flags, config=config_path)
+    if config_path is not None and settings.config_file is not None:
+        _export_config(ctx, settings.config_file)
+    configure_logging(settings.log_format, settings.log_level)
     die_with_parent()  # a listener, monitor or supervisor started by `up` ends with it
-    ctx.obj = App.from_env(region_name)
+    ctx.obj = App(settings)
     ctx.call_on_close(ctx.obj.close)
 
 
-for _module in (db, region, tx, sep, listener, requests, timers, status, stats, up):
+def _export_config(ctx: click.Context, path: Path) -> None:
+    """The processes this command starts (SEPs, `up`'s children) read the same file;
+    the variable is restored when the command ends (CliRunner runs in one process)."""
+    before = os.environ.get(CONFIG_ENV)
+    os.environ[CONFIG_ENV] = str(path.absolute())
+
+    def restore() -> None:
+        if before is None:
+            os.environ.pop(CONFIG_ENV, None)
+        else:
+            os.environ[CONFIG_ENV] = before
+
+    ctx.call_on_close(restore)
+
+
+for _module in (db, region, tx, sep, listener, requests, timers, status, stats, up, config):
     _module.register(cli)
 
 

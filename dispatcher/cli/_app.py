@@ -11,7 +11,7 @@ from typing import Any
 import click
 import psycopg
 
-from ..config import DEFAULT_REGION, Settings
+from ..config import DEFAULT_REGION, Settings, load_settings
 from ..database import connect, database_url
 from ..gateway import RegionGateway, ops
 from ..migrate import ensure_schema
@@ -28,7 +28,9 @@ class App:
 
     @classmethod
     def from_env(cls, region: str | None = None) -> App:
-        return cls(Settings.from_env().with_region(region))
+        """The settings of the environment and the configuration file, REGION (a flag)
+        first."""
+        return cls(load_settings({"region": region}))
 
     @property
     def url(self) -> str:

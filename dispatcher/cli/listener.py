@@ -22,8 +22,18 @@ DEFAULT_ADDRESS = f"127.0.0.1:{DEFAULT_PORT}"
 
 
 @click.command("listener")
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", type=click.IntRange(0, 65535), default=DEFAULT_PORT, show_default=True)
+@click.option(
+    "--host",
+    default=None,
+    help="[env DISPATCHER_LISTENER_HOST; file: listener.host; default: 127.0.0.1]",
+)
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help=f"0: any free port [env DISPATCHER_LISTENER_PORT; file: listener.port; "
+    f"default: {DEFAULT_PORT}].",
+)
 @click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False), help="PEM certificate.")
 @click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), help="PEM private key.")
 @click.option(
@@ -55,8 +65,8 @@ DEFAULT_ADDRESS = f"127.0.0.1:{DEFAULT_PORT}"
 @pass_app
 def listener(
     app: App,
-    host: str,
-    port: int,
+    host: str | None,
+    port: int | None,
     tls_cert: str | None,
     tls_key: str | None,
     metrics_port: int | None,
@@ -67,6 +77,9 @@ def listener(
     """Serve client sessions on HOST:PORT until Ctrl-C or SIGTERM."""
     from listener.server import Listener
 
+    # flags > environment > file > defaults (the last three resolved in settings)
+    host = host if host is not None else app.settings.listener.host
+    port = port if port is not None else app.settings.listener.port
     if dead_after <= heartbeat * 2:
         raise click.UsageError("--dead-after must be more than twice --heartbeat")
     if bool(tls_cert) != bool(tls_key):

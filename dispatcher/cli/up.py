@@ -19,6 +19,7 @@ import click
 from sep.options import SEPConfig, click_options
 from sep.options import argv as sep_argv
 
+from ..config import DEFAULT_APP
 from ..database import Backoff, database_url, embedded_running, stop_embedded
 from ..errors import DispatcherError
 from ..gateway import ops
@@ -29,7 +30,7 @@ from ._app import App, pass_app
 
 log = get_logger("dispatcher.up")
 
-SAMPLE_APP = "dispatcher_examples.sample"  # examples/sample.py
+SAMPLE_APP = DEFAULT_APP  # examples/sample.py
 
 
 def _wait_for_port(host: str, port: int, timeout: float, children: list[Child]) -> bool:
@@ -50,18 +51,29 @@ def _wait_for_port(host: str, port: int, timeout: float, children: list[Child]) 
 @click.option(
     "--app",
     "app_module",
-    default=SAMPLE_APP,
-    show_default=True,
-    help="Module whose @program transactions the SEPs run.",
+    default=None,
+    help=f"Module whose @program transactions the SEPs run [env DISPATCHER_UP_APP; file: "
+    f"up.app; default: {SAMPLE_APP}].",
 )
 @click.option(
     "--seps",
     type=click.IntRange(1, 1000),
     default=None,
-    help="SEP processes [default: one per core, at least 2].",
+    help="SEP processes [env DISPATCHER_UP_SEPS; file: up.seps; default: one per core, "
+    "at least 2].",
 )
-@click.option("--host", default="127.0.0.1", show_default=True, help="Listener address.")
-@click.option("--port", type=click.IntRange(1, 65535), default=7300, show_default=True)
+@click.option(
+    "--host",
+    default=None,
+    help="Listener address [env DISPATCHER_LISTENER_HOST; file: listener.host; "
+    "default: 127.0.0.1].",
+)
+@click.option(
+    "--port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="Listener port [env DISPATCHER_LISTENER_PORT; file: listener.port; default: 7300].",
+)
 @click.option(
     "--metrics-port",
     type=click.IntRange(1, 65535),
@@ -73,16 +85,28 @@ def _wait_for_port(host: str, port: int, timeout: float, children: list[Child]) 
 @pass_app
 def up(
     app: App,
-    app_module: str,
+    app_module: str | None,
     seps: int | None,
-    host: str,
-    port: int,
+    host: str | None,
+    port: int | None,
     metrics_port: int | None,
     no_monitor: bool,
     sep_options: dict[str, Any],
 ) -> None:
-    """Start a complete region here: database, listener, event monitor and SEPs."""
+    """Start a complete region here: database, listener, event monitor and SEPs.
+
+    An option not given takes its value from the environment, then dispatcher.toml
+    (up.app, up.seps, up.batch, listener.host, listener.port): see dispatcher config show.
+    """
     settings = app.settings
+    # flags > environment > file > defaults (the last three resolved in settings)
+    app_module = app_module if app_module is not None else settings.up.app
+    seps = seps if seps is not None else settings.up.seps
+    host = host if host is not None else settings.listener.host
+    port = port if port is not None else settings.listener.port
+    ctx = click.get_current_context()
+    if ctx.get_parameter_source("sep_batch") in (None, click.core.ParameterSource.DEFAULT):
+        sep_options = {**sep_options, "batch": settings.up.batch}
     with socket.socket() as probe:
         # as the listener binds (SO_REUSEADDR): a TIME-WAIT left by the last run is no
         # reason to refuse
@@ -121,6 +145,8 @@ def up(
         "DISPATCHER_REGION": settings.region,
         "DISPATCHER_HOME": str(settings.home),
     }
+    if settings.config_file is not None:  # the children read the same file
+        env["DISPATCHER_CONFIG"] = str(settings.config_file.absolute())
     py = [sys.executable, "-m", "dispatcher"]
     sep_config = SEPConfig(url, settings.region, app=app_module, **sep_options)
 
