@@ -178,7 +178,7 @@ def main() -> None:
             "ms",
             higher_is_better=False,
         )
-        reg = ours.Region_(url, 2)
+        reg = ours.Region_(url, 2, http=True)
         try:
             lat = ours.round_trips(reg, size["rt"])
             for q in (0.5, 0.95, 0.99):
@@ -190,7 +190,26 @@ def main() -> None:
                     "ms",
                     higher_is_better=False,
                 )
+            hlat = ours.http_round_trips(reg, size["rt"])
+            for q in (0.5, 0.99):
+                report.add(
+                    "roundtrip",
+                    "ours",
+                    f"HTTP POST wait p{int(q * 100)}",
+                    ours.pct(hlat, q),
+                    "ms",
+                    baseline=f"ours/call p{int(q * 100)}",
+                    higher_is_better=False,
+                )
             _sustained(report, reg, size, "")
+            report.add(
+                "sustained",
+                "ours",
+                f"HTTP {size['sessions']} clients: accepted (202)",
+                ours.http_accepted(reg, size["sessions"], size["seconds"]),
+                "req/s",
+                baseline=f"ours/{size['sessions']} sessions, 2 SEPs: completed",
+            )
         finally:
             reg.close()
         reg = ours.Region_(url, 2, *BATCH.split())

@@ -113,10 +113,23 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class Region_:
-    """A running region: SEPs and a listener, for the socket phases."""
+def _wait_port(port: int) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
-    def __init__(self, url: str, seps: int, *sep_args: str) -> None:
+
+class Region_:
+    """A running region: SEPs, a listener and (HTTP) the HTTP front, for the socket and
+    HTTP phases."""
+
+    def __init__(self, url: str, seps: int, *sep_args: str, http: bool = False) -> None:
         self.url = url
         self.port = _free_port()
         self.seps = start_seps(url, seps, *sep_args)
@@ -125,20 +138,23 @@ class Region_:
             env=_env(url),
             cwd=ROOT,
         )
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
+        self.procs = [self.listener, *self.seps]
+        self.http_port = _free_port() if http else 0
+        if http:
+            self.procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "dispatcher", "http", "--port", str(self.http_port)],
+                    env=_env(url),
+                    cwd=ROOT,
+                )
+            )
+            _wait_port(self.http_port)
+        _wait_port(self.port)
         with connect(url) as conn:
             self.token = create_token(Region(conn, "bench"), "bench")
 
     def close(self) -> None:
-        stop([self.listener, *self.seps])
+        stop(self.procs)
 
 
 def round_trips(reg: Region_, n: int) -> list[float]:
@@ -153,6 +169,62 @@ def round_trips(reg: Region_, n: int) -> list[float]:
             s.call("ECHO", i)
             out.append((time.perf_counter() - t0) * 1000)
     return out
+
+
+def http_round_trips(reg: Region_, n: int) -> list[float]:
+    """POST /v1/requests/ECHO with Prefer: wait=10, one after the other, on one kept
+    connection: ms from send to the 200 with the result."""
+    import http.client
+    import json
+
+    conn = http.client.HTTPConnection("127.0.0.1", reg.http_port, timeout=30)
+    headers = {
+        "Authorization": f"Bearer {reg.token}",
+        "Content-Type": "application/json",
+        "Prefer": "wait=10",
+    }
+    out = []
+    try:
+        for i in range(50 + n):
+            t0 = time.perf_counter()
+            conn.request("POST", "/v1/requests/ECHO", json.dumps(i), headers)
+            reply = conn.getresponse()
+            reply.read()
+            if reply.status != 200:
+                raise RuntimeError(f"HTTP {reply.status}")
+            if i >= 50:  # the first 50 warm up
+                out.append((time.perf_counter() - t0) * 1000)
+    finally:
+        conn.close()
+    return out
+
+
+def http_accepted(reg: Region_, clients: int, seconds: float) -> float:
+    """POST /v1/requests/ECHO without waiting from CLIENTS concurrent clients: 202s per
+    second."""
+    import aiohttp
+
+    headers = {"Authorization": f"Bearer {reg.token}", "Content-Type": "application/json"}
+    base = f"http://127.0.0.1:{reg.http_port}/v1/requests/ECHO"
+
+    async def one(session: aiohttp.ClientSession, stop_at: float) -> int:
+        n = 0
+        while time.perf_counter() < stop_at:
+            async with session.post(base, data=str(n), headers=headers) as reply:
+                await reply.read()
+                if reply.status != 202:
+                    raise RuntimeError(f"HTTP {reply.status}")
+            n += 1
+        return n
+
+    async def main() -> int:
+        async with aiohttp.ClientSession() as session:
+            stop_at = time.perf_counter() + seconds
+            return sum(await asyncio.gather(*(one(session, stop_at) for _ in range(clients))))
+
+    t0 = time.perf_counter()
+    total = asyncio.run(main())
+    return total / (time.perf_counter() - t0)
 
 
 def sustained(reg: Region_, sessions: int, seconds: float) -> tuple[float, list[float]]:

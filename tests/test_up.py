@@ -40,12 +40,17 @@ def _read_until(proc: subprocess.Popen[str], needle: str, timeout: float) -> str
 
 @pytest.mark.slow
 def test_up_serves_a_call_and_stops_everything(tmp_path: Path) -> None:
-    """A fresh home: up starts PostgreSQL, SEPs, listener, monitor; Ctrl-C leaves nothing."""
-    port = free_port()
+    """A fresh home: up starts PostgreSQL, SEPs, listener, HTTP front, monitor; a call
+    through the socket and one over HTTP are served; Ctrl-C leaves nothing."""
+    port, http_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("DISPATCHER_")}
     env["DISPATCHER_HOME"] = str(tmp_path / "home")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "dispatcher", "up", "--seps", "2", "--port", str(port)],
+        [
+            sys.executable,
+            *("-m", "dispatcher", "up", "--seps", "2", "--port", str(port)),
+            *("--http-port", str(http_port)),
+        ],
         env=env,
         stderr=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
@@ -74,6 +79,17 @@ def test_up_serves_a_call_and_stops_everything(tmp_path: Path) -> None:
         )
         assert out.returncode == 0, out.stderr
         assert json.loads(out.stdout) == {"x": 1}
+        made = subprocess.run(
+            [sys.executable, "-m", "dispatcher", "token", "create", "web"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert made.returncode == 0, made.stderr
+        token = made.stdout.strip().split()[-1]
+        answer = _http_wait(http_port, token, {"y": 2})
+        assert answer["state"] == "done" and answer["result"] == {"y": 2}, answer
         postgres = [
             p
             for p in psutil.process_iter(["name", "cmdline"])
@@ -195,3 +211,30 @@ def test_up_restarts_a_crashed_sep_but_not_the_ones_an_operator_stopped(
             proc.kill()
             proc.wait()
         reader.join(timeout=10)
+
+
+def _http_wait(port: int, token: str, data: object) -> dict[str, object]:
+    """POST ECHO to the HTTP front with Prefer: wait=30 (retrying while it starts)."""
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + 60
+    while True:
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{port}/v1/requests/ECHO",
+            data=json.dumps(data).encode(),
+            headers={
+                "Authorization": f"Bearer {token}",
+                "Content-Type": "application/json",
+                "Prefer": "wait=30",
+            },
+            method="POST",
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=40) as reply:
+                body: dict[str, object] = json.loads(reply.read())
+                return body
+        except (urllib.error.URLError, ConnectionError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)

@@ -13,13 +13,24 @@ DEFAULT_HTTP_PORT = 7380  # listener.http.DEFAULT_HTTP_PORT
 
 
 @click.command("http")
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", type=click.IntRange(0, 65535), default=DEFAULT_HTTP_PORT, show_default=True)
+@click.option(
+    "--host", default=None, help="[env DISPATCHER_HTTP_HOST; file: http.host; default: 127.0.0.1]"
+)
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help=f"0: any free port [env DISPATCHER_HTTP_PORT; file: http.port; "
+    f"default: {DEFAULT_HTTP_PORT}].",
+)
 @pass_app
-def http(app: App, host: str, port: int) -> None:
+def http(app: App, host: str | None, port: int | None) -> None:
     """Serve the region's requests and timers over HTTP on HOST:PORT until Ctrl-C or
     SIGTERM (tokens: dispatcher token create)."""
     from listener.http import HttpFront
+
+    host = host if host is not None else app.settings.http.host
+    port = port if port is not None else app.settings.http.port
 
     app.db(ensure=True)
     url = app.url

@@ -19,6 +19,18 @@ from ._app import App, echo_json, pass_app
 from ._data import DATA_HELP, read_data
 
 DEFAULT_ADDRESS = f"127.0.0.1:{DEFAULT_PORT}"
+ADDRESS_HELP = "HOST:PORT [default: the listener's port from the settings, on this machine]"
+
+
+def _address(app: App, address: str | None) -> str:
+    """ADDRESS, else the configured listener's (a listener on every interface is
+    reached on this machine's loopback)."""
+    if address is not None:
+        return address
+    host = app.settings.listener.host
+    if host in ("", "0.0.0.0", "::"):
+        host = "127.0.0.1"
+    return f"{host}:{app.settings.listener.port}"
 
 
 @click.command("listener")
@@ -125,7 +137,7 @@ def _token(app: App, token: str | None) -> str:
 @click.command("call")
 @click.argument("transid")
 @click.option("--data", default="null", help=DATA_HELP)
-@click.option("--address", default=DEFAULT_ADDRESS, show_default=True, help="HOST:PORT")
+@click.option("--address", default=None, help=ADDRESS_HELP)
 @click.option("--token", envvar="DISPATCHER_TOKEN", help="[env DISPATCHER_TOKEN; default: local]")
 @click.option("--tls", is_flag=True, help="Connect with TLS.")
 @click.option("--cafile", type=click.Path(exists=True, dir_okay=False))
@@ -142,17 +154,23 @@ def _token(app: App, token: str | None) -> str:
     help="Idempotency key: a call repeated with the same key runs once and gets the "
     "first call's outcome.",
 )
+@click.option(
+    "--routing-key",
+    default=None,
+    help="Calls with the same routing key run on the same live SEP (docs/protocol.md).",
+)
 @pass_app
 def call(
     app: App,
     transid: str,
     data: str,
-    address: str,
+    address: str | None,
     token: str | None,
     tls: bool,
     cafile: str | None,
     timeout: float,
     key: str | None,
+    routing_key: str | None,
 ) -> None:
     """Call TRANSID through a listener and print its result as JSON (exit 1 on an error
     reply). Output a conversational program sends is printed to stderr; when it asks for
@@ -160,6 +178,7 @@ def call(
     from listener.client import CallError, connect
 
     payload = read_data(data)
+    address = _address(app, address)
 
     def on_output(value: Any, wants_input: bool) -> Any:
         if value is not None:
@@ -170,8 +189,15 @@ def call(
 
     session = None
     try:
-        with connect(address, _token(app, token), tls=tls, cafile=cafile) as session:
-            result = session.call(transid, payload, on_output=on_output, timeout=timeout, key=key)
+        with connect(_address(app, address), _token(app, token), tls=tls, cafile=cafile) as session:
+            result = session.call(
+                transid,
+                payload,
+                on_output=on_output,
+                timeout=timeout,
+                key=key,
+                routing_key=routing_key,
+            )
     except CallError as exc:
         click.echo(
             json.dumps(
@@ -222,12 +248,14 @@ def _parse_line(line: str) -> Any:
 
 
 @click.command("connect")
-@click.option("--address", default=DEFAULT_ADDRESS, show_default=True)
+@click.option("--address", default=None, help=ADDRESS_HELP)
 @click.option("--token", envvar="DISPATCHER_TOKEN")
 @click.option("--tls", is_flag=True)
 @click.option("--cafile", type=click.Path(exists=True, dir_okay=False))
 @pass_app
-def connect_(app: App, address: str, token: str | None, tls: bool, cafile: str | None) -> None:
+def connect_(
+    app: App, address: str | None, token: str | None, tls: bool, cafile: str | None
+) -> None:
     """An interactive session: type `TRANSID [JSON]`, see outputs, answer prompts.
     After a task ends with RETURN TRANSID, a line without a TRANSID is its input."""
     from listener.client import CallError, connect
@@ -239,7 +267,7 @@ def connect_(app: App, address: str, token: str | None, tls: bool, cafile: str |
             return _parse_line(click.prompt("?", prompt_suffix=" ", default="", show_default=False))
         return None
 
-    with connect(address, _token(app, token), tls=tls, cafile=cafile) as session:
+    with connect(_address(app, address), _token(app, token), tls=tls, cafile=cafile) as session:
         click.echo(f"session {session.session_id}; type TRANSID [JSON], or quit")
         while True:
             try:

@@ -80,6 +80,14 @@ def _wait_for_port(host: str, port: int, timeout: float, children: list[Child]) 
     default=None,
     help="Serve Prometheus metrics of the listener here (monitor: +1, SEPs: +2).",
 )
+@click.option(
+    "--http-port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="HTTP front port, on the listener's host [env DISPATCHER_HTTP_PORT; file: "
+    "http.port; default: 7380].",
+)
+@click.option("--no-http", is_flag=True, help="Do not run the HTTP front.")
 @click.option("--no-monitor", is_flag=True, help="Do not run an event monitor.")
 @click_options("--batch")
 @pass_app
@@ -90,6 +98,8 @@ def up(
     host: str | None,
     port: int | None,
     metrics_port: int | None,
+    http_port: int | None,
+    no_http: bool,
     no_monitor: bool,
     sep_options: dict[str, Any],
 ) -> None:
@@ -104,20 +114,25 @@ def up(
     seps = seps if seps is not None else settings.up.seps
     host = host if host is not None else settings.listener.host
     port = port if port is not None else settings.listener.port
+    http_port = http_port if http_port is not None else settings.http.port
     ctx = click.get_current_context()
     if ctx.get_parameter_source("sep_batch") in (None, click.core.ParameterSource.DEFAULT):
         sep_options = {**sep_options, "batch": settings.up.batch}
-    with socket.socket() as probe:
-        # as the listener binds (SO_REUSEADDR): a TIME-WAIT left by the last run is no
-        # reason to refuse
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host, port))
-        except OSError as exc:
-            raise click.UsageError(
-                f"cannot listen on {host}:{port}: {exc.strerror} (is a region already up? "
-                "choose another --port)"
-            ) from None
+    for what, flag, number in (("", "--port", port), ("the HTTP front ", "--http-port", http_port)):
+        if flag == "--http-port" and no_http:
+            continue
+        with socket.socket() as probe:
+            # as the listener binds (SO_REUSEADDR): a TIME-WAIT left by the last run is
+            # no reason to refuse
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host, number))
+            except OSError as exc:
+                raise click.UsageError(
+                    f"{what}cannot listen on {host}:{number}: {exc.strerror} (is a region "
+                    f"already up? choose another {flag}"
+                    + (", or --no-http)" if flag == "--http-port" else ")")
+                ) from None
     we_started_db = not settings.database_url and not embedded_running(settings)
     try:
         url = app.url
@@ -175,6 +190,8 @@ def up(
     children.add(
         "listener", [*py, "listener", "--host", host, "--port", str(port), *metrics(0)], env
     )
+    if not no_http:
+        children.add("http", [*py, "http", "--host", host, "--port", str(http_port)], env)
     root = click.get_current_context().find_root().command
     if not no_monitor and isinstance(root, click.Group) and "monitor" in root.commands:
         children.add("monitor", [*py, "monitor", *metrics(1)], env)
@@ -186,9 +203,11 @@ def up(
                 children.stopping = True
                 click.echo("error: the region did not come up (see the log above)", err=True)
             else:
+                http_line = "" if no_http else f"  http       http://{host}:{http_port}/v1/\n"
                 click.echo(
                     f"\nregion {settings.region!r} is up: {count} SEPs running {app_module}\n"
                     f"  listener   {host}:{port}\n"
+                    f"{http_line}"
                     f"  database   {url}\n"
                     f"try, from another terminal:\n"
                     f'  dispatcher call ECHO --data \'{{"hello": "world"}}\''
@@ -248,7 +267,7 @@ class EmbeddedWatch:
 
 def _stop_all(children: ProcessSupervisor, grace: float = 60.0) -> None:
     """SIGTERM every child (listener first, SEPs finish their task), then SIGKILL."""
-    first = {"listener": 0, "monitor": 1}
+    first = {"listener": 0, "http": 0, "monitor": 1}
     for c, returncode in children.stop_all(grace, order=lambda c: first.get(c.name, 2)):
         log.info("process_stopped", process=c.name, returncode=returncode)
 
