@@ -20,6 +20,7 @@ from dispatcher.config import Settings
 from dispatcher.database import database_url
 from dispatcher.errors import DispatcherError, NoRoom
 from dispatcher.logs import configure_logging
+from dispatcher.migrate import ensure_schema
 from dispatcher.processes import die_with_parent
 
 from .options import click_options, make_config
@@ -27,13 +28,15 @@ from .program import AppError
 from .worker import Worker
 
 
-@click.command("sep", help=__doc__)
+@click.command("sep", help=__doc__, context_settings={"help_option_names": ["-h", "--help"]})
 @click_options()
 def command(sep_options: dict[str, Any]) -> int:
     configure_logging()
     settings = Settings.from_env()
     try:
-        config = make_config(database_url(settings), settings.region, sep_options)
+        url = database_url(settings)
+        ensure_schema(url)  # a database at another revision: one line, not a traceback
+        config = make_config(url, settings.region, sep_options)
         return Worker(config).run()
     except AppError as exc:
         print(f"error: {exc}", file=sys.stderr)

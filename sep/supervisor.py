@@ -126,6 +126,10 @@ class Supervisor:
             now = time.monotonic()
             self._stopped_now = False
             self.procs.check(now)
+            if self.stopping:
+                # a signal came during the sleep (a terminal's Ctrl-C reaches the SEPs
+                # too): what ended meanwhile ended as asked
+                break
             if self._stopped_now and all(c.proc is None for c in children):
                 # the operator stopped what was running: a slot waiting to restart (a
                 # crash, no room) is not restarted behind the operator's back
@@ -193,7 +197,7 @@ class Supervisor:
             db = self._db()
             sep = db.run(ops.sep.sep_of_process(self.region, self.host, pid))
             if sep is not None:
-                db.run(ops.sep.control_sep(sep, "kill"))
+                db.run(ops.sep.control_sep(sep, "lost"))
                 self.log.warning("sep_declared_dead", sep=sep, pid=pid, returncode=returncode)
         except (psycopg.Error, DispatcherError) as exc:
             # the region's reaper declares it dead when its heartbeat stops

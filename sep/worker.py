@@ -94,7 +94,7 @@ def end_overdue_task(
                             )
                         )
                     else:
-                        db.run(ops.sep.control_sep(sep, "kill"))
+                        db.run(ops.sep.control_sep(sep, "lost"))
             except (CompletionRefused, UnknownSEP):
                 pass
 

@@ -2127,18 +2127,24 @@ BEGIN
             state = CASE WHEN state IN ('idle', 'unavailable') THEN 'draining' ELSE state END
         WHERE id = p_sep RETURNING * INTO s;
         PERFORM dispatcher_v2.wake_for_keys(s.region);   -- its keys have new owners
-    ELSIF p_action = 'kill' THEN
+    ELSIF p_action IN ('kill', 'lost') THEN
+        -- kill: an operator's `sep stop --force`; lost: the SEP's supervisor (or the SEP
+        -- itself, after a task overran) says its process ended without finishing
         IF s.state <> 'dead' THEN
-            PERFORM dispatcher_v2.requeue_held(s, format('SEP %s was stopped by force', p_sep));
+            PERFORM dispatcher_v2.requeue_held(s,
+                CASE WHEN p_action = 'kill' THEN format('SEP %s was stopped by force', p_sep)
+                     ELSE format('SEP %s (pid %s on %s) ended without finishing its work',
+                                 p_sep, s.pid, s.host) END);
         END IF;
         UPDATE dispatcher.sep SET state = 'dead', stop_requested = true,
             current_request = NULL, current_attempt = NULL
         WHERE id = p_sep RETURNING * INTO s;
     ELSE
         RAISE EXCEPTION USING ERRCODE = 'DP003',
-            MESSAGE = format('unknown SEP action %L: pause, resume, stop or kill', p_action);
+            MESSAGE = format('unknown SEP action %L: pause, resume, stop, kill or lost', p_action);
     END IF;
-    PERFORM pg_notify(dispatcher.sep_channel(p_sep), p_action);
+    PERFORM pg_notify(dispatcher.sep_channel(p_sep),
+                      CASE WHEN p_action = 'lost' THEN 'kill' ELSE p_action END);
     RETURN s;
 END $$;
 

@@ -32,6 +32,7 @@ def run(db_url: str, tmp_path: Path):  # type: ignore[no-untyped-def]
         assert result.exit_code == 0, result.stderr
         return result.stdout
 
+    invoke("region", "set")  # only `region set` (and up) create a region
     return invoke
 
 
@@ -110,7 +111,9 @@ def test_tx_define_changes_only_the_options_given(run) -> None:  # type: ignore[
     assert (row["class"], row["timeout_s"]) == (None, None)
 
 
-def test_tx_define_of_a_new_transid_without_program_is_one_clear_line(db_url: str) -> None:
+def test_tx_define_of_a_new_transid_without_program_is_one_clear_line(
+    db_url: str, region: Region
+) -> None:
     """tx define NEW --class C: exit 1, one line naming what is missing."""
     result = CliRunner().invoke(
         cli,
@@ -139,3 +142,26 @@ def test_the_procedure_keeps_what_the_operator_set(region: Region) -> None:
         region.define_transaction("T", "m:f", given=["colour"])
     with pytest.raises(InvalidValue, match="only an operator"):
         region.define_transaction("T", "m:f", by="app", release=["class"])
+
+
+def test_tx_define_sync_and_sep_start_refuse_an_unknown_region(
+    db_url: str, tmp_path: Path
+) -> None:
+    """A mistyped region is an error naming the command that creates one, not a new
+    region created behind the operator's back."""
+    env = {
+        "DISPATCHER_DATABASE_URL": db_url,
+        "DISPATCHER_REGION": "typo",
+        "DISPATCHER_HOME": str(tmp_path / "home"),
+    }
+    for args in (
+        ["tx", "define", "T", "--program", "m:f"],
+        ["tx", "sync", "--app", APP],
+        ["tx", "class", "set", "c", "--max-active", "1"],
+        ["sep", "start", "--app", APP, "--count", "1"],
+    ):
+        result = CliRunner().invoke(cli, args, env=env)
+        assert result.exit_code == 1, (args, result.output)
+        assert "unknown region 'typo'" in result.stderr and "region set" in result.stderr
+    listed = CliRunner().invoke(cli, ["--region", "test", "region", "show", "--json"], env=env)
+    assert "typo" not in listed.output

@@ -122,7 +122,11 @@ def test_sep_start_and_up_have_the_options() -> None:
         assert not by_flag["sep"][o.flag].required
     assert {"--count", "--metrics-port"} <= set(by_flag["start"]) - set(by_flag["sep"])
     assert by_flag["up"]["--batch"].help == by_flag["start"]["--batch"].help
-    assert by_flag["up"]["--app"].default == "dispatcher_examples.sample"  # up's own
+    # up's own --app: not given on the command line, it comes from the settings
+    from dispatcher.config import DEFAULT_APP
+
+    assert by_flag["up"]["--app"].default is None
+    assert DEFAULT_APP == "dispatcher_examples.sample"
 
 
 def test_the_supervisor_passes_its_config_to_its_seps() -> None:

@@ -184,12 +184,17 @@ def call(
         if value is not None:
             click.echo(json.dumps(value), err=True)
         if wants_input:
-            return _parse_line(sys.stdin.readline())
+            line = sys.stdin.readline()
+            if not line:  # end of input: nothing to answer with (the session ends)
+                raise click.ClickException(
+                    "the program asks for input and standard input is at its end"
+                )
+            return _parse_line(line)
         return None
 
     session = None
     try:
-        with connect(_address(app, address), _token(app, token), tls=tls, cafile=cafile) as session:
+        with connect(address, _token(app, token), tls=tls, cafile=cafile) as session:
             result = session.call(
                 transid,
                 payload,

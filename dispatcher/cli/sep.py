@@ -47,7 +47,7 @@ def start(
 
     config = make_config(app.url, app.settings.region, sep_options)
     assert config.app is not None  # required
-    db = app.db(ensure=True)
+    db = app.db()
     try:
         names = sync_app(db, config.app)
     except AppError as exc:

@@ -97,7 +97,7 @@ def define(
     ]
     if not given and not release:
         raise click.UsageError("nothing to define: give --program and/or other options")
-    db = app.db(ensure=True)
+    db = app.db()
     op = ops.transaction.define_transaction(
         db.name,
         transid,
@@ -168,7 +168,7 @@ def sync(app: App, app_module: str) -> None:
     """Store the transactions that an app module declares with @program."""
     from sep.program import sync_app
 
-    names = sync_app(app.db(ensure=True), app_module)
+    names = sync_app(app.db(), app_module)
     click.echo(f"synced {len(names)} transaction(s): {', '.join(sorted(names))}")
 
 
@@ -183,7 +183,7 @@ def class_() -> None:
 @pass_app
 def class_set(app: App, name: str, max_active: int) -> None:
     """Create or resize transaction class NAME."""
-    db = app.db(ensure=True)
+    db = app.db()
     row = db.run(ops.transaction.set_class(db.name, name, max_active))
     click.echo(f"class {row['name']}: max active {row['max_active']}")
 

@@ -157,7 +157,7 @@ def leave_sep(sep: int) -> Op[int]:
 
 
 def control_sep(sep: int, action: str) -> Op[Row]:
-    """pause, resume, stop or kill a SEP."""
+    """pause, resume, stop or kill a SEP (lost: as kill, its process ended)."""
     return Op("control_sep", {"sep": sep, "action": action}, one_row("control_sep"))
 
 
