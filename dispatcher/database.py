@@ -15,11 +15,11 @@ from collections.abc import Callable
 from typing import Any
 
 import psycopg
-import structlog
 from psycopg.rows import dict_row
 
 from .config import Settings
 from .errors import DatabaseUnavailable
+from .logs import get_logger
 
 __all__ = [
     "Backoff",
@@ -31,7 +31,7 @@ __all__ = [
     "with_dbname",
 ]
 
-log = structlog.get_logger("dispatcher.database")
+log = get_logger("database")
 
 
 def _embedded() -> Any:

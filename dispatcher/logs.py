@@ -32,21 +32,66 @@ def configure_logging(fmt: str | None = None, level: str | None = None) -> None:
         renderer = structlog.processors.JSONRenderer()
     else:
         renderer = structlog.processors.LogfmtRenderer(key_order=["timestamp", "level", "event"])
+    one_line = [] if fmt == "json" else [_one_line]  # JSON escapes newlines itself
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        _logger_key,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _process,
+    ]
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            _logger_key,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            renderer,
-        ],
+        processors=[*shared, structlog.processors.format_exc_info, *one_line, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelName(level_name) if level_name != "WARN" else logging.WARNING
         ),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=False,
     )
+    # what libraries log with the standard logging module (psycopg's pool: a broken
+    # connection, a failed reconnect) goes out the same way, one line per event
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[*shared, structlog.stdlib.ExtraAdder()],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                *one_line,
+                renderer,
+            ],
+        )
+    )
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        if getattr(old, "_dispatcher", False):
+            root.removeHandler(old)
+    handler._dispatcher = True  # type: ignore[attr-defined]
+    root.addHandler(handler)
+    root.setLevel(max(logging.WARNING, _level_number(level_name)))
+
+
+def _level_number(name: str) -> int:
+    return logging.WARNING if name == "WARN" else int(logging.getLevelName(name))
+
+
+def _process(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """Every line names the process that wrote it (the pid; with the logger's name and
+    the region its logger bound, that tells the parts of a region apart)."""
+    event.setdefault("pid", os.getpid())
+    record = event.get("_record")
+    if record is not None and "logger" not in event:
+        event["logger"] = record.name
+    return event
+
+
+def _one_line(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """A value over several lines (a database error, a traceback) stays on the event's
+    line: each newline is written as a visible \n."""
+    for key, value in event.items():
+        if isinstance(value, str) and "\n" in value:
+            event[key] = value.strip().replace("\n", "\\n")
+    return event
 
 
 def _logger_key(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:

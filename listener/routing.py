@@ -1,8 +1,8 @@
 """Routing between the listener and the SEPs over the internal channel
 (dispatcher/channel.py): the hand-over of a task or an input to a SEP on a kept link
-(NOTIFY when the SEP cannot be reached), the cache of the region's transaction
-definitions put in dispatch frames, and the listener's own channel socket, where SEPs
-send a task's output and end, routed here to the session that owns the task."""
+(NOTIFY when the SEP cannot be reached; the task and the SEP's address come from the
+enqueue procedure's answer), and the listener's own channel socket, where SEPs send a
+task's output and end, routed here to the session that owns the task."""
 
 from __future__ import annotations
 
@@ -19,8 +19,6 @@ from dispatcher.gateway import AsyncGateway, Task, ops
 from .health import DB_ERRORS
 from .outcomes import Outcomes
 from .state import ListenerState
-
-# how long the transaction definitions (program, timeout) put in dispatch frames are cached
 
 
 class Routing:

@@ -115,7 +115,10 @@ class Option:
         elif self.kind == "int":
             kw.update(type=click.IntRange(int(self.low), int(self.high)))
         else:
-            kw.update(type=Seconds(self.low, self.high, unit=self.unit, scale=self.scale))
+            kw.update(
+                type=Seconds(self.low, self.high, unit=self.unit, scale=self.scale),
+                metavar="MS" if self.unit == "ms" else "SECONDS",
+            )
         if self.kind in ("int", "seconds"):
             kw.update(default=self.default, show_default=True)
         return click.option(self.flag, self.param, **kw)

@@ -50,3 +50,29 @@ def test_unknown_format_is_refused() -> None:
         timeout=60,
     )
     assert out.returncode == 2 and "xml" in out.stderr
+
+
+def test_library_log_records_come_out_one_json_object_per_line() -> None:
+    """What a library logs with the logging module (psycopg's pool) is rendered like our
+    own events: in JSON mode every line is a JSON object, with its logger and pid; in
+    text mode a multi-line message stays on one line."""
+    code = (
+        "import logging\n"
+        "from dispatcher.logs import configure_logging, get_logger\n"
+        "configure_logging('{fmt}')\n"
+        "logging.getLogger('psycopg.pool').warning('error connecting in %s:\\nsecond line', 'p')\n"
+        "logging.getLogger('psycopg.pool').info('not shown at info')\n"
+        "get_logger('database').warning('database_unavailable', error='a\\nb')\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code.format(fmt="json")], capture_output=True, text=True, timeout=60
+    )
+    lines = out.stderr.strip().splitlines()
+    events = [json.loads(line) for line in lines]
+    assert [e["logger"] for e in events] == ["psycopg.pool", "database"]
+    assert all(isinstance(e["pid"], int) for e in events)
+    assert events[0]["event"] == "error connecting in p:\nsecond line"
+    text = subprocess.run(
+        [sys.executable, "-c", code.format(fmt="text")], capture_output=True, text=True, timeout=60
+    )
+    assert len(text.stderr.strip().splitlines()) == 2, text.stderr

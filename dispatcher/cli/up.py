@@ -9,6 +9,7 @@ started the embedded PostgreSQL, stops that too.
 from __future__ import annotations
 
 import os
+import shlex
 import socket
 import sys
 import time
@@ -19,7 +20,7 @@ import click
 from sep.options import SEPConfig, click_options
 from sep.options import argv as sep_argv
 
-from ..config import DEFAULT_APP
+from ..config import DEFAULT_APP, DEFAULT_HOME, DEFAULT_REGION, Settings
 from ..database import Backoff, database_url, embedded_running, stop_embedded
 from ..errors import DispatcherError
 from ..gateway import ops
@@ -204,15 +205,16 @@ def up(
                 click.echo("error: the region did not come up (see the log above)", err=True)
             else:
                 http_line = "" if no_http else f"  http       http://{host}:{http_port}/v1/\n"
+                cmd = _same_region_prefix(settings) + "dispatcher"
                 click.echo(
                     f"\nregion {settings.region!r} is up: {count} SEPs running {app_module}\n"
                     f"  listener   {host}:{port}\n"
                     f"{http_line}"
                     f"  database   {url}\n"
                     f"try, from another terminal:\n"
-                    f'  dispatcher call ECHO --data \'{{"hello": "world"}}\''
+                    f'  {cmd} call ECHO --data \'{{"hello": "world"}}\''
                     f" --address {host}:{port}\n"
-                    f"  dispatcher status\n"
+                    f"  {cmd} status\n"
                     f"Ctrl-C stops everything.\n",
                     err=True,
                 )
@@ -263,6 +265,21 @@ class EmbeddedWatch:
         log.warning("database_restarted", down_s=round(time.monotonic() - self.down_since, 1))
         self.down_since = None
         self.backoff.reset()
+
+
+def _same_region_prefix(settings: Settings) -> str:
+    """The environment another terminal needs to reach this region ("" for the
+    defaults): without it a command would start its own database in ~/.dispatcher."""
+    env: dict[str, str] = {}
+    if settings.database_url:
+        env["DISPATCHER_DATABASE_URL"] = settings.database_url
+    elif settings.home != DEFAULT_HOME.expanduser():
+        env["DISPATCHER_HOME"] = str(settings.home)
+    if settings.region != DEFAULT_REGION:
+        env["DISPATCHER_REGION"] = settings.region
+    if settings.config_file is not None and settings.config_file.parent != settings.home:
+        env["DISPATCHER_CONFIG"] = str(settings.config_file.absolute())
+    return "".join(f"{k}={shlex.quote(v)} " for k, v in env.items())
 
 
 def _stop_all(children: ProcessSupervisor, grace: float = 60.0) -> None:
