@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import ctypes
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
-__all__ = ["PARENT_ENV", "child_env", "die_with_parent", "stop_processes"]
+__all__ = ["PARENT_ENV", "child_env", "die_with_parent", "socket_dir", "stop_processes"]
 
 # set by a parent (``up``, a SEP supervisor) for its children: the parent's pid
 PARENT_ENV = "DISPATCHER_PARENT_PID"
@@ -61,3 +64,28 @@ def stop_processes(
             else:
                 p.kill()
             p.wait()
+
+
+def socket_dir(kind: str) -> Path:
+    """A new private folder for this process's unix socket, named
+    ``dispatcher-KIND-PID-*`` in the temp folder; the folders of KIND left by processes
+    that no longer run (killed -9: nobody removed them) are removed first."""
+    base = Path(tempfile.gettempdir())
+    for old in base.glob(f"dispatcher-{kind}-*-*"):
+        try:
+            pid = int(old.name.split("-")[2])
+        except (IndexError, ValueError):
+            continue
+        if pid != os.getpid() and not _alive(pid):
+            shutil.rmtree(old, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f"dispatcher-{kind}-{os.getpid()}-"))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True

@@ -24,8 +24,6 @@ import asyncio
 import os
 import shutil
 import ssl
-import tempfile
-from pathlib import Path
 from typing import Any
 from uuid import UUID
 
@@ -33,6 +31,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from dispatcher.logs import get_logger
+from dispatcher.processes import socket_dir
 from dispatcher.protocol import MAX_FRAME, error
 
 from .group_commit import GroupCommit
@@ -68,7 +67,7 @@ class Listener:
         self.channel_host = channel_host
         self.log = get_logger("listener", region=region, pid=os.getpid())
         self.stopping = asyncio.Event()
-        self._sockdir = Path(tempfile.mkdtemp(prefix="dispatcher-listener-"))
+        self._sockdir = socket_dir("listener")
         self._tasks: list[asyncio.Task[Any]] = []
         self.pool = AsyncConnectionPool(
             url,

@@ -33,6 +33,7 @@ from dispatcher.database import Backoff, connect, connect_with_retry
 from dispatcher.errors import CompletionRefused, DatabaseUnavailable, DispatcherError, UnknownSEP
 from dispatcher.gateway import Gateway, Op, Task, ops
 from dispatcher.logs import get_logger
+from dispatcher.processes import socket_dir
 
 from .batch import Batch
 from .completion import Completion, OneByOne
@@ -153,7 +154,7 @@ class Worker:
         self.conn: psycopg.Connection[Any] | None = None
         self.loop = asyncio.new_event_loop()
         # named by pid: a supervisor removes the folder of a child that died (sockdir_glob)
-        self._sockdir = Path(tempfile.mkdtemp(prefix=f"{SOCKDIR_PREFIX}{os.getpid()}-"))
+        self._sockdir = socket_dir("sep")
         self.address = ""
         self._server: socket.socket | None = None
         # how the SEP reports outcomes and gets work (sep/completion.py): chosen once
@@ -163,6 +164,14 @@ class Worker:
 
     # ------------------------------------------------------------------ setup
     def run(self) -> int:
+        """Run until stopped; the exit code. The channel's socket directory goes with
+        the process, however it ends (a refused start included)."""
+        try:
+            return self._run()
+        finally:
+            shutil.rmtree(self._sockdir, ignore_errors=True)
+
+    def _run(self) -> int:
         if self.config.app:
             self.programs = load_app(self.config.app)
         signal.signal(signal.SIGTERM, self._on_term)

@@ -183,3 +183,28 @@ def test_backoff_never_overflows() -> None:
     assert [b.next_delay() for _ in range(5000)][-1] == 5.0
     b.reset()
     assert b.next_delay() == 0.1
+
+
+def test_a_new_socket_folder_sweeps_those_of_dead_processes() -> None:
+    """socket_dir removes the folders of its kind left by processes that no longer run
+    (a SEP or listener killed -9), and keeps those of live ones."""
+    import subprocess as sp
+    import sys as _sys
+    import tempfile
+    from pathlib import Path
+
+    from dispatcher.processes import socket_dir
+
+    gone = sp.Popen([_sys.executable, "-c", "pass"])
+    gone.wait()
+    base = Path(tempfile.gettempdir())
+    stale = base / f"dispatcher-sep-{gone.pid}-test"
+    stale.mkdir(exist_ok=True)
+    (stale / "sep.sock").write_text("")
+    live = Path(tempfile.mkdtemp(prefix="dispatcher-sep-1-"))  # pid 1 always runs
+    mine = socket_dir("sep")
+    try:
+        assert not stale.exists() and live.exists() and mine.exists()
+    finally:
+        for p in (live, mine):
+            p.rmdir()
