@@ -144,9 +144,7 @@ def test_the_procedure_keeps_what_the_operator_set(region: Region) -> None:
         region.define_transaction("T", "m:f", by="app", release=["class"])
 
 
-def test_tx_define_sync_and_sep_start_refuse_an_unknown_region(
-    db_url: str, tmp_path: Path
-) -> None:
+def test_tx_define_sync_and_sep_start_refuse_an_unknown_region(db_url: str, tmp_path: Path) -> None:
     """A mistyped region is an error naming the command that creates one, not a new
     region created behind the operator's back."""
     env = {
