@@ -130,6 +130,7 @@ def run(db_url: str, tmp_path: Path):  # type: ignore[no-untyped-def]
         result = CliRunner().invoke(cli, list(args), env=env, catch_exceptions=False)
         return result.exit_code, result.stdout, result.stderr
 
+    assert invoke("region", "set")[0] == 0  # only `region set` (and up) create a region
     return invoke
 
 
