@@ -68,10 +68,25 @@ def _set_timer(
     return Gateway(conn).run(op)
 
 
-def _aware(when: dt.datetime) -> dt.datetime:
+def aware(when: dt.datetime) -> dt.datetime:
+    """WHEN, a time a timer can be due at: it names its zone (else InvalidValue)."""
     if when.tzinfo is None:
         raise InvalidValue(f"time {when.isoformat()} has no time zone (add Z or +HH:MM)")
     return when
+
+
+def delay_of(after: float | dt.timedelta) -> dt.timedelta:
+    """AFTER (seconds or a timedelta) as a delay a timer can hold: finite, not negative,
+    at most MAX_DELAY (else InvalidValue)."""
+    try:
+        delay = after if isinstance(after, dt.timedelta) else dt.timedelta(seconds=float(after))
+    except (OverflowError, ValueError):
+        raise InvalidValue(f"{after!r} is not a delay this program can hold") from None
+    if delay < dt.timedelta(0):
+        raise InvalidValue("a delay cannot be negative")
+    if delay > MAX_DELAY:
+        raise InvalidValue(f"a delay is at most {MAX_DELAY.days:,} days (100 years)")
+    return delay
 
 
 def start_at(
@@ -86,7 +101,7 @@ def start_at(
 ) -> str:
     """START TRANSID at time AT; returns the timer's REQID (for cancel). A time in the
     past (on the database's clock) is now: the timer fires at once."""
-    return _set_timer(conn, region, transid, data, _aware(at), priority, reqid, None, None)
+    return _set_timer(conn, region, transid, data, aware(at), priority, reqid, None, None)
 
 
 def start_after(
@@ -101,14 +116,7 @@ def start_after(
 ) -> str:
     """START TRANSID after a delay (seconds or a timedelta) from now on the database's
     clock; returns its REQID."""
-    try:
-        delay = after if isinstance(after, dt.timedelta) else dt.timedelta(seconds=float(after))
-    except (OverflowError, ValueError):
-        raise InvalidValue(f"{after!r} is not a delay this program can hold") from None
-    if delay < dt.timedelta(0):
-        raise InvalidValue("a delay cannot be negative")
-    if delay > MAX_DELAY:
-        raise InvalidValue(f"a delay is at most {MAX_DELAY.days:,} days (100 years)")
+    delay = delay_of(after)
     return _set_timer(conn, region, transid, data, None, priority, reqid, None, None, delay)
 
 

@@ -5,7 +5,6 @@ DISPATCHER_CROSS_REGION_URL), with the checks of dispatcher/timers.py."""
 from __future__ import annotations
 
 import datetime as dt
-import math
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -14,7 +13,7 @@ from aiohttp import web
 from dispatcher import cron
 from dispatcher.errors import InvalidValue
 from dispatcher.gateway import ops
-from dispatcher.timers import MAX_DELAY, new_reqid
+from dispatcher.timers import aware, delay_of, new_reqid
 from dispatcher.values import check_data, check_text
 
 from .frames import MAX_KEY
@@ -56,25 +55,19 @@ def _text(body: dict[str, Any], name: str, required: bool = False) -> str | None
 def _delay(after: Any) -> dt.timedelta:
     if isinstance(after, bool) or not isinstance(after, int | float):
         raise Problem("bad_frame", "'after' must be a number of seconds")
-    if not math.isfinite(after) or after < 0:
-        raise Problem("invalid_value", "'after' must be a number of seconds, 0 or more")
     try:
-        delay = dt.timedelta(seconds=after)
-    except OverflowError:
-        delay = MAX_DELAY * 2
-    if delay > MAX_DELAY:
-        raise Problem("invalid_value", f"a delay is at most {MAX_DELAY.days:,} days (100 years)")
-    return delay
+        return delay_of(after)  # the bounds of every timer (dispatcher/timers.py)
+    except InvalidValue as exc:
+        raise from_error(exc) from None
 
 
 def _time(text: str) -> dt.datetime:
     try:
-        when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+        return aware(dt.datetime.fromisoformat(text.replace("Z", "+00:00")))
     except ValueError:
         raise Problem("invalid_value", f"{text[:80]!r} is not an ISO 8601 time") from None
-    if when.tzinfo is None:
-        raise Problem("invalid_value", f"{text[:80]!r} has no time zone: add Z or +HH:MM")
-    return when
+    except InvalidValue as exc:
+        raise from_error(exc) from None
 
 
 async def create_timer(front: HttpFront, request: web.Request) -> web.StreamResponse:
