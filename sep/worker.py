@@ -16,6 +16,7 @@ import queue
 import shutil
 import signal
 import socket
+import sys
 import tempfile
 import threading
 import time
@@ -64,6 +65,8 @@ EXIT_TIMED_OUT = 6
 # How long past its timeout a task that ignores the timeout may go on before the SEP
 # ends its process (docs/sep.md, "Timeouts").
 TIMEOUT_GRACE = 2.0
+# the longest a step of the watchdog's fence may wait on a lock or a statement
+FENCE_WAIT_S = 10.0
 T = TypeVar("T")
 
 
@@ -625,9 +628,14 @@ class Worker:
             timeout_s=w.timeout,
             grace_s=TIMEOUT_GRACE,
         )
+        # the program may spin (catching everything on its broken connection): let this
+        # thread have the interpreter back quickly after each wait; the process ends anyway
+        sys.setswitchinterval(0.0001)
+        began = time.monotonic()
         try:
             with connect(self.config.url, application_name="dispatcher-sep-watchdog") as conn:
                 db = Gateway(conn)
+                db.run(ops.sep.bound_waits(FENCE_WAIT_S))
                 if self.conn is not None and not self.conn.closed:
                     # the task's transaction goes now, even inside a long statement
                     db.run(ops.sep.end_backend(self.conn.info.backend_pid))
@@ -639,7 +647,15 @@ class Worker:
                     timeout_error(w.timeout or 0.0, f"the SEP ended it {TIMEOUT_GRACE} s later"),
                 )
         except Exception as exc:  # the process ends all the same; its supervisor fences it
-            self.log.error("timeout_fence_failed", error=str(exc).strip())
+            self.log.error(
+                "timeout_fence_failed",
+                error=str(exc).strip(),
+                after_s=round(time.monotonic() - began, 2),
+            )
+        else:
+            took = time.monotonic() - began
+            if took > 1.0:
+                self.log.warning("timeout_fence_slow", after_s=round(took, 2))
         finally:
             os._exit(EXIT_TIMED_OUT)
 

@@ -75,6 +75,11 @@ WHERE s.region = %(region)s AND s.host = %(host)s AND s.pid = ANY (%(pids)s::int
   AND coalesce(r.started_at, r.dispatched_at)
       < clock_timestamp() - make_interval(secs => x.timeout_s + %(grace)s);
 
+-- name: bound_waits
+-- The watchdog's connection: no lock or statement of its fence waits longer than this.
+SELECT set_config('lock_timeout', %(ms)s, false) AS lock_timeout,
+       set_config('statement_timeout', %(ms)s, false) AS statement_timeout;
+
 -- name: end_backend
 -- A SEP whose task overran: end the backend of its task's connection (its transaction
 -- rolls back and its locks go at once, even while a statement runs).

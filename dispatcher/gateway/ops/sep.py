@@ -19,6 +19,7 @@ __all__ = [
     "app_capability",
     "async_commit",
     "begin_task",
+    "bound_waits",
     "claim_batch",
     "claim_next",
     "complete",
@@ -188,6 +189,11 @@ def sample_done_count(region: str, transid: str) -> Op[int]:
 def async_commit() -> Op[None]:
     """This connection's commits stop waiting for the WAL flush (``--async-commit``)."""
     return Op("async_commit", {}, nothing)
+
+
+def bound_waits(seconds: float) -> Op[None]:
+    """No lock or statement on this connection waits longer than SECONDS."""
+    return Op("bound_waits", {"ms": str(max(1, int(seconds * 1000)))}, nothing)
 
 
 def sep_of_process(region: str, host: str, pid: int) -> Op[int | None]:
