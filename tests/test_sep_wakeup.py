@@ -12,7 +12,7 @@ import psycopg
 from dispatcher.region import Region
 from sep.program import sync_app
 
-from .seps import running_seps, start_sep, wait_final, wait_registered
+from .seps import running_seps, start_sep, wait_final
 
 
 def test_no_lost_wakeup_with_real_seps(region: Region, db_url: str) -> None:
