@@ -1,13 +1,20 @@
-"""Alembic migrations of the region database, driven from Python."""
+"""Alembic migrations of the region database, driven from Python.
+
+Alembic (and SQLAlchemy under it) is imported only to migrate: every process checks
+the database's revision when it starts, and reads the revisions this code knows from
+the migration files themselves (``revision = "..."``, ``down_revision = ...``), which
+costs milliseconds instead of the second that importing Alembic takes.
+"""
 
 from __future__ import annotations
 
-from typing import Any
-
-from alembic import command
-from alembic.config import Config
+import re
+from typing import TYPE_CHECKING, Any
 
 from .resources import MIGRATIONS_DIR, SQL_DIR
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 __all__ = [
     "MIGRATIONS_DIR",
@@ -53,6 +60,8 @@ def install_cross_region(url: str) -> None:
 
 
 def alembic_config(url: str) -> Config:
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     cfg.attributes["database_url"] = url
@@ -60,10 +69,14 @@ def alembic_config(url: str) -> Config:
 
 
 def upgrade(url: str, revision: str = "head") -> None:
+    from alembic import command
+
     command.upgrade(alembic_config(url), revision)
 
 
 def downgrade(url: str, revision: str) -> None:
+    from alembic import command
+
     command.downgrade(alembic_config(url), revision)
 
 
@@ -108,18 +121,35 @@ def ensure_schema(url: str, upgrade_older: bool = False) -> str:
     return rev
 
 
-def revisions() -> list[str]:
-    """Every revision this code knows, oldest first."""
-    from alembic.script import ScriptDirectory
+_REVISION = re.compile(r"^revision(?:\s*:\s*str)?\s*=\s*[\"']([^\"']+)[\"']", re.M)
+_DOWN = re.compile(r"^down_revision(?:\s*:[^=]+)?\s*=\s*(?:None|[\"']([^\"']+)[\"'])", re.M)
 
-    script = ScriptDirectory.from_config(alembic_config(""))
-    return [r.revision for r in reversed(list(script.walk_revisions()))]
+
+def revisions() -> list[str]:
+    """Every revision this code knows, oldest first (one line of history, as Alembic
+    walks it: tests/test_migrations.py checks the two agree)."""
+    parent: dict[str, str | None] = {}
+    for path in (MIGRATIONS_DIR / "versions").iterdir():
+        if not path.name.endswith(".py") or path.name.startswith("_"):
+            continue
+        text = path.read_text(encoding="utf-8")
+        rev, down = _REVISION.search(text), _DOWN.search(text)
+        if rev is None or down is None:
+            raise RuntimeError(f"migration {path.name} names no revision or down_revision")
+        parent[rev.group(1)] = down.group(1)
+    children = {p: r for r, p in parent.items()}
+    if len(children) != len(parent):
+        raise RuntimeError("the migrations branch: two revisions share a parent")
+    order: list[str] = []
+    at = children.get(None)
+    while at is not None:
+        order.append(at)
+        at = children.get(at)
+    if len(order) != len(parent):
+        raise RuntimeError("the migrations do not form one line from the first")
+    return order
 
 
 def head() -> str:
-    from alembic.script import ScriptDirectory
-
-    script = ScriptDirectory.from_config(alembic_config(""))
-    found = script.get_current_head()
-    assert found is not None
-    return found
+    """The newest revision this code knows."""
+    return revisions()[-1]

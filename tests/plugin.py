@@ -14,6 +14,7 @@ import shutil
 import tempfile
 import warnings
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -87,9 +88,9 @@ def template_url(pg_server_url: str) -> str:
     return url
 
 
-@pytest.fixture
-def db_url(pg_server_url: str, template_url: str) -> Iterator[str]:
-    """URL of a fresh database at head, dropped after the test."""
+@contextmanager
+def fresh_database(pg_server_url: str) -> Iterator[str]:
+    """URL of a new database at head (a copy of the template), dropped at the end."""
     name = f"dispatcher_test_{os.getpid()}_{next(_counter)}"
     with psycopg.connect(pg_server_url, autocommit=True) as conn:
         conn.execute(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE}")
@@ -98,6 +99,34 @@ def db_url(pg_server_url: str, template_url: str) -> Iterator[str]:
     finally:
         with psycopg.connect(pg_server_url, autocommit=True) as conn:
             conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture
+def db_url(pg_server_url: str, template_url: str) -> Iterator[str]:
+    """URL of a fresh database at head, dropped after the test."""
+    with fresh_database(pg_server_url) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def module_db_url(pg_server_url: str, template_url: str) -> Iterator[str]:
+    """URL of a fresh database at head shared by the tests of one module (for costly
+    set-ups such as a live region of processes; its tests must not count on an empty
+    database), dropped after the module."""
+    with fresh_database(pg_server_url) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def module_region(module_db_url: str) -> Iterator[Region]:
+    """The region 'test' (max SEPs 8) in the module's database."""
+    c = connect(module_db_url)
+    try:
+        r = Region(c, "test")
+        r.ensure()
+        yield r
+    finally:
+        c.close()
 
 
 @pytest.fixture

@@ -25,12 +25,14 @@ from .seps import ROOT, running_seps, sep_env
 APP = "dispatcher_examples.sample"
 
 
-@pytest.fixture
-def live(region: Region, db_url: str) -> Iterator[tuple[str, str, Region]]:
-    """A region with 3 SEPs of the sample app and one listener: (address, token, region)."""
+@pytest.fixture(scope="module")
+def live(module_region: Region, module_db_url: str) -> Iterator[tuple[str, str, Region]]:
+    """A region with 3 SEPs of the sample app and one listener, shared by the tests of
+    this module: (address, token, region)."""
+    region, url = module_region, module_db_url
     sync_app(region, APP)
     token = create_token(region, "tester")
-    with running_seps(db_url, "test", 3, app=APP), running_listener(db_url, "test") as address:
+    with running_seps(url, "test", 3, app=APP), running_listener(url, "test") as address:
         yield address, token, region
 
 
@@ -134,10 +136,10 @@ def test_many_sessions_at_once(live: tuple[str, str, Region]) -> None:
     assert results == [[{"i": i, "n": n} for n in range(3)] for i in range(300)]
 
 
-def test_two_listeners_one_region(live: tuple[str, str, Region], db_url: str) -> None:
+def test_two_listeners_one_region(live: tuple[str, str, Region], module_db_url: str) -> None:
     """A second listener on the same region serves its own sessions."""
     address, token, _ = live
-    with running_listener(db_url, "test") as second:
+    with running_listener(module_db_url, "test") as second:
         with connect(address, token) as a, connect(second, token) as b:
             assert a.call("ECHO", "a") == "a"
             assert b.call("ECHO", "b") == "b"
@@ -268,10 +270,10 @@ def test_fuzz_random_frames(live: tuple[str, str, Region]) -> None:
         assert s.call("ECHO", "alive") == "alive"
 
 
-def test_call_command(live: tuple[str, str, Region], db_url: str) -> None:
+def test_call_command(live: tuple[str, str, Region], module_db_url: str) -> None:
     """`dispatcher call` prints the result as JSON; an error reply exits 1."""
     address, token, _ = live
-    env = {**sep_env(db_url, "test"), "DISPATCHER_TOKEN": token}
+    env = {**sep_env(module_db_url, "test"), "DISPATCHER_TOKEN": token}
     out = _dispatcher(env, "call", "ECHO", "--data", '{"k": [1]}', "--address", address)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) == {"k": [1]}
@@ -282,11 +284,11 @@ def test_call_command(live: tuple[str, str, Region], db_url: str) -> None:
 
 
 def test_local_cli_finds_its_own_token(
-    live: tuple[str, str, Region], db_url: str, tmp_path: Any
+    live: tuple[str, str, Region], module_db_url: str, tmp_path: Any
 ) -> None:
     """Without --token, the CLI makes and reuses a local token under DISPATCHER_HOME."""
     address, _, _ = live
-    env = {**sep_env(db_url, "test"), "DISPATCHER_HOME": str(tmp_path)}
+    env = {**sep_env(module_db_url, "test"), "DISPATCHER_HOME": str(tmp_path)}
     env.pop("DISPATCHER_TOKEN", None)
     for _ in range(2):
         out = _dispatcher(env, "call", "ECHO", "--data", "1", "--address", address)
@@ -294,10 +296,10 @@ def test_local_cli_finds_its_own_token(
     assert (tmp_path / "tokens" / "test").stat().st_mode & 0o777 == 0o600
 
 
-def test_connect_interactive_session(live: tuple[str, str, Region], db_url: str) -> None:
+def test_connect_interactive_session(live: tuple[str, str, Region], module_db_url: str) -> None:
     """`dispatcher connect`: a typed transaction, a conversation, a RETURN TRANSID chain."""
     address, token, _ = live
-    env = {**sep_env(db_url, "test"), "DISPATCHER_TOKEN": token}
+    env = {**sep_env(module_db_url, "test"), "DISPATCHER_TOKEN": token}
     script = 'ECHO {"a": 1}\nCHAT\n"Zoe"\nORDER {"item": "cup"}\n2\nNOPE\nquit\n'
     out = _dispatcher(env, "connect", "--address", address, input=script)
     assert out.returncode == 0, out.stderr

@@ -141,3 +141,25 @@ def test_current_schema_file_is_what_the_migrations_build(empty_url: str) -> Non
         "sql/current.sql is out of date: python -m dispatcher.current_schema --write URL"
     )
     assert "CREATE FUNCTION dispatcher_v2.enqueue(" in built
+
+
+def test_the_revisions_read_from_the_files_are_alembics() -> None:
+    """migrate.revisions() and head(), read from the migration files without importing
+    Alembic, are the line of revisions Alembic walks."""
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory.from_config(migrate.alembic_config(""))
+    walked = [r.revision for r in reversed(list(script.walk_revisions()))]
+    assert migrate.revisions() == walked
+    assert migrate.head() == script.get_current_head()
+
+
+def test_a_process_start_does_not_import_alembic() -> None:
+    """A SEP, a listener or a CLI command checks the revision without importing Alembic
+    or SQLAlchemy (about a second of every process start)."""
+    code = (
+        "import sys, sep.__main__, listener.server, dispatcher.cli; "
+        "print(sorted(m for m in ('alembic', 'sqlalchemy') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr

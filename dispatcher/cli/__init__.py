@@ -14,7 +14,6 @@ from typing import Any
 
 import click
 import psycopg
-import sqlalchemy.exc
 
 from ..config import CONFIG_ENV, load_settings
 from ..errors import DispatcherError
@@ -34,17 +33,19 @@ class Failure(click.ClickException):
 
 
 def _failure(exc: BaseException) -> Failure | None:
-    from alembic.util.exc import CommandError
-
     from sep.program import AppError
 
+    # Alembic and SQLAlchemy are imported only by the commands that migrate: their
+    # errors can only come when they were
+    alembic_exc = sys.modules.get("alembic.util.exc")
+    sqlalchemy_exc = sys.modules.get("sqlalchemy.exc")
     if isinstance(exc, DispatcherError | AppError):
         return Failure(str(exc))
-    if isinstance(exc, CommandError):  # e.g. db upgrade to a revision that does not exist
-        return Failure(f"migration: {exc}")
+    if alembic_exc is not None and isinstance(exc, alembic_exc.CommandError):
+        return Failure(f"migration: {exc}")  # e.g. db upgrade to a revision that is not
     if isinstance(exc, psycopg.OperationalError):
         return Failure(f"database unavailable: {str(exc).strip()}")
-    if isinstance(exc, sqlalchemy.exc.OperationalError):
+    if sqlalchemy_exc is not None and isinstance(exc, sqlalchemy_exc.OperationalError):
         return Failure(f"database unavailable: {str(exc.orig).strip()}")
     if isinstance(
         exc,
@@ -181,14 +182,13 @@ def main() -> None:
         sys.exit(exc.exit_code)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
-    except (DispatcherError, psycopg.Error, sqlalchemy.exc.OperationalError) as exc:
-        failure = _failure(exc)
-        assert failure is not None
-        failure.show()
-        sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)
     except Exception as exc:  # never a traceback for an operator (unless asked for)
+        failure = _failure(exc)
+        if failure is not None:
+            failure.show()
+            sys.exit(1)
         if os.environ.get("DISPATCHER_DEBUG"):
             raise
         text = " ".join(str(exc).split())
