@@ -66,15 +66,18 @@ BATCH = "--batch 10"  # SEP-side batching (sep/batch.py), measured beside one-by
 
 
 def _sustained(report: Report, reg: ours.Region_, size: dict[str, Any], label: str) -> None:
-    rate, lat = ours.sustained(reg, size["sessions"], size["seconds"])
+    before = ours.done_count(reg.url)
+    load = ours.sustained(reg, size["sessions"], size["seconds"])
+    lost = load.accepted - (ours.done_count(reg.url) - before)
     report.add(
         "sustained",
         "ours",
         f"{size['sessions']} sessions, 2 SEPs{label}: completed",
-        rate,
+        load.rate,
         "req/s",
         baseline="raw/one round trip",
     )
+    lat = load.latencies()
     for q in (0.5, 0.99):
         report.add(
             "sustained",
@@ -84,6 +87,18 @@ def _sustained(report: Report, reg: ours.Region_, size: dict[str, Any], label: s
             "ms",
             higher_is_better=False,
         )
+    report.add(
+        "sustained",
+        "ours",
+        f"2 SEPs{label}: load generator CPU per 1,000",
+        load.cpu_per_1000(),
+        "s",
+        higher_is_better=False,
+    )
+    report.notes.append(
+        f"sustained{label}: {load.accepted} accepted, {load.completed} answered, "
+        f"{lost} not in the history at the end, errors {load.errors or 'none'}"
+    )
 
 
 def main() -> None:

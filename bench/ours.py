@@ -14,11 +14,14 @@ from typing import Any
 
 from dispatcher import migrate
 from dispatcher.database import connect
+from dispatcher.gateway import ops
 from dispatcher.monitor import Monitor
 from dispatcher.processes import stop_processes
 from dispatcher.region import Region
 from dispatcher.tokens import create_token
 from sep.program import sync_app
+
+from .loadgen import Load, generate
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = "dispatcher_examples.sample"
@@ -129,16 +132,18 @@ class Region_:
     """A running region: SEPs, a listener and (HTTP) the HTTP front, for the socket and
     HTTP phases."""
 
-    def __init__(self, url: str, seps: int, *sep_args: str, http: bool = False) -> None:
+    def __init__(
+        self, url: str, seps: int, *sep_args: str, http: bool = False, listeners: int = 1
+    ) -> None:
         self.url = url
         self.port = _free_port()
         self.seps = start_seps(url, seps, *sep_args)
-        self.listener = subprocess.Popen(
-            [sys.executable, "-m", "dispatcher", "listener", "--port", str(self.port)],
-            env=_env(url),
-            cwd=ROOT,
-        )
-        self.procs = [self.listener, *self.seps]
+        argv = [sys.executable, "-m", "dispatcher", "listener", "--port", str(self.port)]
+        if listeners > 1:
+            argv.append("--reuse-port")
+        self.listeners = [subprocess.Popen(argv, env=_env(url), cwd=ROOT) for _ in range(listeners)]
+        self.listener = self.listeners[0]
+        self.procs = [*self.listeners, *self.seps]
         self.http_port = _free_port() if http else 0
         if http:
             self.procs.append(
@@ -227,31 +232,18 @@ def http_accepted(reg: Region_, clients: int, seconds: float) -> float:
     return total / (time.perf_counter() - t0)
 
 
-def sustained(reg: Region_, sessions: int, seconds: float) -> tuple[float, list[float]]:
-    from listener import connect_async
+def sustained(reg: Region_, sessions: int, seconds: float, procs: int = 2) -> Load:
+    """SESSIONS sessions calling ECHO as fast as they can for SECONDS, from the load
+    generator's PROCS processes (bench/loadgen.py)."""
+    return generate(
+        f"127.0.0.1:{reg.port}", reg.token, sessions=sessions, procs=procs, seconds=seconds
+    )
 
-    lat: list[float] = []
 
-    async def one(stop_at: float) -> int:
-        s = await connect_async(f"127.0.0.1:{reg.port}", reg.token)
-        n = 0
-        try:
-            while time.perf_counter() < stop_at:
-                t0 = time.perf_counter()
-                await s.call("ECHO", n)
-                lat.append((time.perf_counter() - t0) * 1000)
-                n += 1
-        finally:
-            await s.close()
-        return n
-
-    async def main() -> int:
-        stop_at = time.perf_counter() + seconds
-        return sum(await asyncio.gather(*(one(stop_at) for _ in range(sessions))))
-
-    t0 = time.perf_counter()
-    total = asyncio.run(main())
-    return total / (time.perf_counter() - t0), lat
+def done_count(url: str, transid: str = "ECHO") -> int:
+    """Requests of TRANSID of the bench region done so far (in the history)."""
+    with connect(url) as conn:
+        return Region(conn, "bench").run(ops.sep.sample_done_count("bench", transid))
 
 
 def dispatch_cost_ms(url: str, queued: int, cycles: int = 300, fresh: bool = True) -> float:

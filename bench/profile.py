@@ -1,7 +1,8 @@
-"""python -m bench.profile [--seps 2] [--sessions 32] [--seconds 8] [SEP ARGS...]
+"""python -m bench.profile [--seps 2] [--sessions 32] [--seconds 8] [--listeners 1]
+[--procs 2] [SEP ARGS...]
 
-Where the time of the sustained phase goes: CPU seconds per process (client sessions,
-listener, SEPs, PostgreSQL backends) per 1,000 requests, and the statements that cost
+Where the time of the sustained phase goes: CPU seconds per process (the load
+generator's, listeners, SEPs, PostgreSQL backends) per 1,000 requests, and the statements that cost
 PostgreSQL most (pg_stat_statements, tracking statements inside the procedures too).
 Needs psutil (pip install -e '.[test]'). Runs on its own fresh embedded PostgreSQL.
 """
@@ -44,6 +45,8 @@ def main() -> None:
     parser.add_argument("--seps", type=int, default=2)
     parser.add_argument("--sessions", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--listeners", type=int, default=1, help="on one port (SO_REUSEPORT)")
+    parser.add_argument("--procs", type=int, default=2, help="load generator processes")
     args, sep_args = parser.parse_known_args()
     configure_logging("text", "warning")
     os.environ["DISPATCHER_LOG_LEVEL"] = "warning"
@@ -54,11 +57,10 @@ def main() -> None:
         ours.prepare(url, max_seps=max(8, args.seps)).conn.close()
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
-        reg = ours.Region_(url, args.seps, *sep_args)
+        reg = ours.Region_(url, args.seps, *sep_args, listeners=args.listeners)
         try:
             groups: dict[str, list[psutil.Process]] = {
-                "client sessions (this process)": [psutil.Process()],
-                "listener": [psutil.Process(reg.listener.pid)],
+                "listener": [psutil.Process(p.pid) for p in reg.listeners],
                 "SEPs": [psutil.Process(p.pid) for p in reg.seps],
             }
             with psycopg.connect(url) as conn:
@@ -69,18 +71,20 @@ def main() -> None:
                 conn.execute("SELECT pg_stat_statements_reset()")
             before = {k: _cpu(v) for k, v in groups.items()}
             t0 = time.perf_counter()
-            rate, lat = ours.sustained(reg, args.sessions, args.seconds)
+            load = ours.sustained(reg, args.sessions, args.seconds, procs=args.procs)
+            rate, lat = load.rate, load.latencies()
             wall = time.perf_counter() - t0
             groups["PostgreSQL"] = [
                 p for p in groups["PostgreSQL"] if p.is_running()
             ]  # backends that lived through the run
             after = {k: _cpu(v) for k, v in groups.items()}
-            done = rate * wall
+            done = load.completed
             print(
                 f"sustained: {rate:.0f} req/s, p50 {ours.pct(lat, 0.5):.1f} ms, "
                 f"p99 {ours.pct(lat, 0.99):.1f} ms, SEPs {args.seps} {' '.join(sep_args)}"
             )
             print(f"CPU seconds per 1,000 requests ({os.cpu_count()} cores, {wall:.1f} s):")
+            print(f"  {'load generator (bench/loadgen)':32} {load.cpu_per_1000():8.3f}")
             for k in groups:
                 print(f"  {k:32} {(after[k] - before[k]) / done * 1000:8.3f}")
             with psycopg.connect(url, autocommit=True) as conn:

@@ -34,10 +34,13 @@ import asyncio
 import datetime as dt
 import json
 import math
+import re
 import socket
 import struct
 from typing import Any
 from uuid import UUID
+
+import orjson
 
 from .gateway import Task
 
@@ -48,6 +51,7 @@ __all__ = [
     "connect_sync",
     "decode_frame",
     "encode_frame",
+    "encode_json",
     "open_connection",
     "parse_address",
     "parse_json",
@@ -66,13 +70,32 @@ class ChannelError(Exception):
     """A broken frame or address on the internal channel."""
 
 
-def encode_frame(message: dict[str, Any], max_frame: int = MAX_FRAME) -> bytes:
-    try:  # UTF-8 as it is: a text echoed back is as long as it was sent
-        body = json.dumps(
-            message, separators=(",", ":"), default=_default, ensure_ascii=False
-        ).encode()
+def encode_json(value: Any) -> bytes:
+    """VALUE as compact JSON, UTF-8 as it is (a text echoed back is as long as it was
+    sent). orjson does it when it can; what it cannot write exactly (an integer beyond
+    64 bits, a lone surrogate, a non-string key) the standard library writes.
+
+    No value given here may hold a number that is not finite (orjson would write it as
+    null): what clients and programs send is checked before (``values.check_data``), and
+    what comes from the database cannot hold one."""
+    try:
+        return orjson.dumps(value, default=_default)
+    except TypeError:
+        pass
+    try:
+        text = json.dumps(
+            value, separators=(",", ":"), default=_default, ensure_ascii=False, allow_nan=False
+        )
+        return text.encode()
     except UnicodeEncodeError:  # a lone surrogate: only the escaped form can carry it
-        body = json.dumps(message, separators=(",", ":"), default=_default).encode()
+        return json.dumps(value, separators=(",", ":"), default=_default, allow_nan=False).encode()
+
+
+def encode_frame(message: dict[str, Any], max_frame: int = MAX_FRAME) -> bytes:
+    try:
+        body = encode_json(message)
+    except ValueError as exc:
+        raise ChannelError(f"not JSON: {exc}") from None
     if len(body) > max_frame:
         raise ChannelError(f"frame of {len(body)} bytes exceeds the maximum of {max_frame}")
     return _HEADER.pack(len(body)) + body
@@ -89,16 +112,52 @@ def _finite(text: str) -> float:
     return value
 
 
+# how deep a JSON text may nest: about where the standard library stops (its recursion)
+MAX_PARSE_DEPTH = 990
+# a run of 19 digits or more: an integer orjson would read as a float (beyond 64 bits)
+_LONG_NUMBER = re.compile(rb"[0-9]{19}")
+
+
 def parse_json(body: bytes) -> Any:
     """The JSON value of BODY (strict: UTF-8 without BOM or encoded surrogates, no
     NaN/Infinity, no number beyond a double); ChannelError for anything else, including
-    nesting too deep to parse and integers too long to convert."""
+    nesting too deep to parse and integers too long to convert.
+
+    orjson reads what it reads exactly as the standard library does; a body it refuses,
+    or that holds a long run of digits (an integer it would turn into a float), is read
+    by the standard library, whose answer (a value or the reason) is the one given."""
+    if _LONG_NUMBER.search(body) is None:
+        try:
+            value = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            pass
+        else:
+            # the standard library cannot read past about 1,000 levels; neither do we,
+            # whichever reads (fewer brackets than that: no need to look)
+            brackets = body.count(b"[") + body.count(b"{")
+            if brackets < MAX_PARSE_DEPTH or _depth(value) <= MAX_PARSE_DEPTH:
+                return value
+            raise ChannelError("the JSON is nested too deeply to parse")
     try:
         return json.loads(body.decode("utf-8"), parse_constant=_not_json, parse_float=_finite)
     except RecursionError:
         raise ChannelError("the JSON is nested too deeply to parse") from None
     except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError, int digit limit
         raise ChannelError(f"not JSON: {exc}") from None
+
+
+def _depth(value: Any) -> int:
+    """How deep VALUE nests (iterative: any depth)."""
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, dict):
+            v = list(v.values())
+        if isinstance(v, list):
+            deepest = max(deepest, d)
+            stack.extend((item, d + 1) for item in v if isinstance(item, dict | list))
+    return deepest
 
 
 def decode_frame(body: bytes) -> dict[str, Any]:

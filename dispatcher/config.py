@@ -110,6 +110,7 @@ class UpTable(_Table):
     app: Text = DEFAULT_APP
     seps: Count | None = None  # None: one per core, at least 2
     batch: Count = 1
+    listeners: Annotated[int, Field(ge=1, le=64)] = 1
 
 
 class ConfigSchema(BaseModel):

@@ -56,8 +56,10 @@ class Listener:
         dead_after: float = 10.0,
         poll_interval: float = 1.0,
         channel_host: str | None = None,
+        reuse_port: bool = False,
     ) -> None:
         self.url = url
+        self.reuse_port = reuse_port
         self.region = region
         self.host = host
         self.tls = tls
@@ -117,7 +119,12 @@ class Listener:
         await self.routing.start(self.channel_host, self._sockdir / "listener.sock")
         await self.health.register()
         self._client_server = await asyncio.start_server(
-            self.clients.client, self.host, self.state.port, ssl=self.tls, limit=MAX_FRAME + 8
+            self.clients.client,
+            self.host,
+            self.state.port,
+            ssl=self.tls,
+            limit=MAX_FRAME + 8,
+            reuse_port=self.reuse_port or None,  # several listeners on one port
         )
         sock = self._client_server.sockets[0]
         self.state.port = int(sock.getsockname()[1])
@@ -132,6 +139,8 @@ class Listener:
             port=self.port,
             listener=str(self.listener_id),
             tls=self.tls is not None,
+            reuse_port=self.reuse_port,
+            loop=type(asyncio.get_running_loop()).__module__.split(".")[0],  # uvloop?
         )
 
     async def serve(self) -> None:

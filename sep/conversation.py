@@ -10,6 +10,7 @@ from typing import Any
 from uuid import UUID
 
 from dispatcher.channel import ChannelError, connect_sync, encode_frame
+from dispatcher.values import check_data
 
 __all__ = ["Conversation", "ConversationError", "ListenerLinks", "SessionEnded"]
 
@@ -106,6 +107,9 @@ class Conversation:
             raise SessionEnded(f"the session of request {self.request_id} ended: {self.ended}")
 
     def send(self, data: Any, *, wants_input: bool) -> None:
+        """Send DATA to the session's client; InvalidValue (to the program) for what is
+        not strict JSON, as for a result (a number that is not finite, say)."""
+        check_data(data, "the output")
         if self.ended is not None:
             return  # no client to show it to (a receive that follows raises)
         self.links.send(

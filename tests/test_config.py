@@ -44,6 +44,7 @@ port = 7381
 app = "some.app"
 seps = 3
 batch = 8
+listeners = 2
 """
 
 
@@ -101,6 +102,7 @@ def test_defaults_without_a_file(home: Path) -> None:
     assert (s.listener.host, s.listener.port) == ("127.0.0.1", 7300)
     assert (s.http.host, s.http.port) == ("127.0.0.1", 7380)
     assert (s.up.app, s.up.seps, s.up.batch) == ("dispatcher_examples.sample", None, 1)
+    assert s.up.listeners == 1
     assert {str(s.origin(k)) for k in KEYS} == {"default"}
 
 
@@ -117,7 +119,7 @@ def test_the_file_of_the_home_sets_every_key(home: Path) -> None:
         "0.0.0.0",
         7381,
     )
-    assert (s.up.app, s.up.seps, s.up.batch) == ("some.app", 3, 8)
+    assert (s.up.app, s.up.seps, s.up.batch, s.up.listeners) == ("some.app", 3, 8, 2)
     assert all(s.origin(k) == Origin("file", str(home / "dispatcher.toml")) for k in KEYS)
 
 
@@ -137,6 +139,7 @@ def test_the_environment_beats_the_file_for_every_key(home: Path) -> None:
         "DISPATCHER_UP_APP": "env.app",
         "DISPATCHER_UP_SEPS": "5",
         "DISPATCHER_UP_BATCH": "2",
+        "DISPATCHER_UP_LISTENERS": "3",
     }
     s = load_settings(env=env)
     assert s.region == "envy" and s.database_url == "postgresql://e/d"
@@ -148,7 +151,7 @@ def test_the_environment_beats_the_file_for_every_key(home: Path) -> None:
         "10.0.0.1",
         7401,
     )
-    assert (s.up.app, s.up.seps, s.up.batch) == ("env.app", 5, 2)
+    assert (s.up.app, s.up.seps, s.up.batch, s.up.listeners) == ("env.app", 5, 2, 3)
     assert all(s.origin(k) == Origin("env", env_var(k)) for k in KEYS)
 
 

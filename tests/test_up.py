@@ -40,8 +40,9 @@ def _read_until(proc: subprocess.Popen[str], needle: str, timeout: float) -> str
 
 @pytest.mark.slow
 def test_up_serves_a_call_and_stops_everything(tmp_path: Path) -> None:
-    """A fresh home: up starts PostgreSQL, SEPs, listener, HTTP front, monitor; a call
-    through the socket and one over HTTP are served; Ctrl-C leaves nothing."""
+    """A fresh home: up starts PostgreSQL, SEPs, two listeners on one port, the HTTP
+    front and the monitor; a call through the socket and one over HTTP are served;
+    Ctrl-C leaves nothing."""
     port, http_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("DISPATCHER_")}
     env["DISPATCHER_HOME"] = str(tmp_path / "home")
@@ -49,7 +50,7 @@ def test_up_serves_a_call_and_stops_everything(tmp_path: Path) -> None:
         [
             sys.executable,
             *("-m", "dispatcher", "up", "--seps", "2", "--port", str(port)),
-            *("--http-port", str(http_port)),
+            *("--http-port", str(http_port), "--listeners", "2"),
         ],
         env=env,
         stderr=subprocess.PIPE,
@@ -60,6 +61,8 @@ def test_up_serves_a_call_and_stops_everything(tmp_path: Path) -> None:
         _read_until(proc, "is up", timeout=120)
         children = psutil.Process(proc.pid).children(recursive=True)
         assert len(children) >= 3
+        listeners = [c for c in children if "--reuse-port" in c.cmdline()]
+        assert len(listeners) == 2, [c.cmdline() for c in children]
         out = subprocess.run(
             [
                 sys.executable,

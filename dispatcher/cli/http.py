@@ -7,6 +7,7 @@ import signal
 
 import click
 
+from .. import eventloop
 from ._app import App, pass_app
 
 DEFAULT_HTTP_PORT = 7380  # listener.http.DEFAULT_HTTP_PORT
@@ -53,7 +54,7 @@ def http(app: App, host: str | None, port: int | None) -> None:
         finally:
             await front.close()
 
-    asyncio.run(main())
+    eventloop.run(main())
 
 
 def register(cli: click.Group) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 
+from .. import eventloop
 from ..gateway import ops
 from ..protocol import DEFAULT_PORT
 from ..seconds import Seconds
@@ -61,6 +62,12 @@ def _address(app: App, address: str | None) -> str:
     "machines) [default: a unix socket].",
 )
 @click.option(
+    "--reuse-port",
+    is_flag=True,
+    help="Share the port with other listeners of this machine started so (SO_REUSEPORT): "
+    "the system spreads new sessions among them.",
+)
+@click.option(
     "--heartbeat",
     type=Seconds(0.05, 3600),
     default=2.0,
@@ -83,6 +90,7 @@ def listener(
     tls_key: str | None,
     metrics_port: int | None,
     channel_host: str | None,
+    reuse_port: bool,
     heartbeat: float,
     dead_after: float,
 ) -> None:
@@ -116,6 +124,7 @@ def listener(
             port,
             tls=tls,
             channel_host=channel_host,
+            reuse_port=reuse_port,
             heartbeat_interval=heartbeat,
             dead_after=dead_after,
         )
@@ -127,7 +136,7 @@ def listener(
         await server.stopping.wait()
         await server.close()
 
-    asyncio.run(main())
+    eventloop.run(main())
 
 
 def _token(app: App, token: str | None) -> str:

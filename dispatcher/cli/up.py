@@ -88,6 +88,14 @@ def _wait_for_port(host: str, port: int, timeout: float, children: list[Child]) 
     help="HTTP front port, on the listener's host [env DISPATCHER_HTTP_PORT; file: "
     "http.port; default: 7380].",
 )
+@click.option(
+    "--listeners",
+    type=click.IntRange(1, 64),
+    default=None,
+    help="Listener processes sharing the port (SO_REUSEPORT), for more sessions per "
+    "second on a machine with more cores [env DISPATCHER_UP_LISTENERS; file: "
+    "up.listeners; default: 1].",
+)
 @click.option("--no-http", is_flag=True, help="Do not run the HTTP front.")
 @click.option("--no-monitor", is_flag=True, help="Do not run an event monitor.")
 @click_options("--batch")
@@ -100,6 +108,7 @@ def up(
     port: int | None,
     metrics_port: int | None,
     http_port: int | None,
+    listeners: int | None,
     no_http: bool,
     no_monitor: bool,
     sep_options: dict[str, Any],
@@ -116,6 +125,7 @@ def up(
     host = host if host is not None else settings.listener.host
     port = port if port is not None else settings.listener.port
     http_port = http_port if http_port is not None else settings.http.port
+    listeners = listeners if listeners is not None else settings.up.listeners
     ctx = click.get_current_context()
     if ctx.get_parameter_source("sep_batch") in (None, click.core.ParameterSource.DEFAULT):
         sep_options = {**sep_options, "batch": settings.up.batch}
@@ -188,9 +198,13 @@ def up(
     )
     seps_argv = [*py, "sep", "start", *sep_argv(sep_config), "--count", str(count), *metrics(2)]
     children.add("seps", seps_argv, env)
-    children.add(
-        "listener", [*py, "listener", "--host", host, "--port", str(port), *metrics(0)], env
-    )
+    listener_argv = [*py, "listener", "--host", host, "--port", str(port)]
+    if listeners == 1:
+        children.add("listener", [*listener_argv, *metrics(0)], env)
+    else:  # on one port; metrics: the first at +0, the others after the SEPs' (+3 ...)
+        for i in range(listeners):
+            more = metrics(0 if i == 0 else 2 + i)
+            children.add(f"listener-{i + 1}", [*listener_argv, "--reuse-port", *more], env)
     if not no_http:
         children.add("http", [*py, "http", "--host", host, "--port", str(http_port)], env)
     root = click.get_current_context().find_root().command
@@ -208,7 +222,9 @@ def up(
                 cmd = _same_region_prefix(settings) + "dispatcher"
                 click.echo(
                     f"\nregion {settings.region!r} is up: {count} SEPs running {app_module}\n"
-                    f"  listener   {host}:{port}\n"
+                    f"  listener   {host}:{port}"
+                    + (f" ({listeners} processes)" if listeners > 1 else "")
+                    + "\n"
                     f"{http_line}"
                     f"  database   {url}\n"
                     f"try, from another terminal:\n"
@@ -285,7 +301,9 @@ def _same_region_prefix(settings: Settings) -> str:
 def _stop_all(children: ProcessSupervisor, grace: float = 60.0) -> None:
     """SIGTERM every child (listener first, SEPs finish their task), then SIGKILL."""
     first = {"listener": 0, "http": 0, "monitor": 1}
-    for c, returncode in children.stop_all(grace, order=lambda c: first.get(c.name, 2)):
+    for c, returncode in children.stop_all(
+        grace, order=lambda c: first.get(c.name.split("-")[0], 2)
+    ):
         log.info("process_stopped", process=c.name, returncode=returncode)
 
 

@@ -1,0 +1,36 @@
+"""The event loop of the listener and the HTTP front: uvloop where it is installed (a
+dependency on Linux and macOS), else asyncio's own. ``DISPATCHER_EVENT_LOOP=asyncio``
+chooses asyncio's loop (to compare, or to rule uvloop out when looking for a fault)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
+
+__all__ = ["loop_factory", "loop_name", "run"]
+
+T = TypeVar("T")
+
+
+def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """What makes the event loop (None: asyncio's default)."""
+    if os.environ.get("DISPATCHER_EVENT_LOOP", "").strip().lower() == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
+def loop_name() -> str:
+    """``uvloop`` or ``asyncio``: the loop that ``run`` uses."""
+    return "asyncio" if loop_factory() is None else "uvloop"
+
+
+def run(main: Coroutine[Any, Any, T]) -> T:
+    """Run MAIN to its end on a new event loop (see the module doc)."""
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
+        return runner.run(main)
