@@ -138,3 +138,51 @@ def test_database_down_is_a_clear_error(tmp_path: Path) -> None:
     assert out.returncode == 1
     assert "database unavailable" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_request_cancel_and_tx_delete(run, db_url: str) -> None:  # type: ignore[no-untyped-def]
+    """tx delete is refused while a request of the transaction is queued (with the count);
+    request cancel cancels a queued one, refuses one a SEP has and a finished one; then
+    tx delete deletes; unknown names and ids are errors (exit 1)."""
+    from dispatcher.database import connect
+    from dispatcher.region import Region
+
+    assert run("region", "set")[0] == 0
+    assert run("tx", "define", "T", "--program", "app:t")[0] == 0
+    with connect(db_url) as conn:
+        region = Region(conn, "clitest")
+        queued = region.enqueue("T", 1).request_id
+        code, _, err = run("tx", "delete", "T")
+        assert code == 1 and "1 request of T is queued or running" in err, err
+        sep = int(region.register_sep("host", 1, ())["id"])
+        taken = region.enqueue("T", 2)  # dispatched to the idle SEP
+        assert taken.sep_id == sep
+        code, _, err = run("request", "cancel", str(taken.request_id))
+        assert code == 1 and "already with a SEP" in err, err
+        code, out, _ = run("request", "cancel", str(queued))
+        assert code == 0 and f"request {queued} cancelled" in out
+        assert region.request(queued)["state"] == "cancelled"
+        code, _, err = run("request", "cancel", str(queued))
+        assert code == 1 and "has finished (cancelled)" in err, err
+        code, _, err = run("request", "cancel", "999999")
+        assert code == 1 and "unknown request" in err, err
+        code, _, err = run("tx", "delete", "T")
+        assert code == 1 and "1 request of T" in err, err  # the one the SEP has
+        task = region.begin(sep, taken.request_id)
+        region.complete(sep, task, ok=True, result=None, take_next=False)
+    code, out, _ = run("tx", "delete", "T")
+    assert code == 0 and "transaction T deleted" in out
+    code, _, err = run("tx", "delete", "T")
+    assert code == 1 and "unknown transaction 'T'" in err, err
+    assert "T" not in run("tx", "list")[1].split()
+
+
+def test_token_revoke(run) -> None:  # type: ignore[no-untyped-def]
+    """token revoke deletes a token (gone from token list); an unknown name is an error."""
+    assert run("region", "set")[0] == 0
+    assert run("token", "create", "ops")[0] == 0
+    code, out, _ = run("token", "revoke", "ops")
+    assert code == 0 and "token 'ops' revoked" in out
+    assert "ops" not in run("token", "list")[1]
+    code, _, err = run("token", "revoke", "ops")
+    assert code == 1 and "no token 'ops'" in err, err

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from dispatcher.gateway import ops
 from dispatcher.protocol import MAX_FRAME
 from dispatcher.region import Region
 from dispatcher.tokens import create_token
@@ -97,6 +98,19 @@ def test_tokens(live: tuple[str, str, Region]) -> None:
         with pytest.raises(CallError) as err:
             s.call("CHAT", None)
         assert err.value.code == "forbidden"
+
+
+def test_a_revoked_token_opens_no_session(live: tuple[str, str, Region]) -> None:
+    """After token revoke, a hello with that token is unauthorized; a session opened
+    before goes on."""
+    address, _, region = live
+    doomed = create_token(region, "doomed")
+    with connect(address, doomed) as before:
+        assert region.run(ops.listener.revoke_token(region.name, "doomed")) is True
+        with pytest.raises(CallError) as err:
+            connect(address, doomed)
+        assert err.value.code == "unauthorized"
+        assert before.call("ECHO", "still") == "still"
 
 
 def test_result_of_a_request(live: tuple[str, str, Region]) -> None:

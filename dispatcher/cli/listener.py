@@ -342,6 +342,18 @@ def token_list(app: App, as_json: bool) -> None:
         )
 
 
+@token.command("revoke")
+@click.argument("name")
+@pass_app
+def token_revoke(app: App, name: str) -> None:
+    """Revoke token NAME: no new session may use it (sessions already open go on until
+    they end; to end them too, restart the listeners)."""
+    db = app.db()
+    if not db.run(ops.listener.revoke_token(db.name, name)):
+        raise click.ClickException(f"no token {name!r} in region {db.name!r} (see: token list)")
+    click.echo(f"token {name!r} revoked")
+
+
 def register(cli: click.Group) -> None:
     cli.add_command(listener)
     cli.add_command(call)

@@ -219,6 +219,27 @@ def list_(app: App, state: str | None, transid: str | None, limit: int, as_json:
         click.echo(line[:200])
 
 
+@request.command("cancel")
+@click.argument("request_id", type=click.IntRange(1, 2**63 - 1))
+@pass_app
+def cancel(app: App, request_id: int) -> None:
+    """Cancel a queued request: it never runs and goes to the history as cancelled. A
+    request a SEP already has (dispatched or running) runs to its end: it cannot be
+    cancelled (exit 1, saying so), nor can a finished one."""
+    db = app.db()
+    outcome = db.run(ops.request.cancel_request(db.name, request_id))
+    if outcome == "cancelled":
+        click.echo(f"request {request_id} cancelled")
+        return
+    if outcome == "running":
+        raise click.ClickException(
+            f"request {request_id} is already with a SEP (dispatched or running): it runs to "
+            "its end and cannot be cancelled"
+        )
+    row = db.run(ops.request.show_request(db.name, request_id))
+    raise click.ClickException(f"request {request_id} has finished ({row['state']})")
+
+
 @request.command("rerun")
 @click.argument("request_id", type=click.IntRange(1, 2**63 - 1))
 @pass_app

@@ -159,6 +159,27 @@ def _mark(value: object, operator_set: bool) -> str:
     return f"{value}*" if operator_set else str(value)
 
 
+@tx.command("delete")
+@click.argument("transid")
+@pass_app
+def delete(app: App, transid: str) -> None:
+    """Delete transaction TRANSID. Refused while requests of it are queued or running
+    (it says how many: let them end, or cancel the queued ones). A SEP whose app still
+    has a @program of that name defines it again when it starts."""
+    db = app.db()
+    out = db.run(ops.transaction.delete_transaction(db.name, transid))
+    if not out["found"]:
+        raise click.ClickException(f"unknown transaction {transid!r} in region {db.name!r}")
+    if not out["deleted"]:
+        n = out["waiting"]
+        raise click.ClickException(
+            f"{n} request{'s' if n != 1 else ''} of {transid} {'are' if n != 1 else 'is'} "
+            f"queued or running: let {'them' if n != 1 else 'it'} end, or cancel the queued "
+            f"ones (dispatcher request list --transid {transid} --state queued)"
+        )
+    click.echo(f"transaction {transid} deleted")
+
+
 @tx.command("sync")
 @click.option(
     "--app", "app_module", required=True, help="Module whose @program functions to store."

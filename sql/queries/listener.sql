@@ -4,6 +4,10 @@ SELECT * FROM dispatcher.create_token_v1(%(region)s, %(name)s, %(hash)s, %(allow
 -- name: find_token
 SELECT name, allow, priority FROM dispatcher.token WHERE region = %(region)s AND hash = %(hash)s;
 
+-- name: revoke_token
+-- Delete token NAME: no new session may use it (sessions already open go on).
+DELETE FROM dispatcher.token WHERE region = %(region)s AND name = %(name)s RETURNING name;
+
 -- name: list_tokens
 SELECT name, allow, priority, created_at FROM dispatcher.token
 WHERE region = %(region)s ORDER BY name;

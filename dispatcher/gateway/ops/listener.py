@@ -21,6 +21,7 @@ __all__ = [
     "outcomes",
     "reap_listeners",
     "register_listener",
+    "revoke_token",
     "sep_address",
     "session_next",
 ]
@@ -48,6 +49,11 @@ def find_token(region: str, token_hash: bytes) -> Op[Token | None]:
     """The token whose hash is TOKEN_HASH (None: no such token)."""
     params = {"region": region, "hash": token_hash}
     return Op("find_token", params, optional(Token.from_row))
+
+
+def revoke_token(region: str, name: str) -> Op[bool]:
+    """Delete token NAME (no new session may use it); False if there was none."""
+    return Op("revoke_token", {"region": region, "name": name}, lambda r: bool(r.rows))
 
 
 def list_tokens(region: str) -> Op[list[Row]]:

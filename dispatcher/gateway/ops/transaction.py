@@ -9,6 +9,7 @@ from ..op import Op, Row, all_rows, one_row
 __all__ = [
     "TRANSACTION_FIELDS",
     "define_transaction",
+    "delete_transaction",
     "list_classes",
     "list_transactions",
     "set_class",
@@ -86,3 +87,10 @@ def set_class(region: str, cls: str, max_active: int) -> Op[Row]:
 
 def list_classes(region: str) -> Op[list[Row]]:
     return Op("list_classes", {"region": region}, all_rows)
+
+
+def delete_transaction(region: str, transid: str) -> Op[Row]:
+    """Delete TRANSID unless requests of it are queued or running: found, waiting (how
+    many are), deleted."""
+    params = {"region": region, "transid": transid}
+    return Op("delete_transaction", params, one_row("delete_transaction"))
