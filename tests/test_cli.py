@@ -151,12 +151,12 @@ def test_request_cancel_and_tx_delete(run, db_url: str) -> None:  # type: ignore
     assert run("tx", "define", "T", "--program", "app:t")[0] == 0
     with connect(db_url) as conn:
         region = Region(conn, "clitest")
-        queued = region.enqueue("T", 1).request_id
-        code, _, err = run("tx", "delete", "T")
-        assert code == 1 and "1 request of T is queued or running" in err, err
         sep = int(region.register_sep("host", 1, ())["id"])
-        taken = region.enqueue("T", 2)  # dispatched to the idle SEP
+        taken = region.enqueue("T", 1)  # dispatched to the idle SEP
         assert taken.sep_id == sep
+        queued = region.enqueue("T", 2).request_id  # the SEP is busy
+        code, _, err = run("tx", "delete", "T")
+        assert code == 1 and "2 requests of T are queued or running" in err, err
         code, _, err = run("request", "cancel", str(taken.request_id))
         assert code == 1 and "already with a SEP" in err, err
         code, out, _ = run("request", "cancel", str(queued))
