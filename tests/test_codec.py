@@ -40,14 +40,14 @@ def _same(a: Any, b: Any) -> bool:
     return type(a) is type(b) and a == b
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(VALUES)
 def test_a_value_reads_back_as_itself(value: Any) -> None:
     """What encode_json writes, parse_json reads back as the same value and types."""
     assert _same(parse_json(encode_json(value)), value)
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(VALUES)
 def test_parse_reads_as_the_standard_library_does(value: Any) -> None:
     """Any JSON the standard library writes is read as the standard library reads it."""

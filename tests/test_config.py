@@ -280,9 +280,12 @@ def test_every_mistake_through_the_cli_runner(home: Path, tmp_path: Path) -> Non
         assert not (home / "pgdata").exists()
 
 
-def test_every_mistake_as_a_subprocess(home: Path, tmp_path: Path) -> None:
-    """`python -m dispatcher [...] up`: exit 2, one line, no traceback, nothing started."""
-    for options, extra, expected in _bad_setups(tmp_path):
+def test_each_kind_of_mistake_as_a_subprocess(home: Path, tmp_path: Path) -> None:
+    """`python -m dispatcher [...] up`: exit 2, one line, no traceback, nothing started
+    (every fourth bad file, and every other kind of mistake; the CliRunner test above
+    has them all)."""
+    setups = _bad_setups(tmp_path)
+    for options, extra, expected in setups[: len(BAD_FILES) : 4] + setups[len(BAD_FILES) :]:
         env = {**_no_dispatcher_env(), "DISPATCHER_HOME": str(home), **extra}
         out = python_m("dispatcher", *options, "up", "--port", str(free_port()), env=env)
         assert out.returncode == 2, (options, out.stderr)

@@ -241,7 +241,7 @@ def test_bad_frames_get_errors_and_the_listener_stays_up(live: tuple[str, str, R
 
 
 def test_fuzz_random_frames(live: tuple[str, str, Region]) -> None:
-    """Thousands of random frames: every reply is a documented frame; the listener lives."""
+    """A thousand random frames: every reply is a documented frame; the listener lives."""
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
 
@@ -266,7 +266,7 @@ def test_fuzz_random_frames(live: tuple[str, str, Region]) -> None:
     )
     count = 0
 
-    @settings(max_examples=2000, deadline=None, suppress_health_check=list(HealthCheck))
+    @settings(max_examples=1000, deadline=None, suppress_health_check=list(HealthCheck))
     @given(frames)
     def check(body: bytes) -> None:
         nonlocal count
@@ -278,7 +278,7 @@ def test_fuzz_random_frames(live: tuple[str, str, Region]) -> None:
             assert reply["code"] in ERRORS
 
     check()
-    assert count >= 1000
+    assert count >= 500
     sock.close()
     with connect(address, token) as s:
         assert s.call("ECHO", "alive") == "alive"
