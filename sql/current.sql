@@ -2190,7 +2190,6 @@ BEGIN
             s := dispatcher_v2.find_idle_sep(p_region, p_requires[i]::text[], v_owner);
         END IF;
         IF s.id IS NULL THEN
-            PERFORM dispatcher_v2.wake_locked_idle_sep(p_region, p_requires[i]::text[], v_owner);
             v_none := v_none || v_need;
             i := i + 1;
             CONTINUE;
@@ -2969,22 +2968,6 @@ CREATE FUNCTION dispatcher_v2.wake_idle_sep(p_region text, p_except bigint) RETU
     FROM (SELECT id FROM dispatcher.sep
           WHERE region = p_region AND state = 'idle' AND id <> p_except
           ORDER BY idle_since LIMIT 1) w
-$$;
-
---
--- Name: wake_locked_idle_sep(text, text[], bigint); Type: FUNCTION; Schema: dispatcher_v2; Owner: -
---
-
-CREATE FUNCTION dispatcher_v2.wake_locked_idle_sep(p_region text, p_requires text[], p_only bigint) RETURNS void
-    LANGUAGE sql
-    AS $$
-    SELECT pg_notify(dispatcher.sep_channel(w.id), 'wake')
-    FROM (SELECT s.id FROM dispatcher.sep s
-          WHERE s.region = p_region AND s.state = 'idle' AND NOT s.standby
-            AND NOT s.paused AND NOT s.stop_requested AND s.capabilities @> p_requires
-            AND (p_only IS NULL OR s.id = p_only)
-          ORDER BY s.idle_since
-          LIMIT 1) w
 $$;
 
 --

@@ -95,34 +95,6 @@ def test_enqueue_dispatches_to_idle_sep_and_notifies(region: Region, db_url: str
     assert task.payload == {"a": 1} and task.attempt == 1 and task.program == "app:fn"
 
 
-def test_an_idle_sep_whose_row_is_busy_is_woken_not_passed_over(
-    region: Region, db_url: str
-) -> None:
-    """An idle SEP whose row another transaction holds (its heartbeat) is skipped by the
-    enqueue, and told to look once that transaction ends; an idle SEP that cannot run the
-    request is not woken."""
-    region.define_transaction("T", "app:fn", requires=("cpu",))
-    s = sep(region, caps=("cpu",))
-    other = sep(region, caps=("gpu",))
-    with (
-        psycopg.connect(db_url, autocommit=True) as listener,
-        psycopg.connect(db_url) as heartbeat,
-    ):
-        listener.execute(f"LISTEN dispatcher_sep_{s}")
-        listener.execute(f"LISTEN dispatcher_sep_{other}")
-        heartbeat.execute("SELECT dispatcher_v2.heartbeat_sep(%s)", [s])  # holds the row
-        e = region.enqueue("T", {"a": 1})
-        assert (e.sep_id, e.reason) == (None, "no_idle_sep")
-        heartbeat.commit()
-        notes = [(n.channel, n.payload) for n in listener.notifies(timeout=2, stop_after=1)]
-        assert notes == [(f"dispatcher_sep_{s}", "wake")]
-        for _ in listener.notifies(timeout=0.3):
-            raise AssertionError("only the SEP that can run the request is woken")
-    # woken, the SEP claims the request
-    task = region.claim_next(s)
-    assert task is not None and task.request_id == e.request_id
-
-
 def test_effective_priority_adds_session_tx_user_capped(region: Region) -> None:
     """Effective priority = session + transaction + user, capped at 255."""
     region.define_transaction("T", "app:fn", priority=100)

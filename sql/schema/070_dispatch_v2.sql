@@ -319,23 +319,6 @@ LANGUAGE sql AS $$
     FOR UPDATE SKIP LOCKED
 $$;
 
--- An idle SEP of the region able to run what p_requires (given p_only, that one SEP)
--- that find_idle_sep passed over because another transaction held its row (its
--- heartbeat, its own claim, an operator's command, a concurrent enqueue): ask it to look
--- once that transaction is over, so a request does not wait for its next poll.
-CREATE FUNCTION dispatcher_v2.wake_locked_idle_sep(
-    p_region text, p_requires text[], p_only bigint
-) RETURNS void
-LANGUAGE sql AS $$
-    SELECT pg_notify(dispatcher.sep_channel(w.id), 'wake')
-    FROM (SELECT s.id FROM dispatcher.sep s
-          WHERE s.region = p_region AND s.state = 'idle' AND NOT s.standby
-            AND NOT s.paused AND NOT s.stop_requested AND s.capabilities @> p_requires
-            AND (p_only IS NULL OR s.id = p_only)
-          ORDER BY s.idle_since
-          LIMIT 1) w
-$$;
-
 -- The owners of routing keys change when a SEP leaves, dies or is asked to stop: wake
 -- the idle SEPs of the region when keyed requests wait (their new owners look).
 CREATE FUNCTION dispatcher_v2.wake_for_keys(p_region text) RETURNS void
@@ -537,7 +520,6 @@ BEGIN
             s := dispatcher_v2.find_idle_sep(p_region, p_requires[i]::text[], v_owner);
         END IF;
         IF s.id IS NULL THEN
-            PERFORM dispatcher_v2.wake_locked_idle_sep(p_region, p_requires[i]::text[], v_owner);
             v_none := v_none || v_need;
             i := i + 1;
             CONTINUE;
