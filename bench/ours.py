@@ -21,17 +21,10 @@ from dispatcher.region import Region
 from dispatcher.tokens import create_token
 from sep.program import sync_app
 
-from .loadgen import Load, generate
+from .loadgen import Load, generate, pct
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = "dispatcher_examples.sample"
-
-
-def pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    s = sorted(values)
-    return s[min(len(s) - 1, int(q * len(s)))]
 
 
 def prepare(url: str, max_seps: int = 8) -> Region:
