@@ -31,7 +31,7 @@ import orjson
 
 from dispatcher.eventloop import run
 
-__all__ = ["Load", "generate", "main"]
+__all__ = ["Load", "LoadError", "generate", "main"]
 
 _HEADER = struct.Struct(">I")
 
@@ -89,6 +89,13 @@ def _frame(message: dict[str, Any]) -> bytes:
     return _HEADER.pack(len(body)) + body
 
 
+class LoadError(Exception):
+    """The load could not be generated at all (no listener, a refused token...)."""
+
+
+REPLY_TIMEOUT = 30.0  # a call unanswered this long counts as lost, and its session ends
+
+
 async def _session(
     host: str,
     port: int,
@@ -98,28 +105,41 @@ async def _session(
     stop_at: float,
     out: dict[str, Any],
 ) -> None:
-    reader, writer = await asyncio.open_connection(host, port)
+    def count(code: str) -> None:
+        out["errors"][code] = out["errors"].get(code, 0) + 1
+
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 10)
+    except (OSError, TimeoutError) as exc:
+        raise LoadError(f"cannot connect to {host}:{port}: {exc}") from None
     try:
         writer.write(_frame({"type": "hello", "version": 1, "token": token}))
-        welcome = await _read(reader)
+        try:
+            welcome = await asyncio.wait_for(_read(reader), REPLY_TIMEOUT)
+        except (OSError, TimeoutError, asyncio.IncompleteReadError, ValueError) as exc:
+            raise LoadError(f"{host}:{port} is not a listener that answers: {exc!r}") from None
         if welcome.get("type") != "welcome":
-            raise RuntimeError(f"not welcomed: {welcome}")
+            raise LoadError(f"the listener did not welcome the session: {welcome}")
         n = 0
         while time.perf_counter() < stop_at:
             n += 1
             sent = time.perf_counter()
             writer.write(_frame({"type": "call", "id": n, "transid": transid, "data": n}))
-            reply = await _read(reader)
-            if reply.get("type") == "accepted":
-                out["accepted"] += 1
-                reply = await _read(reader)
+            try:
+                reply = await asyncio.wait_for(_read(reader), REPLY_TIMEOUT)
+                if reply.get("type") == "accepted":
+                    out["accepted"] += 1
+                    reply = await asyncio.wait_for(_read(reader), REPLY_TIMEOUT)
+            except (OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
+                # the listener went away (or stopped answering): this call is lost
+                count("connection_lost" if not isinstance(exc, TimeoutError) else "no_reply")
+                return
             if reply.get("type") == "result":
                 now = time.perf_counter()
                 out["completed"] += 1
                 out["samples"].append((now - t0, (now - sent) * 1000))
             else:
-                code = str(reply.get("code", reply.get("type")))
-                out["errors"][code] = out["errors"].get(code, 0) + 1
+                count(str(reply.get("code", reply.get("type"))))
     finally:
         writer.close()
 
@@ -138,7 +158,11 @@ def _worker(args: tuple[str, int, str, str, int, float, float]) -> dict[str, Any
         )
         return time.perf_counter() - t0
 
-    out["seconds"] = run(main())
+    try:
+        out["seconds"] = run(main())
+    except LoadError as exc:
+        out["fatal"] = str(exc)
+        out["seconds"] = 0.0
     usage = resource.getrusage(resource.RUSAGE_SELF)
     out["cpu_s"] = usage.ru_utime + usage.ru_stime
     return out
@@ -154,7 +178,11 @@ def generate(
     transid: str = "ECHO",
 ) -> Load:
     """Run the load (see the module doc) and say what it measured."""
-    host, port = address.rsplit(":", 1)
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise LoadError(f"--address must be HOST:PORT, not {address!r}")
+    if sessions < 1 or procs < 1 or not seconds > 0:
+        raise LoadError("--sessions and --procs must be at least 1, --seconds more than 0")
     procs = max(1, min(procs, sessions))
     shares = [sessions // procs + (1 if i < sessions % procs else 0) for i in range(procs)]
     t0_wall = time.time() + 1.0  # time for the processes to start
@@ -162,6 +190,9 @@ def generate(
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(procs) as pool:
         parts = pool.map(_worker, jobs)
+    fatal = [p["fatal"] for p in parts if "fatal" in p]
+    if fatal:
+        raise LoadError(fatal[0])
     errors: dict[str, int] = {}
     for p in parts:
         for k, v in p["errors"].items():
@@ -179,7 +210,9 @@ def generate(
 def report(load: Load, window: float) -> str:
     lines = [f"{'window':>9} {'done/s':>8} {'p50 ms':>8} {'p99 ms':>8}"]
     for start, n, p50, p99 in load.windows(window):
-        span = min(window, load.seconds - start) or window
+        span = min(window, load.seconds - start)
+        if span < window / 2:
+            continue  # the last moments of the run (in the total): too short for a rate
         lines.append(f"{start:7.0f} s {n / span:8.0f} {p50:8.1f} {p99:8.1f}")
     lat = load.latencies()
     lines.append(
@@ -207,14 +240,18 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if not args.token:
         parser.error("--token (or DISPATCHER_TOKEN) is required")
-    load = generate(
-        args.address,
-        args.token,
-        sessions=args.sessions,
-        procs=args.procs,
-        seconds=args.seconds,
-        transid=args.transid,
-    )
+    try:
+        load = generate(
+            args.address,
+            args.token,
+            sessions=args.sessions,
+            procs=args.procs,
+            seconds=args.seconds,
+            transid=args.transid,
+        )
+    except LoadError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(1)
     print(report(load, args.window), file=sys.stderr if args.json else sys.stdout)
     if args.json:
         lat = load.latencies()

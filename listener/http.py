@@ -185,14 +185,20 @@ class HttpFront:
         return app
 
     async def start(self) -> None:
+        """Open the pools, start the waiters and listen; if listening fails (the port is
+        taken), stop what was started and raise, so that the process ends at once."""
         await self.pool.open(wait=False)
         if self.xr_pool is not None:
             await self.xr_pool.open(wait=False)
         self.waiters.start()
         self.runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, self.host, self.state.port, reuse_address=True)
-        await site.start()
+        try:
+            await self.runner.setup()
+            site = web.TCPSite(self.runner, self.host, self.state.port, reuse_address=True)
+            await site.start()
+        except BaseException:
+            await self.close()
+            raise
         server = site._server
         if isinstance(server, asyncio.Server) and server.sockets:
             self.state.port = int(server.sockets[0].getsockname()[1])

@@ -157,6 +157,7 @@ def test_request_cancel_and_tx_delete(run, db_url: str) -> None:  # type: ignore
         queued = region.enqueue("T", 2).request_id  # the SEP is busy
         code, _, err = run("tx", "delete", "T")
         assert code == 1 and "2 requests of T are queued or running" in err, err
+        assert err.startswith("error: ") and len(err.splitlines()) == 1, err  # not click's
         code, _, err = run("request", "cancel", str(taken.request_id))
         assert code == 1 and "already with a SEP" in err, err
         code, out, _ = run("request", "cancel", str(queued))

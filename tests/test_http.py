@@ -445,6 +445,18 @@ def test_the_http_command(cli_env: dict[str, str], region: Region) -> None:
             {"Authorization": f"Bearer {token}"},
         )
         assert r.status == 404 and r.code == "unknown_request"
+        # a second front on the same port: one line, exit 1, at once (it hung before)
+        taken = subprocess.run(
+            [sys.executable, "-c", code, "http", "--port", str(port)],
+            env={**cli_env, "DISPATCHER_REGION": "test"},
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert taken.returncode == 1, taken.stderr
+        last = taken.stderr.strip().splitlines()[-1]
+        assert last.startswith("error: ") and "address already in use" in last, taken.stderr
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0

@@ -41,6 +41,8 @@ def _failure(exc: BaseException) -> Failure | None:
     sqlalchemy_exc = sys.modules.get("sqlalchemy.exc")
     if isinstance(exc, DispatcherError | AppError):
         return Failure(str(exc))
+    if type(exc) is click.ClickException:  # a command's own refusal (not a usage error)
+        return Failure(exc.format_message())
     if alembic_exc is not None and isinstance(exc, alembic_exc.CommandError):
         return Failure(f"migration: {exc}")  # e.g. db upgrade to a revision that is not
     if isinstance(exc, psycopg.OperationalError):
