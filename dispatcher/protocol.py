@@ -41,6 +41,8 @@ ERRORS: dict[str, bool] = {
     # the SEP running the task died: the request failed for good (a call sent again with
     # the same key answers the same); only a new call runs it again
     "sep_lost": False,
+    # cancelled while queued (request cancel, DELETE /v1/requests/ID): it never ran
+    "cancelled": False,
     "database_unavailable": True,  # the region database is down or restarting
     "shutting_down": True,  # the listener is stopping
     "result_too_large": False,  # the outcome does not fit in a frame (it stays stored)

@@ -15,8 +15,10 @@ MAX_KEY = 200
 
 
 def failure_code(detail: dict[str, Any]) -> str:
-    """The error code of a failed request, the same for its call and for result_of."""
-    return "sep_lost" if detail.get("type") == "SEPLost" else "abend"
+    """The error code of a failed or cancelled request, the same for its call, for
+    result_of and over HTTP."""
+    kind = detail.get("type")
+    return {"SEPLost": "sep_lost", "Cancelled": "cancelled"}.get(str(kind), "abend")
 
 
 def frame(message: dict[str, Any]) -> bytes:

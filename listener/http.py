@@ -108,7 +108,7 @@ def outcome_answer(
     rid: int, state: str, result: Any, err: Any, headers: dict[str, str], duplicate: bool
 ) -> web.Response:
     """The answer for a finished request: 200 with its result, or its error as a
-    problem with the protocol's failure code (abend, sep_lost)."""
+    problem with the protocol's failure code (abend, sep_lost, cancelled)."""
     extra: dict[str, Any] = {"duplicate": True} if duplicate else {}
     if state == "done":
         body = {"request_id": rid, "state": "done", "result": result, **extra}

@@ -113,6 +113,18 @@ def test_a_revoked_token_opens_no_session(live: tuple[str, str, Region]) -> None
         assert before.call("ECHO", "still") == "still"
 
 
+def test_a_cancelled_request_is_answered_cancelled(live: tuple[str, str, Region]) -> None:
+    """result_of a request cancelled while queued: the error `cancelled` (it never ran),
+    not `abend`."""
+    address, token, region = live
+    region.define_transaction("NOBODY", "app:nobody", requires=("no-such-capability",))
+    e = region.enqueue("NOBODY", None)
+    assert region.run(ops.request.cancel_request(region.name, e.request_id)) == "cancelled"
+    with connect(address, token) as s, pytest.raises(CallError) as err:
+        s.result_of(e.request_id)
+    assert err.value.code == "cancelled" and err.value.detail["type"] == "Cancelled"
+
+
 def test_result_of_a_request(live: tuple[str, str, Region]) -> None:
     """A result stays retrievable by request id from another session."""
     address, token, region = live
