@@ -303,6 +303,8 @@ def test_call_command(live: tuple[str, str, Region], module_db_url: str) -> None
     out = _dispatcher(env, "call", "ECHO", "--data", '{"k": [1]}', "--address", address)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) == {"k": [1]}
+    out = _dispatcher(env, "call", "ECHO", "--data", '"café 😀"', "--address", address)
+    assert out.returncode == 0 and out.stdout.strip() == '"café 😀"', out  # not \u-escaped
     out = _dispatcher(env, "call", "ABEND", "--address", address)
     assert out.returncode == 1 and json.loads(out.stderr)["error"] == "abend"
     out = _dispatcher(env, "call", "ECHO", "--data", "{bad", "--address", address)

@@ -16,7 +16,7 @@ from ..database import connect, database_url
 from ..gateway import RegionGateway, ops
 from ..migrate import ensure_schema
 
-__all__ = ["App", "echo_json", "pass_app"]
+__all__ = ["App", "echo_json", "json_text", "pass_app"]
 
 
 class App:
@@ -79,5 +79,16 @@ def _default(value: Any) -> Any:
     raise TypeError(f"cannot encode {type(value).__name__}")
 
 
+def json_text(value: Any, **options: Any) -> str:
+    """VALUE as JSON text for a terminal: accents and emoji as they are (a lone
+    surrogate, which UTF-8 cannot carry, as its escape)."""
+    text = json.dumps(value, default=_default, ensure_ascii=False, **options)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(value, default=_default, **options)
+    return text
+
+
 def echo_json(value: Any) -> None:
-    click.echo(json.dumps(value, default=_default, indent=2, sort_keys=True))
+    click.echo(json_text(value, indent=2, sort_keys=True))

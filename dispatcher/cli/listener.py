@@ -16,7 +16,7 @@ from ..gateway import ops
 from ..protocol import DEFAULT_PORT
 from ..seconds import Seconds
 from ..tokens import create_token, local_token
-from ._app import App, echo_json, pass_app
+from ._app import App, echo_json, json_text, pass_app
 from ._data import DATA_HELP, read_data
 
 DEFAULT_ADDRESS = f"127.0.0.1:{DEFAULT_PORT}"
@@ -191,7 +191,7 @@ def call(
 
     def on_output(value: Any, wants_input: bool) -> Any:
         if value is not None:
-            click.echo(json.dumps(value), err=True)
+            click.echo(json_text(value), err=True)
         if wants_input:
             line = sys.stdin.readline()
             if not line:  # end of input: nothing to answer with (the session ends)
@@ -214,7 +214,7 @@ def call(
             )
     except CallError as exc:
         click.echo(
-            json.dumps(
+            json_text(
                 {
                     "error": exc.code,
                     "message": exc.message,
@@ -250,7 +250,7 @@ def call(
                 err=True,
             )
         raise SystemExit(1) from None
-    click.echo(json.dumps(result))
+    click.echo(json_text(result))
 
 
 def _parse_line(line: str) -> Any:
@@ -276,7 +276,7 @@ def connect_(
 
     def on_output(value: Any, wants_input: bool) -> Any:
         if value is not None:
-            click.echo(f"< {json.dumps(value)}")
+            click.echo(f"< {json_text(value)}")
         if wants_input:
             return _parse_line(click.prompt("?", prompt_suffix=" ", default="", show_default=False))
         return None
@@ -301,7 +301,7 @@ def connect_(
                 else:
                     data = _parse_line(rest) if rest else None
                     result = session.call(head, data, on_output=on_output)
-                click.echo(json.dumps(result))
+                click.echo(json_text(result))
             except CallError as exc:
                 click.echo(f"error {exc.code}: {exc.message}")
 
