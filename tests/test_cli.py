@@ -187,3 +187,31 @@ def test_token_revoke(run) -> None:  # type: ignore[no-untyped-def]
     assert "ops" not in run("token", "list")[1]
     code, _, err = run("token", "revoke", "ops")
     assert code == 1 and "no token 'ops'" in err, err
+
+
+def test_request_list_pages_and_since(run, db_url: str) -> None:  # type: ignore[no-untyped-def]
+    """request list: a full page says how to get the next (--before), the pages hold
+    every request once, newest first; --since filters by enqueue time; --json the same."""
+    from dispatcher.database import connect
+    from dispatcher.region import Region
+
+    assert run("region", "set")[0] == 0
+    assert run("tx", "define", "T", "--program", "app:t")[0] == 0
+    with connect(db_url) as conn:
+        ids = [Region(conn, "clitest").enqueue("T", i).request_id for i in range(5)]
+    seen: list[int] = []
+    before: list[str] = []
+    while True:
+        code, out, err = run("request", "list", "--limit", "2", "--json", *before)
+        assert code == 0, err
+        page = [r["id"] for r in json.loads(out)]
+        seen += page
+        if "more: --before" not in err:
+            break
+        assert err.strip() == f"more: --before {page[-1]}"
+        before = ["--before", str(page[-1])]
+    assert seen == sorted(ids, reverse=True)
+    assert len(json.loads(run("request", "list", "--since", "1h", "--json")[1])) == 5
+    assert json.loads(run("request", "list", "--since", "2999-01-01", "--json")[1]) == []
+    code, _, err = run("request", "list", "--since", "soon")
+    assert code == 2 and "neither a duration" in err

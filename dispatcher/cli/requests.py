@@ -14,6 +14,7 @@ from ..gateway import ops
 from ..seconds import Seconds
 from ._app import App, echo_json, pass_app
 from ._data import DATA_HELP, parse_data, read_data
+from .stats import parse_since
 
 FINAL_STATES = ("done", "failed", "cancelled")
 
@@ -202,13 +203,36 @@ def show(app: App, request_id: int, as_json: bool) -> None:
     "--state", type=click.Choice(ops.request.REQUEST_STATES), help="Only requests in this state."
 )
 @click.option("--transid", help="Only requests of this transaction.")
+@click.option("--since", help="Only requests enqueued since: a duration (30m, 1h, 2d) or a time.")
+@click.option(
+    "--before",
+    type=click.IntRange(1, 2**63 - 1),
+    help="Only requests with a smaller id: the next page (the last id of a page).",
+)
 @click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 @pass_app
-def list_(app: App, state: str | None, transid: str | None, limit: int, as_json: bool) -> None:
-    """List requests, newest first: dead letters are --state failed (then: request rerun)."""
+def list_(
+    app: App,
+    state: str | None,
+    transid: str | None,
+    since: str | None,
+    before: int | None,
+    limit: int,
+    as_json: bool,
+) -> None:
+    """List requests, newest first, a page of --limit at a time (a full page ends with
+    the option for the next one, on stderr): dead letters are --state failed (then:
+    request rerun)."""
+    when = None if since is None else parse_since(since)
     db = app.db()
-    rows = db.run(ops.request.list_requests(db.name, state=state, transid=transid, limit=limit))
+    rows = db.run(
+        ops.request.list_requests(
+            db.name, state=state, transid=transid, limit=limit, since=when, before=before
+        )
+    )
+    if len(rows) == limit:
+        click.echo(f"more: --before {rows[-1]['id']}", err=True)
     if as_json:
         echo_json(rows)
         return

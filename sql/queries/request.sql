@@ -24,7 +24,8 @@ SELECT dispatcher_v2.cancel_request(%(region)s, %(id)s) AS outcome;
 
 -- name: list_requests
 -- The region's requests, newest first, queued/running ones and finished ones alike;
--- STATE and TRANSID filter when given (NULL: any).
+-- STATE, TRANSID, SINCE (enqueued at or after) and BEFORE (ids below it: the next page)
+-- filter when given (NULL: any).
 SELECT id, transid, state, attempt, sep_id, origin, error ->> 'type' AS error_type,
     error ->> 'message' AS error_message, enqueued_at, finished_at
 FROM (
@@ -37,5 +38,7 @@ FROM (
 ) r
 WHERE (%(state)s::text IS NULL OR state = %(state)s::text)
   AND (%(transid)s::text IS NULL OR transid = %(transid)s::text)
+  AND (%(since)s::timestamptz IS NULL OR enqueued_at >= %(since)s::timestamptz)
+  AND (%(before)s::bigint IS NULL OR id < %(before)s::bigint)
 ORDER BY id DESC
 LIMIT %(limit)s;

@@ -178,12 +178,26 @@ REQUEST_STATES = ("queued", "dispatched", "running", "done", "failed", "cancelle
 
 
 def list_requests(
-    region: str, *, state: str | None = None, transid: str | None = None, limit: int = 50
+    region: str,
+    *,
+    state: str | None = None,
+    transid: str | None = None,
+    limit: int = 50,
+    since: dt.datetime | None = None,
+    before: int | None = None,
 ) -> Op[list[Row]]:
-    """The region's requests, newest first (STATE, TRANSID: only those)."""
+    """The region's requests, newest first (STATE, TRANSID: only those; SINCE: enqueued
+    then or later; BEFORE: ids below it, the page after one that ended there)."""
     if state is not None and state not in REQUEST_STATES:
         raise InvalidValue(f"state must be one of {', '.join(REQUEST_STATES)}, not {state!r}")
     if transid is not None:
         check_text(transid, "the transaction id")
-    params = {"region": region, "state": state, "transid": transid, "limit": limit}
+    params = {
+        "region": region,
+        "state": state,
+        "transid": transid,
+        "limit": limit,
+        "since": since,
+        "before": before,
+    }
     return Op("list_requests", params, all_rows)
