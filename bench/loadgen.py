@@ -240,6 +240,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if not args.token:
         parser.error("--token (or DISPATCHER_TOKEN) is required")
+    if not args.window > 0:
+        parser.error("--window must be more than 0")
     try:
         load = generate(
             args.address,

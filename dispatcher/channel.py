@@ -80,15 +80,19 @@ def encode_json(value: Any) -> bytes:
     what comes from the database cannot hold one."""
     try:
         return orjson.dumps(value, default=_default)
-    except TypeError:
+    except TypeError:  # (orjson also stops at 255 levels of nesting)
         pass
     try:
-        text = json.dumps(
-            value, separators=(",", ":"), default=_default, ensure_ascii=False, allow_nan=False
-        )
-        return text.encode()
-    except UnicodeEncodeError:  # a lone surrogate: only the escaped form can carry it
-        return json.dumps(value, separators=(",", ":"), default=_default, allow_nan=False).encode()
+        try:
+            text = json.dumps(
+                value, separators=(",", ":"), default=_default, ensure_ascii=False, allow_nan=False
+            )
+            return text.encode()
+        except UnicodeEncodeError:  # a lone surrogate: only the escaped form can carry it
+            text = json.dumps(value, separators=(",", ":"), default=_default, allow_nan=False)
+            return text.encode()
+    except RecursionError:  # nested about as deep as a frame may be read: too deep to write
+        raise ValueError("the value is nested too deeply to write") from None
 
 
 def encode_frame(message: dict[str, Any], max_frame: int = MAX_FRAME) -> bytes:

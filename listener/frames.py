@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dispatcher.channel import encode_frame
+from dispatcher.channel import ChannelError, encode_frame
 from dispatcher.errors import DispatcherError, InvalidValue
 from dispatcher.protocol import MAX_FRAME, ProtocolError, encode, error
 from dispatcher.tokens import hash_token
@@ -21,25 +21,43 @@ def failure_code(detail: dict[str, Any]) -> str:
     return {"SEPLost": "sep_lost", "Cancelled": "cancelled"}.get(str(kind), "abend")
 
 
+def _echoable(value: Any) -> bool:
+    """Can VALUE (a message's id) be echoed in a reply: written as JSON in 4 KiB?"""
+    try:
+        return len(encode_frame({"id": value}, max_frame=2**31)) <= 4096
+    except ChannelError:  # nested too deeply to write
+        return False
+
+
 def frame(message: dict[str, Any]) -> bytes:
-    """MESSAGE as a frame; a reply too large for a frame is replaced by one that fits, so
-    that every call still gets exactly one answer: a result becomes the error
-    ``result_too_large`` (the result stays stored), an output loses its data (``dropped``),
-    an error keeps the first 1,000 characters of its message and no detail."""
+    """MESSAGE as a frame; a reply that cannot be sent as it is is replaced by one that
+    can, so that every call still gets exactly one answer: an id that cannot be echoed
+    (about 1 MiB, or nested too deeply to write) is left out; then a result too large
+    becomes the error ``result_too_large`` (the result stays stored), an output loses
+    its data (``dropped``), an error keeps the first 1,000 characters of its message and
+    no detail."""
     try:
         return encode(message)
     except ProtocolError:
         pass
+    if "id" in message and not _echoable(message["id"]):
+        message = {k: v for k, v in message.items() if k != "id"}
+        try:
+            return encode(message)
+        except ProtocolError:
+            pass
     kind = message.get("type")
-    keep = {k: message[k] for k in ("id", "request_id") if k in message}
     if kind == "result":
-        size = len(encode_frame(message, max_frame=2**31)) - 4
+        try:
+            size = f"{len(encode_frame(message, max_frame=2**31)) - 4:,} bytes as a frame"
+        except ChannelError:
+            size = "too deeply nested to write as JSON"
         smaller = error(
             "result_too_large",
-            f"the result is {size:,} bytes as a frame, over the limit of {MAX_FRAME:,}: "
+            f"the result is {size}, over the limit of {MAX_FRAME:,}: "
             "the request is done and its result is stored, but it cannot be sent",
-            id=keep.get("id"),
-            request_id=keep.get("request_id"),
+            id=message.get("id"),
+            request_id=message.get("request_id"),
         )
     elif kind == "output":
         smaller = {**message, "data": None, "dropped": "too_large"}
@@ -48,9 +66,6 @@ def frame(message: dict[str, Any]) -> bytes:
             **{k: v for k, v in message.items() if k != "detail"},
             "message": str(message.get("message", ""))[:1000],
         }
-    for k in ("id", "request_id"):
-        if k in smaller and len(encode_frame({k: smaller[k]}, max_frame=2**31)) > 4096:
-            del smaller[k]  # an id too large to echo
     return encode(smaller)
 
 

@@ -329,7 +329,9 @@ def test_calls_sent_together_with_one_key_all_get_the_outcome_at_once(
     for t in threads:
         t.join(60)
     assert len(results) == 12 and all(r["type"] == "result" and r["data"] == 7 for r in results)
-    assert max(took) < 3.0, sorted(took)  # one at a time per 1 s poll took 12 s
+    # one at a time per 1 s outcome poll took 12 s (5 s: room for a SEP's 1 s poll, when
+    # the enqueue met its row busy with its heartbeat, on a loaded machine)
+    assert max(took) < 5.0, sorted(took)
     assert len(ids) == 1, ids  # one request for the twelve calls
     n = region.conn.execute(
         "SELECT count(*) AS n FROM dispatcher.request_history WHERE id = ANY(%s)", [list(ids)]
@@ -337,3 +339,23 @@ def test_calls_sent_together_with_one_key_all_get_the_outcome_at_once(
     assert n is not None and n["n"] == 1
     for w in sessions:
         w.close()
+
+
+@pytest.mark.parametrize("depth", [300, 980])
+def test_an_id_too_deep_to_echo_still_gets_every_reply(
+    live: tuple[str, str, Region], depth: int
+) -> None:
+    """A call whose id nests deeper than a reply can be written (but not too deep to read)
+    is accepted and answered, the replies without the id; a shallower deep id is echoed."""
+    address, token, _ = live
+    deep = b"[" * depth + b"]" * depth
+    with _session(address, token) as w:
+        w.send_body(b'{"type":"call","transid":"ECHO","data":"deep id","id":' + deep + b"}")
+        accepted, result = w.read(), w.read()
+        assert accepted["type"] == "accepted" and result["type"] == "result", (accepted, result)
+        assert result["data"] == "deep id"
+        if depth == 300:
+            assert json.dumps(result["id"]).encode().replace(b" ", b"") == deep
+        w.send_body(b'{"type":"ping","id":' + deep + b"}")
+        assert w.read()["type"] == "pong"
+        _still_serves(w)

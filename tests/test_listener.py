@@ -303,6 +303,9 @@ def test_call_command(live: tuple[str, str, Region], module_db_url: str) -> None
     out = _dispatcher(env, "call", "ECHO", "--data", '{"k": [1]}', "--address", address)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) == {"k": [1]}
+    out = _dispatcher(env, "call", "ECHO", "--data", "[2]", "--json", "--address", address)
+    answer = json.loads(out.stdout)
+    assert answer["result"] == [2] and answer["request_id"] >= 1, out
     out = _dispatcher(env, "call", "ECHO", "--data", '"café 😀"', "--address", address)
     assert out.returncode == 0 and out.stdout.strip() == '"café 😀"', out  # not \u-escaped
     out = _dispatcher(env, "call", "ABEND", "--address", address)

@@ -168,6 +168,12 @@ def _token(app: App, token: str | None) -> str:
     default=None,
     help="Calls with the same routing key run on the same live SEP (docs/protocol.md).",
 )
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help='Print {"request_id": N, "result": ...} instead of the result alone.',
+)
 @pass_app
 def call(
     app: App,
@@ -180,10 +186,12 @@ def call(
     timeout: float,
     key: str | None,
     routing_key: str | None,
+    as_json: bool,
 ) -> None:
-    """Call TRANSID through a listener and print its result as JSON (exit 1 on an error
-    reply). Output a conversational program sends is printed to stderr; when it asks for
-    input, a line is read from standard input (as JSON, else as a string)."""
+    """Call TRANSID through a listener and print its result as JSON (--json: with its
+    request id; exit 1 on an error reply, whose JSON on stderr has the id too). Output
+    a conversational program sends is printed to stderr; when it asks for input, a line
+    is read from standard input (as JSON, else as a string)."""
     from listener.client import CallError, connect
 
     payload = read_data(data)
@@ -250,7 +258,10 @@ def call(
                 err=True,
             )
         raise SystemExit(1) from None
-    click.echo(json_text(result))
+    if as_json:
+        click.echo(json_text({"request_id": session.request_id, "result": result}))
+    else:
+        click.echo(json_text(result))
 
 
 def _parse_line(line: str) -> Any:
