@@ -9,7 +9,7 @@ import os
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
-__all__ = ["loop_factory", "loop_name", "run"]
+__all__ = ["loop_factory", "run"]
 
 T = TypeVar("T")
 
@@ -23,11 +23,6 @@ def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     except ImportError:
         return None
     return uvloop.new_event_loop
-
-
-def loop_name() -> str:
-    """``uvloop`` or ``asyncio``: the loop that ``run`` uses."""
-    return "asyncio" if loop_factory() is None else "uvloop"
 
 
 def run(main: Coroutine[Any, Any, T]) -> T:
