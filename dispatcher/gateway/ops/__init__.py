@@ -8,7 +8,19 @@ Run one with ``Gateway(conn).run(op)`` or ``await AsyncGateway(conn).run(op)``::
     e = Gateway(conn).run(ops.request.enqueue("main", "ECHO", {"x": 1}))
 """
 
-from . import listener, metrics, migrate, region, request, sep, session, stats, timer, transaction
+from . import (
+    listener,
+    metrics,
+    migrate,
+    region,
+    request,
+    sep,
+    session,
+    stats,
+    status_page,
+    timer,
+    transaction,
+)
 
 __all__ = [
     "listener",
@@ -19,6 +31,7 @@ __all__ = [
     "sep",
     "session",
     "stats",
+    "status_page",
     "timer",
     "transaction",
 ]
