@@ -41,6 +41,7 @@ __all__ = [
     "DEFAULT_HOME",
     "DEFAULT_HTTP_PORT",
     "DEFAULT_REGION",
+    "DEFAULT_WEB_PORT",
     "HOME_ENV",
     "KEYS",
     "ConfigError",
@@ -51,6 +52,7 @@ __all__ = [
     "Origin",
     "Settings",
     "UpTable",
+    "WebTable",
     "env_var",
     "load_settings",
 ]
@@ -59,6 +61,7 @@ DEFAULT_REGION = "default"
 DEFAULT_HOME = Path("~/.dispatcher")
 DEFAULT_APP = "dispatcher_examples.sample"  # examples/sample.py (a name, not an import)
 DEFAULT_HTTP_PORT = 7380
+DEFAULT_WEB_PORT = 7390
 CONFIG_NAME = "dispatcher.toml"
 CONFIG_ENV = "DISPATCHER_CONFIG"
 HOME_ENV = "DISPATCHER_HOME"
@@ -104,6 +107,13 @@ class HttpTable(_Table):
     port: Port = DEFAULT_HTTP_PORT
 
 
+class WebTable(_Table):
+    """``[web]``: where the status page (``dispatcher web``, and that of ``up``) listens."""
+
+    host: Host = "127.0.0.1"
+    port: Port = DEFAULT_WEB_PORT
+
+
 class UpTable(_Table):
     """``[up]``: what ``dispatcher up`` runs."""
 
@@ -126,6 +136,7 @@ class ConfigSchema(BaseModel):
     log_level: LogLevel = "info"
     listener: ListenerTable = ListenerTable()
     http: HttpTable = HttpTable()
+    web: WebTable = WebTable()
     up: UpTable = UpTable()
 
 
@@ -195,7 +206,7 @@ class Settings:
     - ``region``: ``region`` (default ``default``).
     - ``cross_region_url``: ``cross_region_url``; timers live there when set, else in
       the region database.
-    - ``log_format``, ``log_level``, ``listener``, ``http``, ``up``: see
+    - ``log_format``, ``log_level``, ``listener``, ``http``, ``web``, ``up``: see
       :class:`DispatcherConfig`.
     - ``config_file``: the file read, if any; ``origins``: where each key's value came
       from (see :func:`load_settings`).
@@ -209,6 +220,7 @@ class Settings:
     log_level: str = "info"
     listener: ListenerTable = field(default_factory=ListenerTable)
     http: HttpTable = field(default_factory=HttpTable)
+    web: WebTable = field(default_factory=WebTable)
     up: UpTable = field(default_factory=UpTable)
     config_file: Path | None = None
     origins: Mapping[str, Origin] = field(default_factory=dict, compare=False, repr=False)
@@ -289,6 +301,7 @@ def load_settings(
         log_level=cfg.log_level,
         listener=cfg.listener,
         http=cfg.http,
+        web=cfg.web,
         up=cfg.up,
         config_file=path,
         origins=origins,

@@ -17,7 +17,21 @@ import psycopg
 
 from ..config import CONFIG_ENV, load_settings
 from ..errors import DispatcherError
-from . import config, db, http, listener, region, requests, sep, stats, status, timers, tx, up
+from . import (
+    config,
+    db,
+    http,
+    listener,
+    region,
+    requests,
+    sep,
+    stats,
+    status,
+    timers,
+    tx,
+    up,
+    web,
+)
 from ._app import App, pass_app
 
 __all__ = ["App", "cli", "main", "pass_app"]
@@ -169,7 +183,21 @@ def _export_config(ctx: click.Context, path: Path) -> None:
     ctx.call_on_close(restore)
 
 
-for _module in (db, region, tx, sep, listener, http, requests, timers, status, stats, up, config):
+for _module in (
+    db,
+    region,
+    tx,
+    sep,
+    listener,
+    http,
+    web,
+    requests,
+    timers,
+    status,
+    stats,
+    up,
+    config,
+):
     _module.register(cli)
 
 

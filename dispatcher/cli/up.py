@@ -1,9 +1,9 @@
 """``dispatcher up``: a whole region on this machine, in one command.
 
 Starts (or reuses) the database, migrates it, then runs a listener, an event
-monitor and a SEP supervisor as child processes, prints where to connect, and on
-Ctrl-C or SIGTERM stops them all (SEPs finish their tasks first) and, if it
-started the embedded PostgreSQL, stops that too.
+monitor, a SEP supervisor, the HTTP front and the status page as child processes,
+prints where to connect, and on Ctrl-C or SIGTERM stops them all (SEPs finish their
+tasks first) and, if it started the embedded PostgreSQL, stops that too.
 """
 
 from __future__ import annotations
@@ -89,6 +89,13 @@ def _wait_for_port(host: str, port: int, timeout: float, children: list[Child]) 
     "http.port; default: 7380].",
 )
 @click.option(
+    "--web-port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="Status page port, on the listener's host [env DISPATCHER_WEB_PORT; file: "
+    "web.port; default: 7390].",
+)
+@click.option(
     "--listeners",
     type=click.IntRange(1, 64),
     default=None,
@@ -97,6 +104,7 @@ def _wait_for_port(host: str, port: int, timeout: float, children: list[Child]) 
     "up.listeners; default: 1].",
 )
 @click.option("--no-http", is_flag=True, help="Do not run the HTTP front.")
+@click.option("--no-web", is_flag=True, help="Do not run the status page.")
 @click.option("--no-monitor", is_flag=True, help="Do not run an event monitor.")
 @click_options("--batch")
 @pass_app
@@ -108,8 +116,10 @@ def up(
     port: int | None,
     metrics_port: int | None,
     http_port: int | None,
+    web_port: int | None,
     listeners: int | None,
     no_http: bool,
+    no_web: bool,
     no_monitor: bool,
     sep_options: dict[str, Any],
 ) -> None:
@@ -125,13 +135,20 @@ def up(
     host = host if host is not None else settings.listener.host
     port = port if port is not None else settings.listener.port
     http_port = http_port if http_port is not None else settings.http.port
+    web_port = web_port if web_port is not None else settings.web.port
     listeners = listeners if listeners is not None else settings.up.listeners
     ctx = click.get_current_context()
     if ctx.get_parameter_source("sep_batch") in (None, click.core.ParameterSource.DEFAULT):
         sep_options = {**sep_options, "batch": settings.up.batch}
-    for what, flag, number in (("", "--port", port), ("the HTTP front ", "--http-port", http_port)):
-        if flag == "--http-port" and no_http:
-            continue
+    probes: list[tuple[str, str, int, str | None]] = [("", "--port", port, None)]
+    if not no_http:
+        probes.append(("the HTTP front ", "--http-port", http_port, "--no-http"))
+    if not no_web:
+        probes.append(("the status page ", "--web-port", web_port, "--no-web"))
+    for i, (what, flag, number, off) in enumerate(probes):
+        same = [other for _, other, n, _ in probes[:i] if n == number]
+        if same:
+            raise click.UsageError(f"{flag} {number} is the port of {same[0]} too")
         with socket.socket() as probe:
             # as the listener binds (SO_REUSEADDR): a TIME-WAIT left by the last run is
             # no reason to refuse
@@ -141,8 +158,7 @@ def up(
             except OSError as exc:
                 raise click.UsageError(
                     f"{what}cannot listen on {host}:{number}: {exc.strerror} (is a region "
-                    f"already up? choose another {flag}"
-                    + (", or --no-http)" if flag == "--http-port" else ")")
+                    f"already up? choose another {flag}" + (f", or {off})" if off else ")")
                 ) from None
     we_started_db = not settings.database_url and not embedded_running(settings)
     try:
@@ -207,6 +223,8 @@ def up(
             children.add(f"listener-{i + 1}", [*listener_argv, "--reuse-port", *more], env)
     if not no_http:
         children.add("http", [*py, "http", "--host", host, "--port", str(http_port)], env)
+    if not no_web:
+        children.add("web", [*py, "web", "--host", host, "--port", str(web_port)], env)
     root = click.get_current_context().find_root().command
     if not no_monitor and isinstance(root, click.Group) and "monitor" in root.commands:
         children.add("monitor", [*py, "monitor", *metrics(1)], env)
@@ -219,6 +237,8 @@ def up(
                 click.echo("error: the region did not come up (see the log above)", err=True)
             else:
                 http_line = "" if no_http else f"  http       http://{host}:{http_port}/v1/\n"
+                web_host = f"[{host}]" if ":" in host else host
+                web_line = "" if no_web else f"  status     http://{web_host}:{web_port}/\n"
                 cmd = _same_region_prefix(settings) + "dispatcher"
                 click.echo(
                     f"\nregion {settings.region!r} is up: {count} SEPs running {app_module}\n"
@@ -226,6 +246,7 @@ def up(
                     + (f" ({listeners} processes)" if listeners > 1 else "")
                     + "\n"
                     f"{http_line}"
+                    f"{web_line}"
                     f"  database   {url}\n"
                     f"try, from another terminal:\n"
                     f'  {cmd} call ECHO --data \'{{"hello": "world"}}\''
@@ -300,7 +321,7 @@ def _same_region_prefix(settings: Settings) -> str:
 
 def _stop_all(children: ProcessSupervisor, grace: float = 60.0) -> None:
     """SIGTERM every child (listener first, SEPs finish their task), then SIGKILL."""
-    first = {"listener": 0, "http": 0, "monitor": 1}
+    first = {"listener": 0, "http": 0, "web": 0, "monitor": 1}
     for c, returncode in children.stop_all(
         grace, order=lambda c: first.get(c.name.split("-")[0], 2)
     ):
