@@ -206,6 +206,7 @@ class StatusPage:
         app = web.Application(middlewares=[_security_headers])
         app.router.add_get("/", self.page)
         app.router.add_get("/api/status", self.api_status)
+        app.router.add_get("/favicon.ico", _no_icon)  # browsers ask; nothing to fetch
         return app
 
     async def start(self) -> None:
@@ -220,13 +221,14 @@ class StatusPage:
             await self.runner.setup()
             site = web.TCPSite(self.runner, self.host, self.port, reuse_address=True)
             await site.start()
-        except BaseException as exc:
-            self.log.error("web_listen_failed", host=self.host, port=self.port, error=str(exc))
+        except BaseException:
             await self.close()
             raise
-        server = site._server
-        if isinstance(server, asyncio.Server) and server.sockets:
-            self.port = int(server.sockets[0].getsockname()[1])
+        # the port bound (port 0: the one the system chose); uvloop's server is not an
+        # asyncio.Server, but has the same sockets
+        sockets = getattr(site._server, "sockets", None) or ()
+        if sockets:
+            self.port = int(sockets[0].getsockname()[1])
         self.log.info("web_started", host=self.host, port=self.port)
 
     async def close(self) -> None:
@@ -402,7 +404,7 @@ class StatusPage:
             return _json(
                 {
                     "error": "database_unavailable",
-                    "message": f"the region database is unavailable: {exc}",
+                    "message": str(exc),
                     "region": self.region,
                     "now": now,
                     "series": series,
@@ -419,6 +421,10 @@ class StatusPage:
             body = {"error": "database_error", "message": message, "region": self.region}
             return _json({**body, "now": now, "series": series}, 500)
         return _json({**body, "series": series})
+
+
+async def _no_icon(request: web.Request) -> web.Response:
+    return web.Response(status=204, headers={"Cache-Control": "max-age=86400"})
 
 
 def _no_timers(error: str) -> dict[str, Any]:
@@ -494,6 +500,12 @@ td.none { color: var(--muted); }
 #legend { display: flex; gap: 1.2em; flex-wrap: wrap; margin-top: .3em; }
 #legend .sw { display: inline-block; width: .9em; height: .9em; border-radius: 2px;
   margin-right: .3em; vertical-align: -.1em; }
+body[data-stale="yes"] main { opacity: .55; }
+#zoom { margin-left: 1em; font-weight: normal; }
+#zoom button { font: inherit; font-size: .85em; border: 1px solid var(--line);
+  background: var(--card); border-radius: 4px; padding: 0 .5em; margin-right: .2em;
+  cursor: pointer; }
+#zoom button[aria-pressed="true"] { background: var(--fg); color: var(--card); }
 .two { display: grid; grid-template-columns: repeat(auto-fit, minmax(28em, 1fr)); gap: 1em; }
 """
 
@@ -506,6 +518,7 @@ SCRIPT = """
   var points = [];
   var lastT = null;
   var windowS = 900;
+  var shownS = null;  // the chart's span (null: all the server keeps)
   var intervalS = 2;
   var bands = ["0-63", "64-127", "128-191", "192-255"];
   var lastOk = null;
@@ -588,7 +601,8 @@ SCRIPT = """
         el("td", {"class": "state-" + p.state}, [p.state + (p.paused ? " (paused)" : "") +
           (p.silent ? " (silent)" : "")]),
         (p.host || "") + ":" + p.pid,
-        p.current_request === null ? "-" : String(p.current_request),
+        el("td", {"class": "current"}, [p.current_request === null ? "-" :
+          String(p.current_request)]),
         secs(p.heartbeat_age_s) + " ago",
         String(p.tasks_run)
       ];
@@ -611,7 +625,7 @@ SCRIPT = """
   }
 
   function merge(series) {
-    windowS = series.window_s || windowS;
+    if (series.window_s && series.window_s !== windowS) { windowS = series.window_s; zoom(); }
     intervalS = series.interval_s || intervalS;
     bands = series.bands || bands;
     (series.points || []).forEach(function (p) {
@@ -619,6 +633,18 @@ SCRIPT = """
     });
     var horizon = (lastT === null ? Date.now() / 1000 : lastT) - windowS;
     while (points.length && points[0].t <= horizon) points.shift();
+  }
+
+  function label(s) { return s < 60 ? Math.round(s) + " s" : Math.round(s / 60) + " min"; }
+
+  function zoom() {
+    var spans = [60, 300, null];
+    $("zoom").replaceChildren.apply($("zoom"), spans.map(function (s) {
+      var b = el("button", {type: "button", "data-span": s === null ? "all" : s,
+        "aria-pressed": String(s === shownS)}, [s === null ? label(windowS) : label(s)]);
+      b.addEventListener("click", function () { shownS = s; zoom(); drawChart(); });
+      return b;
+    }));
   }
 
   function nice(n) {
@@ -630,32 +656,32 @@ SCRIPT = """
 
   function drawChart() {
     var W = 800, H = 220, L = 44, R = 10, T = 10, B = 26;
+    var span = shownS === null ? windowS : Math.min(shownS, windowS);
     var end = lastT === null ? Date.now() / 1000 : lastT;
-    var start = end - windowS;
+    var start = end - span;
     var max = 0;
-    points.forEach(function (p) { p.depth.forEach(function (d) { if (d > max) max = d; }); });
+    var shown = points.filter(function (p) { return p.t >= start; });
+    shown.forEach(function (p) { p.depth.forEach(function (d) { if (d > max) max = d; }); });
     var top = nice(max);
-    function x(t) { return L + (W - L - R) * (t - start) / windowS; }
+    function x(t) { return L + (W - L - R) * (t - start) / span; }
     function y(v) { return H - B - (H - T - B) * v / top; }
     var svg = sv("svg", {viewBox: "0 0 " + W + " " + H, role: "img",
-      "aria-label": "queued requests by priority band, last " + Math.round(windowS / 60) +
-      " minutes"});
+      "aria-label": "queued requests by priority band, last " + label(span)});
     for (var i = 0; i <= 4; i++) {
       var v = top * i / 4;
       svg.append(sv("line", {"class": "axis", x1: L, x2: W - R, y1: y(v), y2: y(v)}));
       svg.append(sv("text", {x: L - 6, y: y(v) + 4, "text-anchor": "end"}, [String(v)]));
     }
-    var step = windowS >= 600 ? 300 : 60;
-    for (var ago = 0; ago <= windowS + 0.001; ago += step) {
-      var label = ago === 0 ? "now" : "-" + Math.round(ago / 60) + " min";
+    var step = span > 600 ? 300 : span > 120 ? 60 : 15;
+    for (var ago = 0; ago <= span + 0.001; ago += step) {
       svg.append(sv("text", {x: x(end - ago), y: H - 8, "text-anchor": ago === 0 ? "end" :
-        (ago >= windowS ? "start" : "middle")}, [label]));
+        (ago + step > span ? "start" : "middle")}, [ago === 0 ? "now" : "-" + label(ago)]));
     }
     svg.append(sv("text", {x: L, y: T + 2, "text-anchor": "start", dy: "0.6em", dx: "4"},
       ["queued"]));
     bands.forEach(function (band, b) {
       var d = "", prev = null;
-      points.forEach(function (p) {
+      shown.forEach(function (p) {
         var gap = prev === null || p.t - prev > 3 * intervalS;
         d += (gap ? "M" : "L") + x(p.t).toFixed(1) + "," + y(p.depth[b]).toFixed(1);
         prev = p.t;
@@ -676,6 +702,8 @@ SCRIPT = """
     fetch(url, {cache: "no-store", signal: ctl.signal}).then(function (r) {
       return r.json().catch(function () { return null; }).then(function (body) {
         if (body && body.series) merge(body.series);
+        if (body && body.region) text("region", body.region);
+        document.body.setAttribute("data-stale", r.ok ? "no" : "yes");
         if (r.ok && body) {
           render(body);
           lastOk = new Date();
@@ -683,8 +711,8 @@ SCRIPT = """
           document.body.setAttribute("data-refreshes", String(refreshes));
           setStatus("ok", "updated " + clock(lastOk) + ", every " + EVERY_MS / 1000 + " s");
         } else if (r.status === 503) {
-          setStatus("db-down", "database unavailable, retrying every " + EVERY_MS / 1000 +
-            " s" + lastData() + (body && body.message ? ": " + body.message : ""));
+          setStatus("db-down", "database unavailable" + (body && body.message ? " (" +
+            body.message + ")" : "") + ", retrying every " + EVERY_MS / 1000 + " s" + lastData());
         } else {
           setStatus("error", "error " + r.status + (body && body.message ? ": " +
             body.message : "") + lastData());
@@ -692,6 +720,7 @@ SCRIPT = """
         drawChart();
       });
     }).catch(function () {
+      document.body.setAttribute("data-stale", "yes");
       setStatus("unreachable", "server unreachable, retrying every " + EVERY_MS / 1000 + " s" +
         lastData());
     }).finally(function () {
@@ -706,6 +735,7 @@ SCRIPT = """
       "priority " + b + ": ", el("b", {id: "depth-" + i}, ["-"])
     ]));
   });
+  zoom();
   drawChart();
   refresh();
 })();
@@ -731,7 +761,8 @@ _BODY = """<header>
     <div class="what">timers pending</div></div>
 </div>
 <section id="chart">
-  <h2>Queue depth by priority band <span class="muted" id="samples"></span></h2>
+  <h2>Queue depth by priority band <span class="muted" id="samples"></span>
+    <span id="zoom"></span></h2>
   <div id="chart-svg"></div>
   <div id="legend"></div>
 </section>
