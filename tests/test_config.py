@@ -40,6 +40,10 @@ port = 7311
 host = "0.0.0.0"
 port = 7381
 
+[web]
+host = "0.0.0.1"
+port = 7391
+
 [up]
 app = "some.app"
 seps = 3
@@ -101,6 +105,7 @@ def test_defaults_without_a_file(home: Path) -> None:
     assert (s.log_format, s.log_level) == ("text", "info")
     assert (s.listener.host, s.listener.port) == ("127.0.0.1", 7300)
     assert (s.http.host, s.http.port) == ("127.0.0.1", 7380)
+    assert (s.web.host, s.web.port) == ("127.0.0.1", 7390)
     assert (s.up.app, s.up.seps, s.up.batch) == ("dispatcher_examples.sample", None, 1)
     assert s.up.listeners == 1
     assert {str(s.origin(k)) for k in KEYS} == {"default"}
@@ -136,6 +141,8 @@ def test_the_environment_beats_the_file_for_every_key(home: Path) -> None:
         "DISPATCHER_LISTENER_PORT": "7400",
         "DISPATCHER_HTTP_HOST": "10.0.0.1",
         "DISPATCHER_HTTP_PORT": "7401",
+        "DISPATCHER_WEB_HOST": "10.0.0.2",
+        "DISPATCHER_WEB_PORT": "7402",
         "DISPATCHER_UP_APP": "env.app",
         "DISPATCHER_UP_SEPS": "5",
         "DISPATCHER_UP_BATCH": "2",
