@@ -3,7 +3,14 @@
 Each SEP serves a socket whose address it registers (``sep.address``); each listener
 serves one too (``listener.address``). Addresses are ``unix:/path`` or ``tcp:host:port``.
 A frame is a 4-byte big-endian length followed by that many bytes of UTF-8 JSON: one
-object with a ``type``. Messages:
+object with a ``type``.
+
+Every connection begins with ``{"type": "auth", "secret": S}``, S the region's channel
+secret (made by the database, read by listeners and SEPs when they start: the
+``channel_secret`` query); a connection whose first frame is anything else, or comes
+later than AUTH_TIMEOUT, is closed unread (logged ``channel_stranger_refused``): a
+process that cannot read the region's database cannot hand a SEP a task or a session
+an output. Then the messages:
 
 Listener -> SEP
 - ``dispatch``: ``{"type": "dispatch", "task": TASK, "reply_to": ADDRESS}``: run this
@@ -32,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import hmac
 import json
 import math
 import re
@@ -45,13 +53,16 @@ import orjson
 from .gateway import Task
 
 __all__ = [
+    "AUTH_TIMEOUT",
     "MAX_FRAME",
     "ChannelError",
     "FrameTooLarge",
+    "auth_frame",
     "connect_sync",
     "decode_frame",
     "encode_frame",
     "encode_json",
+    "is_auth",
     "open_connection",
     "parse_address",
     "parse_json",
@@ -239,16 +250,39 @@ def parse_address(address: str) -> tuple[str, str | tuple[str, int]]:
     raise ChannelError(f"invalid channel address {address!r}: use unix:/path or tcp:host:port")
 
 
-async def open_connection(address: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+AUTH_TIMEOUT = 10.0  # seconds a channel connection has to send its auth frame
+
+
+def auth_frame(secret: str) -> bytes:
+    """The first frame of every channel connection."""
+    return encode_frame({"type": "auth", "secret": secret})
+
+
+def is_auth(msg: Any, secret: str) -> bool:
+    """Is MSG the auth frame of SECRET (compared in constant time)? Never with no secret."""
+    if not secret or not isinstance(msg, dict) or msg.get("type") != "auth":
+        return False
+    given = msg.get("secret")
+    return isinstance(given, str) and hmac.compare_digest(given.encode(), secret.encode())
+
+
+async def open_connection(
+    address: str, *, secret: str
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A channel connection to ADDRESS, authenticated with the region's SECRET."""
     kind, where = parse_address(address)
     if kind == "unix":
         assert isinstance(where, str)
-        return await asyncio.open_unix_connection(where)
-    assert isinstance(where, tuple)
-    return await asyncio.open_connection(where[0], where[1])
+        reader, writer = await asyncio.open_unix_connection(where)
+    else:
+        assert isinstance(where, tuple)
+        reader, writer = await asyncio.open_connection(where[0], where[1])
+    writer.write(auth_frame(secret))
+    return reader, writer
 
 
-def connect_sync(address: str, timeout: float = 5.0) -> socket.socket:
+def connect_sync(address: str, *, secret: str, timeout: float = 5.0) -> socket.socket:
+    """A channel connection to ADDRESS, authenticated with the region's SECRET."""
     kind, where = parse_address(address)
     if kind == "unix":
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -257,6 +291,7 @@ def connect_sync(address: str, timeout: float = 5.0) -> socket.socket:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.settimeout(timeout)
     sock.connect(where)
+    sock.sendall(auth_frame(secret))
     sock.settimeout(None)
     return sock
 

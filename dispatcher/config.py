@@ -86,6 +86,7 @@ Host = Annotated[str, Field(min_length=1, max_length=255)]
 Port = Annotated[int, Field(ge=1, le=65535)]
 Count = Annotated[int, Field(ge=1, le=1000)]
 LogFormat = Literal["text", "json"]
+DatabaseRoles = Literal["auto", "on", "off"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 
 
@@ -98,6 +99,8 @@ class ListenerTable(_Table):
 
     host: Host = "127.0.0.1"
     port: Port = DEFAULT_PORT
+    # sessions one listener serves at once (None: no limit); a hello past it is refused
+    max_sessions: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
 
 
 class HttpTable(_Table):
@@ -132,6 +135,12 @@ class ConfigSchema(BaseModel):
     region: RegionName = DEFAULT_REGION
     database_url: Text | None = None
     cross_region_url: Text | None = None
+    # the region's processes work with their kind's role (sql/schema/080_operations.sql):
+    # auto: when the login may take it; on: always (else a process refuses to start); off
+    database_roles: DatabaseRoles = "auto"
+    listener_database_url: Text | None = None
+    sep_database_url: Text | None = None
+    monitor_database_url: Text | None = None
     log_format: LogFormat = "text"
     log_level: LogLevel = "info"
     listener: ListenerTable = ListenerTable()
@@ -206,6 +215,9 @@ class Settings:
     - ``region``: ``region`` (default ``default``).
     - ``cross_region_url``: ``cross_region_url``; timers live there when set, else in
       the region database.
+    - ``database_roles`` (auto, on, off) and ``listener_database_url``,
+      ``sep_database_url``, ``monitor_database_url``: the database role each kind of
+      process works with (dispatcher/roles.py).
     - ``log_format``, ``log_level``, ``listener``, ``http``, ``web``, ``up``: see
       :class:`DispatcherConfig`.
     - ``config_file``: the file read, if any; ``origins``: where each key's value came
@@ -216,6 +228,10 @@ class Settings:
     database_url: str | None
     region: str
     cross_region_url: str | None = None
+    database_roles: str = "auto"
+    listener_database_url: str | None = None
+    sep_database_url: str | None = None
+    monitor_database_url: str | None = None
     log_format: str = "text"
     log_level: str = "info"
     listener: ListenerTable = field(default_factory=ListenerTable)
@@ -297,6 +313,10 @@ def load_settings(
         database_url=cfg.database_url,
         region=cfg.region,
         cross_region_url=cfg.cross_region_url,
+        database_roles=cfg.database_roles,
+        listener_database_url=cfg.listener_database_url,
+        sep_database_url=cfg.sep_database_url,
+        monitor_database_url=cfg.monitor_database_url,
         log_format=cfg.log_format,
         log_level=cfg.log_level,
         listener=cfg.listener,

@@ -16,11 +16,14 @@ __all__ = [
     "DuplicateTimer",
     "InvalidValue",
     "NoRoom",
+    "PermissionDenied",
+    "TooManySessions",
     "UnknownRegion",
     "UnknownRequest",
     "UnknownSEP",
     "UnknownSession",
     "UnknownTimer",
+    "UnknownToken",
     "UnknownTransaction",
     "translate",
 ]
@@ -82,6 +85,20 @@ class UnknownTimer(DispatcherError):
     code = "unknown_timer"
 
 
+class UnknownToken(DispatcherError):
+    code = "unauthorized"
+
+
+class TooManySessions(DispatcherError):
+    code = "too_many_sessions"
+
+
+class PermissionDenied(DispatcherError):
+    """The database refused the process's role the statement (least privilege)."""
+
+    code = "permission_denied"
+
+
 class DatabaseUnavailable(DispatcherError):
     """The database cannot be reached; the operation may be retried."""
 
@@ -98,6 +115,9 @@ _BY_SQLSTATE: dict[str, type[DispatcherError]] = {
     "DP007": UnknownSession,
     "DP009": UnknownRequest,
     "DP010": DuplicateTimer,
+    "DP011": UnknownToken,
+    "DP012": TooManySessions,
+    "42501": PermissionDenied,  # insufficient privilege
     "22P02": InvalidValue,  # invalid text representation
     "22023": InvalidValue,  # invalid parameter value
     "23514": InvalidValue,  # check violation

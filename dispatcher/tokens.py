@@ -29,11 +29,20 @@ def hash_token(token: str) -> bytes:
 
 
 def create_token(
-    region: InRegion, name: str, allow: Sequence[str] | None = None, priority: int = 0
+    region: InRegion,
+    name: str,
+    allow: Sequence[str] | None = None,
+    priority: int = 0,
+    max_sessions: int | None = None,
 ) -> str:
-    """Create (or replace) token NAME; returns the token, shown only once."""
+    """Create (or replace) token NAME; returns the token, shown only once. MAX_SESSIONS:
+    how many sessions it may have open at once in the region (None: no limit)."""
     token = new_token()
-    region.run(ops.listener.create_token(region.name, name, hash_token(token), allow, priority))
+    region.run(
+        ops.listener.create_token(
+            region.name, name, hash_token(token), allow, priority, max_sessions
+        )
+    )
     return token
 
 

@@ -48,7 +48,7 @@ class Health:
     # ------------------------------------------------------- registration
     async def register(self) -> None:
         """Register the listener (its host, port, pid and channel address), retrying
-        until the database answers."""
+        until the database answers; read the region's channel secret first."""
         st = self.state
         backoff = Backoff()
         while True:
@@ -57,7 +57,10 @@ class Health:
                     st.region, socket.gethostname(), st.port, os.getpid(), st.address
                 )
                 async with st.pool.connection() as conn:
-                    st.listener_id = await AsyncGateway(conn).run(op)
+                    db = AsyncGateway(conn)
+                    if not st.channel_secret:
+                        st.channel_secret = await db.run(ops.region.channel_secret(st.region))
+                    st.listener_id = await db.run(op)
                 return
             except DB_ERRORS as exc:
                 delay = backoff.next_delay()

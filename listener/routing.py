@@ -13,7 +13,15 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
-from dispatcher.channel import ChannelError, encode_frame, open_connection, read_frame, task_to_dict
+from dispatcher.channel import (
+    AUTH_TIMEOUT,
+    ChannelError,
+    encode_frame,
+    is_auth,
+    open_connection,
+    read_frame,
+    task_to_dict,
+)
 from dispatcher.gateway import AsyncGateway, Task, ops
 
 from .health import DB_ERRORS
@@ -71,7 +79,7 @@ class Routing:
                 address = await AsyncGateway(conn).run(ops.listener.sep_address(sep_id))
         if not address:
             raise ChannelError(f"SEP {sep_id} has no channel address")
-        _, writer = await open_connection(address)
+        _, writer = await open_connection(address, secret=self.state.channel_secret)
         self._sep_links[sep_id] = (writer, address)
         return writer
 
@@ -114,6 +122,13 @@ class Routing:
     ) -> None:
         self._channel_writers.add(writer)
         try:
+            try:
+                first = await asyncio.wait_for(read_frame(reader), AUTH_TIMEOUT)
+            except (ChannelError, TimeoutError) as exc:
+                first = {"error": str(exc) or "no frame in time"}
+            if not is_auth(first, self.state.channel_secret):
+                self._stranger(writer, first)
+                return
             while True:
                 try:
                     msg = await read_frame(reader)
@@ -131,6 +146,17 @@ class Routing:
         finally:
             self._channel_writers.discard(writer)
             writer.close()
+
+    def _stranger(self, writer: asyncio.StreamWriter, first: Any) -> None:
+        """A connection to the channel socket that did not begin with the region's
+        secret: closed unread, and said in the log (never the secret it sent)."""
+        peer = writer.get_extra_info("peername")
+        kind = first.get("type") if isinstance(first, dict) else None
+        self.state.log.warning(
+            "channel_stranger_refused",
+            peer=str(peer) if peer else "unix",
+            first_frame=str(kind) if kind is not None else "none",
+        )
 
     async def _from_sep(self, msg: dict[str, Any]) -> None:
         """Route MSG (output, await_input or end) to the session whose call it is about;

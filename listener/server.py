@@ -57,6 +57,7 @@ class Listener:
         poll_interval: float = 1.0,
         channel_host: str | None = None,
         reuse_port: bool = False,
+        max_sessions: int | None = None,
     ) -> None:
         self.url = url
         self.reuse_port = reuse_port
@@ -85,6 +86,7 @@ class Listener:
         )
         self._client_server: asyncio.Server | None = None
         self.state = ListenerState(region, self.pool, self.log, self.stopping, port)
+        self.state.max_sessions = max_sessions
         self.enqueuer = GroupCommit(self.pool, region)
         self.health = Health(self.state, heartbeat_interval, dead_after)
         self.outcomes = Outcomes(self.state, self.health, poll_interval)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from dispatcher.channel import ChannelError, FrameTooLarge, read_body
-from dispatcher.errors import DispatcherError
+from dispatcher.errors import DispatcherError, TooManySessions, UnknownToken
 from dispatcher.gateway import AsyncGateway, ops
 from dispatcher.protocol import MAX_FRAME, PROTOCOL_VERSION, ProtocolError, decode, error
 
@@ -201,20 +201,30 @@ class ClientSessions:
         if not isinstance(token, str) or not token:
             await self._reply(writer, error("unauthorized", "a token is required", id=hid))
             return None
+        if st.max_sessions is not None and len(st.sessions) >= st.max_sessions:
+            await self._reply(
+                writer,
+                error(
+                    "too_many_sessions",
+                    f"this listener has its {st.max_sessions} sessions open "
+                    "(its --max-sessions); try again later or another listener",
+                    id=hid,
+                ),
+            )
+            st.log.warning("session_refused", why="listener_max_sessions", max=st.max_sessions)
+            return None
         try:
             async with self.health.guard(partial(self._reply, writer), hid):
                 async with st.pool.connection() as conn:
-                    db = AsyncGateway(conn)
-                    tok = await db.run(ops.listener.find_token(st.region, token_hash(token)))
-                    if tok is None:
-                        await self._reply(writer, error("unauthorized", "unknown token", id=hid))
-                        return None
-                    sid = await db.run(
-                        ops.session.register_session(
-                            st.region, st.listener_id, tok.name, tok.priority
-                        )
+                    sid, tok = await AsyncGateway(conn).run(
+                        ops.session.open_session(st.region, st.listener_id, token_hash(token))
                     )
         except Answered:
+            return None
+        except (UnknownToken, TooManySessions) as exc:
+            await self._reply(writer, error(exc.code, exc.message, id=hid))
+            if isinstance(exc, TooManySessions):
+                st.log.warning("session_refused", why="token_max_sessions", error=exc.message)
             return None
         session = Session(sid, tok.name, tok.priority, tok.allow, writer)
         st.sessions[sid] = session

@@ -28,3 +28,7 @@ class ListenerState:
     listener_id: UUID | None = None
     # the channel address SEPs send to (routing.py), written into the registration
     address: str = ""
+    # sessions this listener serves at once (None: no limit); a hello past it is refused
+    max_sessions: int | None = None
+    # the region's channel secret: the first frame on a channel connection carries it
+    channel_secret: str = ""

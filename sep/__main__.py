@@ -22,6 +22,7 @@ from dispatcher.errors import DispatcherError, NoRoom
 from dispatcher.logs import configure_logging
 from dispatcher.migrate import ensure_schema
 from dispatcher.processes import die_with_parent
+from dispatcher.roles import process_url_of
 
 from .options import click_options, make_config
 from .program import AppError
@@ -36,6 +37,7 @@ def command(sep_options: dict[str, Any]) -> int:
     try:
         url = database_url(settings)
         ensure_schema(url)  # a database at another revision: one line, not a traceback
+        url = process_url_of(settings, "sep", url)
         config = make_config(url, settings.region, sep_options)
         return Worker(config).run()
     except AppError as exc:

@@ -33,9 +33,10 @@ class _Ended:
 class ListenerLinks:
     """One socket per listener address, reused across tasks; reopened when broken."""
 
-    def __init__(self) -> None:
+    def __init__(self, secret: str = "") -> None:
         self._socks: dict[str, socket.socket] = {}
         self._lock = threading.Lock()
+        self.secret = secret  # the region's channel secret (set once the SEP knows it)
 
     def send(self, address: str, message: dict[str, Any]) -> None:
         frame = encode_frame(message)
@@ -44,7 +45,7 @@ class ListenerLinks:
                 sock = self._socks.get(address)
                 try:
                     if sock is None:
-                        sock = connect_sync(address)
+                        sock = connect_sync(address, secret=self.secret)
                         self._socks[address] = sock
                     sock.sendall(frame)
                     return

@@ -29,7 +29,13 @@ from uuid import UUID
 
 import psycopg
 
-from dispatcher.channel import ChannelError, read_frame_sync, task_from_dict
+from dispatcher.channel import (
+    AUTH_TIMEOUT,
+    ChannelError,
+    is_auth,
+    read_frame_sync,
+    task_from_dict,
+)
 from dispatcher.database import Backoff, connect, connect_with_retry
 from dispatcher.errors import CompletionRefused, DatabaseUnavailable, DispatcherError, UnknownSEP
 from dispatcher.gateway import Gateway, Op, Task, ops
@@ -187,6 +193,8 @@ class Worker:
             return 0
         self.conn = conn
         self._session_settings()
+        # the internal channel's secret: what listeners send first, what SEPs send them
+        self.links.secret = Gateway(conn).run(ops.region.channel_secret(self.config.region))
         row = Gateway(conn).run(
             ops.sep.register_sep(
                 self.config.region,
@@ -270,6 +278,19 @@ class Worker:
 
     def _read_channel(self, sock: socket.socket) -> None:
         with sock:
+            # the first frame must be the region's secret, in time (dispatcher/channel.py)
+            try:
+                sock.settimeout(AUTH_TIMEOUT)
+                first = read_frame_sync(sock)
+                sock.settimeout(None)
+            except (ChannelError, OSError) as exc:
+                first = {"error": str(exc)}
+            if not is_auth(first, self.links.secret):
+                kind = first.get("type") if isinstance(first, dict) else None
+                self.log.warning(
+                    "channel_stranger_refused", first_frame=str(kind) if kind else "none"
+                )
+                return
             while True:
                 try:
                     msg = read_frame_sync(sock)

@@ -481,6 +481,8 @@ CREATE TABLE dispatcher.token (
     allow text[],
     priority integer DEFAULT 0 NOT NULL,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
+    max_sessions integer,
+    CONSTRAINT token_max_sessions_check CHECK (((max_sessions IS NULL) OR (max_sessions > 0))),
     CONSTRAINT token_name_check CHECK ((name ~ '^[A-Za-z0-9_.@-]{1,64}$'::text)),
     CONSTRAINT token_priority_check CHECK (((priority >= 0) AND (priority <= 255)))
 );
@@ -595,7 +597,8 @@ END $_$;
 --
 
 CREATE FUNCTION dispatcher.define_transaction_v2(p_region text, p_transid text, p_given text[], p_by text, p_program text DEFAULT NULL::text, p_priority integer DEFAULT NULL::integer, p_class text DEFAULT NULL::text, p_timeout_s double precision DEFAULT NULL::double precision, p_max_attempts integer DEFAULT NULL::integer, p_retry_backoff_s double precision DEFAULT NULL::double precision, p_max_backoff_s double precision DEFAULT NULL::double precision, p_requires text[] DEFAULT NULL::text[], p_description text DEFAULT NULL::text, p_app text DEFAULT NULL::text, p_release text[] DEFAULT '{}'::text[]) RETURNS dispatcher.transaction
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $_$
 DECLARE
     v_fields constant text[] := ARRAY['program', 'priority', 'class', 'timeout', 'max_attempts',
@@ -749,7 +752,8 @@ END $_$;
 --
 
 CREATE FUNCTION dispatcher.end_session_v1(p_session uuid) RETURNS boolean
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 BEGIN
     DELETE FROM dispatcher.session WHERE id = p_session;
@@ -1099,7 +1103,8 @@ $$;
 --
 
 CREATE FUNCTION dispatcher.get_region_v1(p_region text) RETURNS dispatcher.region
-    LANGUAGE plpgsql STABLE
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 DECLARE
     r dispatcher.region;
@@ -1118,7 +1123,8 @@ END $$;
 --
 
 CREATE FUNCTION dispatcher.heartbeat_listener_v1(p_listener uuid) RETURNS boolean
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 BEGIN
     UPDATE dispatcher.listener SET heartbeat_at = clock_timestamp() WHERE id = p_listener;
@@ -1159,7 +1165,8 @@ END $$;
 --
 
 CREATE FUNCTION dispatcher.leave_listener_v1(p_listener uuid) RETURNS integer
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 DECLARE
     n integer;
@@ -1379,7 +1386,8 @@ END $$;
 --
 
 CREATE FUNCTION dispatcher.reap_listeners_v1(p_region text, p_dead_after_s double precision) RETURNS integer
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 DECLARE
     l record;
@@ -1480,7 +1488,8 @@ CREATE FUNCTION dispatcher.region_lock_key(p_region text) RETURNS bigint
 --
 
 CREATE FUNCTION dispatcher.register_listener_v1(p_region text, p_host text, p_port integer, p_pid integer, p_address text) RETURNS uuid
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 DECLARE
     v_id uuid;
@@ -1531,7 +1540,8 @@ END $$;
 --
 
 CREATE FUNCTION dispatcher.register_session_v1(p_region text, p_listener uuid, p_user text, p_priority integer) RETURNS uuid
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 DECLARE
     v_id uuid;
@@ -1764,7 +1774,8 @@ $$;
 --
 
 CREATE FUNCTION dispatcher_v2.active_seps(p_region text) RETURNS integer
-    LANGUAGE sql STABLE
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
     SELECT count(*)::integer FROM dispatcher.sep
     WHERE region = p_region AND state <> 'dead' AND NOT standby
@@ -1802,7 +1813,8 @@ $$;
 --
 
 CREATE FUNCTION dispatcher_v2.begin(p_sep bigint, p_request bigint) RETURNS dispatcher.task
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 BEGIN
     UPDATE dispatcher.request SET state = 'running', started_at = clock_timestamp()
@@ -1819,7 +1831,8 @@ END $$;
 --
 
 CREATE FUNCTION dispatcher_v2.cancel_request(p_region text, p_request bigint) RETURNS text
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 DECLARE
     r dispatcher.request;
@@ -1842,11 +1855,42 @@ BEGIN
 END $$;
 
 --
+-- Name: channel_secret(text); Type: FUNCTION; Schema: dispatcher_v2; Owner: -
+--
+
+CREATE FUNCTION dispatcher_v2.channel_secret(p_region text) RETURNS text
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+    v text;
+BEGIN
+    PERFORM dispatcher.get_region_v1(p_region);
+    INSERT INTO dispatcher.region_secret (region) VALUES (p_region)
+    ON CONFLICT (region) DO NOTHING;
+    SELECT channel_secret INTO v FROM dispatcher.region_secret WHERE region = p_region;
+    RETURN v;
+END $$;
+
+--
+-- Name: check_token(text, bytea); Type: FUNCTION; Schema: dispatcher_v2; Owner: -
+--
+
+CREATE FUNCTION dispatcher_v2.check_token(p_region text, p_hash bytea) RETURNS TABLE(name text, allow text[], priority integer)
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+    SELECT t.name, t.allow, t.priority FROM dispatcher.token t
+    WHERE t.region = p_region AND t.hash = p_hash
+$$;
+
+--
 -- Name: claim(bigint, integer); Type: FUNCTION; Schema: dispatcher_v2; Owner: -
 --
 
 CREATE FUNCTION dispatcher_v2.claim(p_sep bigint, p_take integer) RETURNS SETOF dispatcher.task
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 DECLARE
     s dispatcher.sep;
@@ -1899,7 +1943,8 @@ END $$;
 --
 
 CREATE FUNCTION dispatcher_v2.complete(p_sep bigint, p_request bigint, p_attempt integer, p_ok boolean, p_result jsonb DEFAULT NULL::jsonb, p_error jsonb DEFAULT NULL::jsonb, p_take_next boolean DEFAULT true, p_next_transid text DEFAULT NULL::text, p_commarea jsonb DEFAULT NULL::jsonb) RETURNS SETOF dispatcher.task
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 DECLARE
     s dispatcher.sep;
@@ -1976,7 +2021,8 @@ END $$;
 --
 
 CREATE FUNCTION dispatcher_v2.complete_many(p_sep bigint, p_report jsonb, p_clock double precision, p_release bigint[] DEFAULT '{}'::bigint[], p_take integer DEFAULT 0, p_running bigint DEFAULT NULL::bigint) RETURNS SETOF dispatcher.task
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 DECLARE
     s dispatcher.sep;
@@ -2104,7 +2150,8 @@ END $$;
 --
 
 CREATE FUNCTION dispatcher_v2.control_sep(p_sep bigint, p_action text) RETURNS dispatcher.sep
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 DECLARE
     s dispatcher.sep;
@@ -2146,6 +2193,27 @@ BEGIN
     PERFORM pg_notify(dispatcher.sep_channel(p_sep),
                       CASE WHEN p_action = 'lost' THEN 'kill' ELSE p_action END);
     RETURN s;
+END $$;
+
+--
+-- Name: create_token(text, text, bytea, text[], integer, integer); Type: FUNCTION; Schema: dispatcher_v2; Owner: -
+--
+
+CREATE FUNCTION dispatcher_v2.create_token(p_region text, p_name text, p_hash bytea, p_allow text[], p_priority integer, p_max_sessions integer) RETURNS dispatcher.token
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    t dispatcher.token;
+BEGIN
+    IF p_max_sessions IS NOT NULL AND p_max_sessions < 1 THEN
+        RAISE EXCEPTION USING ERRCODE = 'DP003',
+            MESSAGE = format('max sessions must be 1 or more, not %s', p_max_sessions);
+    END IF;
+    t := dispatcher.create_token_v1(p_region, p_name, p_hash, p_allow, p_priority);
+    UPDATE dispatcher.token SET max_sessions = p_max_sessions
+    WHERE region = p_region AND name = p_name
+    RETURNING * INTO t;
+    RETURN t;
 END $$;
 
 --
@@ -2224,11 +2292,26 @@ BEGIN
 END $$;
 
 --
+-- Name: end_sep_backend(integer); Type: FUNCTION; Schema: dispatcher_v2; Owner: -
+--
+
+CREATE FUNCTION dispatcher_v2.end_sep_backend(p_pid integer) RETURNS boolean
+    LANGUAGE sql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+    SELECT coalesce(bool_or(pg_terminate_backend(a.pid)), false)
+    FROM pg_stat_activity a
+    WHERE a.pid = p_pid AND a.datname = current_database()
+      AND a.usename = session_user AND a.application_name = 'dispatcher-sep'
+$$;
+
+--
 -- Name: enqueue(text, text, jsonb, uuid, integer, text, timestamp with time zone, jsonb, text, boolean, text); Type: FUNCTION; Schema: dispatcher_v2; Owner: -
 --
 
 CREATE FUNCTION dispatcher_v2.enqueue(p_region text, p_transid text, p_payload jsonb DEFAULT 'null'::jsonb, p_session uuid DEFAULT NULL::uuid, p_user_priority integer DEFAULT 0, p_idempotency_key text DEFAULT NULL::text, p_deadline timestamp with time zone DEFAULT NULL::timestamp with time zone, p_commarea jsonb DEFAULT NULL::jsonb, p_origin text DEFAULT 'api'::text, p_notify boolean DEFAULT true, p_routing_key text DEFAULT NULL::text) RETURNS dispatcher_v2.enqueued
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 DECLARE
     reg dispatcher.region;
@@ -2316,7 +2399,8 @@ END $$;
 --
 
 CREATE FUNCTION dispatcher_v2.enqueue_many(p_region text, p_transids text[], p_payloads jsonb[], p_sessions uuid[] DEFAULT NULL::uuid[], p_user_priorities integer[] DEFAULT NULL::integer[], p_idempotency_keys text[] DEFAULT NULL::text[], p_origin text DEFAULT 'api'::text, p_notify boolean DEFAULT true, p_routing_keys text[] DEFAULT NULL::text[]) RETURNS TABLE(ordinal integer, request_id bigint, sep_id bigint, reason text, duplicate boolean, task jsonb, sep_address text)
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 DECLARE
     reg dispatcher.region;
@@ -2433,11 +2517,72 @@ CREATE FUNCTION dispatcher_v2.find_idle_sep(p_region text, p_requires text[], p_
 $$;
 
 --
+-- Name: grant_roles(); Type: FUNCTION; Schema: dispatcher_v2; Owner: -
+--
+
+CREATE FUNCTION dispatcher_v2.grant_roles() RETURNS void
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    r text;
+    f record;
+    processes text[] := ARRAY['dispatcher_listener', 'dispatcher_sep', 'dispatcher_monitor'];
+BEGIN
+    EXECUTE 'REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA dispatcher, dispatcher_v2, dispatcher_xr '
+            'FROM PUBLIC';
+    IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'dispatcher_operator') THEN
+        EXECUTE 'GRANT USAGE ON SCHEMA dispatcher, dispatcher_v2, dispatcher_xr '
+                'TO dispatcher_operator';
+        EXECUTE 'GRANT ALL ON ALL TABLES IN SCHEMA dispatcher, dispatcher_v2, dispatcher_xr '
+                'TO dispatcher_operator';
+        EXECUTE 'GRANT ALL ON ALL SEQUENCES IN SCHEMA dispatcher, dispatcher_v2, dispatcher_xr '
+                'TO dispatcher_operator';
+        EXECUTE 'GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA dispatcher, dispatcher_v2, '
+                'dispatcher_xr TO dispatcher_operator';
+    END IF;
+    FOREACH r IN ARRAY processes LOOP
+        CONTINUE WHEN NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = r);
+        EXECUTE format('GRANT USAGE ON SCHEMA dispatcher, dispatcher_v2, dispatcher_xr TO %I', r);
+        -- what status, metrics and the processes' own queries read; never the tokens
+        EXECUTE format('GRANT SELECT ON dispatcher.region, dispatcher.sep, dispatcher.listener, '
+                       'dispatcher.session, dispatcher.request, dispatcher.request_history, '
+                       'dispatcher.transaction, dispatcher.tx_class, dispatcher_xr.timer, '
+                       'dispatcher_xr.firing TO %I', r);
+        IF to_regclass('public.dispatcher_alembic_version') IS NOT NULL THEN
+            -- a process checks the database's revision when it starts
+            EXECUTE format('GRANT SELECT ON public.dispatcher_alembic_version TO %I', r);
+        END IF;
+        EXECUTE format('GRANT EXECUTE ON FUNCTION dispatcher.sep_channel(bigint), '
+                       'dispatcher_xr.clock(), dispatcher_xr.channel() TO %I', r);
+        FOR f IN
+            SELECT DISTINCT p.oid::regprocedure AS proc FROM pg_proc p
+            JOIN dispatcher_v2.process_procedures() pp
+              ON p.pronamespace = split_part(pp.proc, '.', 1)::regnamespace
+             AND p.proname = split_part(pp.proc, '.', 2)
+            WHERE pp.role = r
+        LOOP
+            EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO %I', f.proc, r);
+        END LOOP;
+    END LOOP;
+    IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'dispatcher_listener') THEN
+        -- a conversation's session is bound to its SEP (listener/routing.py)
+        EXECUTE 'GRANT UPDATE (bound_sep) ON dispatcher.session TO dispatcher_listener';
+    END IF;
+    IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'dispatcher_monitor') THEN
+        -- the monitor owns the timers' life: claim, reschedule, record firings, purge
+        EXECUTE 'GRANT SELECT, INSERT, UPDATE, DELETE ON dispatcher_xr.timer, '
+                'dispatcher_xr.firing TO dispatcher_monitor';
+        EXECUTE 'GRANT USAGE ON ALL SEQUENCES IN SCHEMA dispatcher_xr TO dispatcher_monitor';
+    END IF;
+END $$;
+
+--
 -- Name: heartbeat_sep(bigint); Type: FUNCTION; Schema: dispatcher_v2; Owner: -
 --
 
 CREATE FUNCTION dispatcher_v2.heartbeat_sep(p_sep bigint) RETURNS TABLE(state text, paused boolean, stop_requested boolean, standby boolean)
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 #variable_conflict use_column
 DECLARE
@@ -2518,7 +2663,8 @@ $$;
 --
 
 CREATE FUNCTION dispatcher_v2.leave_sep(p_sep bigint) RETURNS integer
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 DECLARE
     s dispatcher.sep;
@@ -2657,6 +2803,40 @@ BEGIN
 END $$;
 
 --
+-- Name: open_session(text, uuid, bytea); Type: FUNCTION; Schema: dispatcher_v2; Owner: -
+--
+
+CREATE FUNCTION dispatcher_v2.open_session(p_region text, p_listener uuid, p_hash bytea) RETURNS TABLE(id uuid, name text, allow text[], priority integer)
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+    t dispatcher.token;
+    v_open integer;
+    v_id uuid;
+BEGIN
+    SELECT * INTO t FROM dispatcher.token tk
+    WHERE tk.region = p_region AND tk.hash = p_hash
+    FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = 'DP011', MESSAGE = 'unknown token';
+    END IF;
+    IF t.max_sessions IS NOT NULL THEN
+        SELECT count(*) INTO v_open FROM dispatcher.session s
+        WHERE s.region = p_region AND s.user_name = t.name;
+        IF v_open >= t.max_sessions THEN
+            RAISE EXCEPTION USING ERRCODE = 'DP012',
+                MESSAGE = format('token %s has its %s sessions open (its max sessions)',
+                                 t.name, t.max_sessions),
+                HINT = 'end a session of this token first, or raise its limit: '
+                       'dispatcher token create NAME --max-sessions N';
+        END IF;
+    END IF;
+    v_id := dispatcher.register_session_v1(p_region, p_listener, t.name, t.priority);
+    RETURN QUERY SELECT v_id, t.name, t.allow, t.priority;
+END $$;
+
+--
 -- Name: pick_request(text, text[], bigint); Type: FUNCTION; Schema: dispatcher_v2; Owner: -
 --
 
@@ -2692,6 +2872,55 @@ BEGIN
 END $$;
 
 --
+-- Name: process_procedures(); Type: FUNCTION; Schema: dispatcher_v2; Owner: -
+--
+
+CREATE FUNCTION dispatcher_v2.process_procedures() RETURNS TABLE(role text, proc text)
+    LANGUAGE sql IMMUTABLE
+    AS $$
+    SELECT r, p FROM (VALUES
+        ('dispatcher_listener', 'dispatcher_v2.open_session'),
+        ('dispatcher_listener', 'dispatcher_v2.check_token'),
+        ('dispatcher_listener', 'dispatcher_v2.channel_secret'),
+        ('dispatcher_listener', 'dispatcher.register_listener_v1'),
+        ('dispatcher_listener', 'dispatcher.heartbeat_listener_v1'),
+        ('dispatcher_listener', 'dispatcher.leave_listener_v1'),
+        ('dispatcher_listener', 'dispatcher.reap_listeners_v1'),
+        ('dispatcher_listener', 'dispatcher.register_session_v1'),
+        ('dispatcher_listener', 'dispatcher.end_session_v1'),
+        ('dispatcher_listener', 'dispatcher_v2.enqueue'),
+        ('dispatcher_listener', 'dispatcher_v2.enqueue_many'),
+        ('dispatcher_listener', 'dispatcher_v2.cancel_request'),
+        ('dispatcher_listener', 'dispatcher.get_region_v1'),
+        ('dispatcher_listener', 'dispatcher_xr.set_timer_v1'),
+        ('dispatcher_listener', 'dispatcher_xr.cancel_timer_v1'),
+        ('dispatcher_sep', 'dispatcher_v2.channel_secret'),
+        ('dispatcher_sep', 'dispatcher_v2.register_sep'),
+        ('dispatcher_sep', 'dispatcher_v2.claim'),
+        ('dispatcher_sep', 'dispatcher_v2.begin'),
+        ('dispatcher_sep', 'dispatcher_v2.complete'),
+        ('dispatcher_sep', 'dispatcher_v2.complete_many'),
+        ('dispatcher_sep', 'dispatcher_v2.heartbeat_sep'),
+        ('dispatcher_sep', 'dispatcher_v2.leave_sep'),
+        ('dispatcher_sep', 'dispatcher_v2.control_sep'),
+        ('dispatcher_sep', 'dispatcher_v2.active_seps'),
+        ('dispatcher_sep', 'dispatcher_v2.reap'),
+        ('dispatcher_sep', 'dispatcher_v2.end_sep_backend'),
+        ('dispatcher_sep', 'dispatcher.define_transaction_v2'),
+        ('dispatcher_sep', 'dispatcher.get_region_v1'),
+        ('dispatcher_sep', 'dispatcher_v2.enqueue'),
+        ('dispatcher_sep', 'dispatcher_v2.enqueue_many'),
+        ('dispatcher_sep', 'dispatcher_xr.set_timer_v1'),
+        ('dispatcher_sep', 'dispatcher_xr.cancel_timer_v1'),
+        ('dispatcher_monitor', 'dispatcher_v2.enqueue'),
+        ('dispatcher_monitor', 'dispatcher_v2.enqueue_many'),
+        ('dispatcher_monitor', 'dispatcher.get_region_v1'),
+        ('dispatcher_monitor', 'dispatcher_xr.set_timer_v1'),
+        ('dispatcher_monitor', 'dispatcher_xr.cancel_timer_v1')
+    ) AS t (r, p)
+$$;
+
+--
 -- Name: queue_candidates(text, text[], text[], integer, bigint); Type: FUNCTION; Schema: dispatcher_v2; Owner: -
 --
 
@@ -2718,7 +2947,8 @@ END $$;
 --
 
 CREATE FUNCTION dispatcher_v2.reap(p_region text) RETURNS TABLE(dead_seps integer, requeued integer, expired integer, purged integer)
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 DECLARE
     reg dispatcher.region;
@@ -2774,7 +3004,8 @@ END $$;
 --
 
 CREATE FUNCTION dispatcher_v2.register_sep(p_region text, p_host text, p_pid integer, p_capabilities text[], p_standby boolean, p_address text DEFAULT NULL::text) RETURNS dispatcher.sep
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 DECLARE
     reg dispatcher.region;
@@ -2975,7 +3206,8 @@ $$;
 --
 
 CREATE FUNCTION dispatcher_xr.cancel_timer_v1(p_region text, p_reqid text) RETURNS boolean
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 BEGIN
     DELETE FROM dispatcher_xr.timer WHERE region = p_region AND reqid = p_reqid;
@@ -3027,7 +3259,8 @@ CREATE TABLE dispatcher_xr.timer (
 --
 
 CREATE FUNCTION dispatcher_xr.set_timer_v1(p_region text, p_reqid text, p_transid text, p_payload jsonb, p_priority integer, p_due_at timestamp with time zone, p_cron text, p_tz text) RETURNS dispatcher_xr.timer
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $_$
 DECLARE
     t dispatcher_xr.timer;
@@ -3071,6 +3304,15 @@ CREATE TABLE dispatcher.listener (
     address text,
     started_at timestamp with time zone DEFAULT now() NOT NULL,
     heartbeat_at timestamp with time zone DEFAULT now() NOT NULL
+);
+
+--
+-- Name: region_secret; Type: TABLE; Schema: dispatcher; Owner: -
+--
+
+CREATE TABLE dispatcher.region_secret (
+    region text NOT NULL,
+    channel_secret text DEFAULT replace(((gen_random_uuid())::text || (gen_random_uuid())::text), '-'::text, ''::text) NOT NULL
 );
 
 --
@@ -3156,6 +3398,13 @@ ALTER TABLE ONLY dispatcher.listener
 
 ALTER TABLE ONLY dispatcher.region
     ADD CONSTRAINT region_pkey PRIMARY KEY (name);
+
+--
+-- Name: region_secret region_secret_pkey; Type: CONSTRAINT; Schema: dispatcher; Owner: -
+--
+
+ALTER TABLE ONLY dispatcher.region_secret
+    ADD CONSTRAINT region_secret_pkey PRIMARY KEY (region);
 
 --
 -- Name: request_history request_history_pkey; Type: CONSTRAINT; Schema: dispatcher; Owner: -
@@ -3294,6 +3543,13 @@ CREATE INDEX timer_due_idx ON dispatcher_xr.timer USING btree (region, due_at);
 
 ALTER TABLE ONLY dispatcher.listener
     ADD CONSTRAINT listener_region_fkey FOREIGN KEY (region) REFERENCES dispatcher.region(name) ON DELETE CASCADE;
+
+--
+-- Name: region_secret region_secret_region_fkey; Type: FK CONSTRAINT; Schema: dispatcher; Owner: -
+--
+
+ALTER TABLE ONLY dispatcher.region_secret
+    ADD CONSTRAINT region_secret_region_fkey FOREIGN KEY (region) REFERENCES dispatcher.region(name) ON DELETE CASCADE;
 
 --
 -- Name: sep sep_region_fkey; Type: FK CONSTRAINT; Schema: dispatcher; Owner: -

@@ -27,6 +27,7 @@ from dispatcher.channel import (
     ChannelError,
     connect_sync,
     encode_frame,
+    is_auth,
     read_frame_sync,
     task_from_dict,
 )
@@ -64,6 +65,8 @@ class FakeSEP:
         self.hold = threading.Event()  # SLOW waits for this
         self._conns: list[socket.socket] = []
         self.done: set[tuple[int, int]] = set()
+        with connect(db_url) as conn:
+            self.secret = Region(conn, region).run(ops.region.channel_secret(region))
         if address is None:
             path = self._dir / "sep.sock"
             self._server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -90,6 +93,11 @@ class FakeSEP:
 
     def _read(self, sock: socket.socket) -> None:
         with sock:
+            try:
+                if not is_auth(read_frame_sync(sock), self.secret):
+                    return  # a stranger (dispatcher/channel.py)
+            except (ChannelError, OSError):
+                return
             while not self.stopped.is_set():
                 try:
                     msg = read_frame_sync(sock)
@@ -160,7 +168,7 @@ class FakeSEP:
         def send(msg: dict[str, Any]) -> None:
             base = {"request_id": task.request_id, "session_id": str(task.session_id)}
             if reply_to not in links:
-                links[reply_to] = connect_sync(reply_to)
+                links[reply_to] = connect_sync(reply_to, secret=self.secret)
             links[reply_to].sendall(encode_frame({**base, "sep_id": self.sep_id, **msg}))
 
         program = PROGRAMS[task.transid]

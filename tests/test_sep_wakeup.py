@@ -9,6 +9,7 @@ from typing import Any
 
 import psycopg
 
+from dispatcher.gateway import ops
 from dispatcher.region import Region
 from sep.program import sync_app
 
@@ -103,7 +104,8 @@ def test_late_hand_over_of_a_claimed_request_is_not_run_twice(
             None,
             row["enqueued_at"],
         )
-        with connect_sync(address) as sock:
+        secret = region.run(ops.region.channel_secret(region.name))
+        with connect_sync(address, secret=secret) as sock:
             sock.sendall(
                 encode_frame({"type": "dispatch", "task": task_to_dict(task), "reply_to": None})
             )

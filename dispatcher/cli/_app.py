@@ -6,7 +6,7 @@ import datetime as dt
 import decimal
 import json
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import psycopg
@@ -15,6 +15,9 @@ from ..config import DEFAULT_REGION, Settings, load_settings
 from ..database import connect, database_url
 from ..gateway import RegionGateway, ops
 from ..migrate import ensure_schema
+
+if TYPE_CHECKING:
+    from ..roles import ProcessKind
 
 __all__ = ["App", "echo_json", "json_text", "pass_app"]
 
@@ -57,6 +60,13 @@ class App:
         else:
             gw.run(ops.region.get_region(gw.name))
         return gw
+
+    def process_url(self, kind: ProcessKind) -> str:
+        """The URL a process of KIND connects with: its own, or the region's with its
+        role (dispatcher/roles.py)."""
+        from ..roles import process_url
+
+        return process_url(self.settings, kind, self.url, self.db())
 
     def close(self) -> None:
         if self._conn is not None:

@@ -34,7 +34,7 @@ def http(app: App, host: str | None, port: int | None) -> None:
     port = port if port is not None else app.settings.http.port
 
     app.db(ensure=True)
-    url = app.url
+    url = app.process_url("http")
     app.close()
     xr_url = app.settings.cross_region_url
     if xr_url:

@@ -81,6 +81,14 @@ def _address(app: App, address: str | None) -> str:
     show_default=True,
     help="A listener silent this long is dead: its sessions are ended.",
 )
+@click.option(
+    "--max-sessions",
+    type=click.IntRange(1, 1_000_000),
+    default=None,
+    help="Sessions this listener serves at once; a hello past it is refused "
+    "(too_many_sessions) [env DISPATCHER_LISTENER_MAX_SESSIONS; file: listener.max_sessions; "
+    "default: no limit].",
+)
 @pass_app
 def listener(
     app: App,
@@ -93,6 +101,7 @@ def listener(
     reuse_port: bool,
     heartbeat: float,
     dead_after: float,
+    max_sessions: int | None,
 ) -> None:
     """Serve client sessions on HOST:PORT until Ctrl-C or SIGTERM."""
     from listener.server import Listener
@@ -100,6 +109,8 @@ def listener(
     # flags > environment > file > defaults (the last three resolved in settings)
     host = host if host is not None else app.settings.listener.host
     port = port if port is not None else app.settings.listener.port
+    if max_sessions is None:
+        max_sessions = app.settings.listener.max_sessions
     if dead_after <= heartbeat * 2:
         raise click.UsageError("--dead-after must be more than twice --heartbeat")
     if bool(tls_cert) != bool(tls_key):
@@ -109,7 +120,7 @@ def listener(
         tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         tls.load_cert_chain(tls_cert, tls_key)
     app.db(ensure=True)
-    url = app.url
+    url = app.process_url("listener")
     app.close()
     if metrics_port is not None:
         from ..metrics import serve_metrics
@@ -127,6 +138,7 @@ def listener(
             reuse_port=reuse_port,
             heartbeat_interval=heartbeat,
             dead_after=dead_after,
+            max_sessions=max_sessions,
         )
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -330,10 +342,19 @@ def token() -> None:
 @click.option(
     "--priority", type=click.IntRange(0, 255), default=0, help="Session priority of its sessions."
 )
+@click.option(
+    "--max-sessions",
+    type=click.IntRange(1, 1_000_000),
+    default=None,
+    help="Sessions it may have open at once in the region, all listeners together; a hello "
+    "past it is refused (too_many_sessions) [default: no limit].",
+)
 @pass_app
-def token_create(app: App, name: str, allow: tuple[str, ...], priority: int) -> None:
+def token_create(
+    app: App, name: str, allow: tuple[str, ...], priority: int, max_sessions: int | None
+) -> None:
     """Create (or replace) token NAME and print it (it is shown only once)."""
-    click.echo(create_token(app.db(), name, allow or None, priority))
+    click.echo(create_token(app.db(), name, allow or None, priority, max_sessions))
 
 
 @token.command("list")
@@ -350,6 +371,7 @@ def token_list(app: App, as_json: bool) -> None:
         click.echo(
             f"{r['name']:20} priority {r['priority']:>3}  allow "
             f"{', '.join(r['allow']) if r['allow'] else 'all'}"
+            + (f"  max sessions {r['max_sessions']}" if r["max_sessions"] else "")
         )
 
 

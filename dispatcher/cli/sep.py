@@ -45,7 +45,7 @@ def start(
     from sep.program import AppError, sync_app
     from sep.supervisor import Supervisor
 
-    config = make_config(app.url, app.settings.region, sep_options)
+    config = make_config(app.process_url("sep"), app.settings.region, sep_options)
     assert config.app is not None  # required
     db = app.db()
     try:
@@ -59,7 +59,7 @@ def start(
     if metrics_port is not None:
         from ..metrics import serve_metrics
 
-        serve_metrics(metrics_port, app.url, app.settings.region)
+        serve_metrics(metrics_port, config.url, app.settings.region)
     raise SystemExit(supervisor.run())
 
 

@@ -133,7 +133,7 @@ def monitor(app: App, metrics_port: int | None) -> None:
         from .. import migrate
 
         migrate.install_cross_region(app.settings.cross_region_url)
-    url = app.url
+    url = app.process_url("monitor")
     app.close()
     if metrics_port is not None:
         from ..metrics import serve_metrics

@@ -1,15 +1,16 @@
 -- name: create_token
-SELECT * FROM dispatcher.create_token_v1(%(region)s, %(name)s, %(hash)s, %(allow)s, %(priority)s);
+SELECT * FROM dispatcher_v2.create_token(%(region)s, %(name)s, %(hash)s, %(allow)s, %(priority)s,
+    %(max_sessions)s);
 
 -- name: find_token
-SELECT name, allow, priority FROM dispatcher.token WHERE region = %(region)s AND hash = %(hash)s;
+SELECT name, allow, priority FROM dispatcher_v2.check_token(%(region)s, %(hash)s);
 
 -- name: revoke_token
 -- Delete token NAME: no new session may use it (sessions already open go on).
 DELETE FROM dispatcher.token WHERE region = %(region)s AND name = %(name)s RETURNING name;
 
 -- name: list_tokens
-SELECT name, allow, priority, created_at FROM dispatcher.token
+SELECT name, allow, priority, max_sessions, created_at FROM dispatcher.token
 WHERE region = %(region)s ORDER BY name;
 
 -- name: register_listener

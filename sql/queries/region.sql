@@ -31,3 +31,8 @@ SELECT r.name, r.max_seps, r.state,
     (SELECT count(*) FROM dispatcher.listener WHERE region = r.name) AS listeners,
     (SELECT count(*) FROM dispatcher.session WHERE region = r.name) AS sessions
 FROM dispatcher.region r WHERE r.name = %(region)s;
+
+-- name: channel_secret
+-- The region's channel secret: the first frame on every connection of the internal
+-- channel carries it (dispatcher/channel.py).
+SELECT dispatcher_v2.channel_secret(%(region)s) AS secret;

@@ -83,4 +83,4 @@ SELECT set_config('lock_timeout', %(ms)s, false) AS lock_timeout,
 -- name: end_backend
 -- A SEP whose task overran: end the backend of its task's connection (its transaction
 -- rolls back and its locks go at once, even while a statement runs).
-SELECT pg_terminate_backend(%(pid)s) AS ended;
+SELECT dispatcher_v2.end_sep_backend(%(pid)s) AS ended;

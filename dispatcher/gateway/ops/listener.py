@@ -32,15 +32,22 @@ def _uuid(value: object) -> UUID:
 
 
 def create_token(
-    region: str, name: str, token_hash: bytes, allow: Sequence[str] | None, priority: int
+    region: str,
+    name: str,
+    token_hash: bytes,
+    allow: Sequence[str] | None,
+    priority: int,
+    max_sessions: int | None = None,
 ) -> Op[Row]:
-    """Create (or replace) token NAME, stored as its hash; the token's row."""
+    """Create (or replace) token NAME, stored as its hash; the token's row. MAX_SESSIONS:
+    how many sessions it may have open at once in the region (None: no limit)."""
     params = {
         "region": region,
         "name": name,
         "hash": token_hash,
         "allow": list(allow) if allow else None,
         "priority": priority,
+        "max_sessions": max_sessions,
     }
     return Op("create_token", params, one_row("create_token"))
 

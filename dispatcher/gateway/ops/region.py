@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..op import Op, Row, one_row
+from ..op import Op, Row, one_row, scalar
 
 
 def ensure_region(region: str) -> Op[Row]:
@@ -44,3 +44,8 @@ def reap(region: str) -> Op[Row]:
 def region_status(region: str) -> Op[Row]:
     """What the region is doing: SEPs and requests by state, queue, oldest waiting."""
     return Op("region_status", {"region": region}, one_row("region_status"))
+
+
+def channel_secret(region: str) -> Op[str]:
+    """The region's channel secret (made at its first use; dispatcher/channel.py)."""
+    return Op("channel_secret", {"region": region}, scalar("channel_secret", "secret", str))

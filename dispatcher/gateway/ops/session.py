@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from uuid import UUID
 
-from ..op import Op, scalar
+from ..op import Op, Result, scalar
+from ..records import Token
 
 
 def _uuid(value: object) -> UUID:
@@ -17,6 +18,19 @@ def register_session(
     """A new session of USER (on LISTENER); its id."""
     params = {"region": region, "listener": listener, "user": user, "priority": priority}
     return Op("register_session", params, scalar("register_session", "id", _uuid))
+
+
+def open_session(region: str, listener: UUID | None, token_hash: bytes) -> Op[tuple[UUID, Token]]:
+    """A client's hello: the token whose hash is TOKEN_HASH opens a session on LISTENER;
+    the session's id and the token's rights. UnknownToken: no such token;
+    TooManySessions: the token's max sessions are open."""
+
+    def decode(r: Result) -> tuple[UUID, Token]:
+        row = r.rows[0]
+        return _uuid(row["id"]), Token.from_row(row)
+
+    params = {"region": region, "listener": listener, "hash": token_hash}
+    return Op("open_session", params, decode)
 
 
 def end_session(session: UUID) -> Op[bool]:

@@ -1,0 +1,88 @@
+"""The database role each kind of process of a region works with (least privilege).
+
+Revision 0005 (sql/schema/080_operations.sql) creates four roles: ``dispatcher_listener``
+(the listener and the HTTP front), ``dispatcher_sep`` (SEPs and their supervisor),
+``dispatcher_monitor`` (the event monitor) and ``dispatcher_operator`` (the CLI). A
+process of kind K connects with, in this order:
+
+1. ``K_database_url`` when set (``DISPATCHER_LISTENER_DATABASE_URL``,
+   ``DISPATCHER_SEP_DATABASE_URL``, ``DISPATCHER_MONITOR_DATABASE_URL``): a login of
+   its own, made a member of its role by the operator (docs/operations.md);
+2. else the region's URL with its role taken at connection (``options=-c role=...``),
+   when ``database_roles`` is ``auto`` (the default) and the login may take it (a
+   superuser, the embedded server's login, may), or ``on`` (refused to start if not);
+3. else the region's URL as it is (``database_roles = "off"``, or ``auto`` with a
+   login that is not a member of the role: logged ``database_role_not_taken``).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from .config import ConfigError, Settings
+from .gateway import Gateway, ops
+
+__all__ = ["ROLE_OF", "ProcessKind", "own_url", "process_url", "process_url_of", "with_role"]
+
+ProcessKind = Literal["listener", "http", "sep", "monitor"]
+
+ROLE_OF: dict[ProcessKind, str] = {
+    "listener": "dispatcher_listener",
+    "http": "dispatcher_listener",
+    "sep": "dispatcher_sep",
+    "monitor": "dispatcher_monitor",
+}
+
+_ROLE_OPTION = re.compile(r"-c\s*role=\S+")
+
+
+def with_role(url: str, role: str) -> str:
+    """URL whose connections work as ROLE (any role option it had is replaced)."""
+    options = str(conninfo_to_dict(url).get("options") or "")
+    options = _ROLE_OPTION.sub("", options).strip()
+    return make_conninfo(url, options=f"{options} -c role={role}".strip())
+
+
+def own_url(settings: Settings, kind: ProcessKind) -> str | None:
+    """The URL configured for KIND's processes, if any."""
+    if kind in ("listener", "http"):
+        return settings.listener_database_url
+    if kind == "sep":
+        return settings.sep_database_url
+    return settings.monitor_database_url
+
+
+def process_url(settings: Settings, kind: ProcessKind, url: str, db: Gateway) -> str:
+    """The URL a process of KIND connects with (see the module's text); URL is the
+    region's, DB a connection on it (to ask whether the login may take the role)."""
+    own = own_url(settings, kind)
+    if own:
+        return own
+    if settings.database_roles == "off":
+        return url
+    role = ROLE_OF[kind]
+    if db.run(ops.role.may_take_role(role)):
+        return with_role(url, role)
+    if settings.database_roles == "on":
+        raise ConfigError(
+            f"database_roles is on, but the database login may not take the role {role} "
+            f"(GRANT {role} TO <login>, or set DISPATCHER_{kind.upper()}_DATABASE_URL)"
+        )
+    from .logs import get_logger
+
+    get_logger("roles").warning("database_role_not_taken", kind=kind, role=role)
+    return url
+
+
+def process_url_of(settings: Settings, kind: ProcessKind, url: str) -> str:
+    """process_url for a process started on its own (``python -m sep``): URL as it is
+    when it names a role already (a supervisor passes its own to its SEPs)."""
+    if own_url(settings, kind) or _ROLE_OPTION.search(str(conninfo_to_dict(url).get("options"))):
+        return own_url(settings, kind) or url
+    from .database import connect
+
+    with connect(url, application_name="dispatcher-roles") as conn:
+        return process_url(settings, kind, url, Gateway(conn))
