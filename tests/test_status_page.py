@@ -267,6 +267,9 @@ def test_api_status_shows_the_region(region: Region, db_url: str) -> None:
         )
         csp = headers["Content-Security-Policy"]
         assert "default-src 'none'" in csp and "script-src 'sha256-" in csp
+    with serving(db_url, region="nowhere") as page:
+        status, _, body = get(f"http://127.0.0.1:{page.port}/api/status")
+        assert status == 404 and body["error"] == "unknown_region", body
 
 
 def test_database_down_answers_503_and_comes_back(region: Region, db_url: str) -> None:
