@@ -514,7 +514,9 @@ SCRIPT = """
 (function () {
   var SVGNS = "http://www.w3.org/2000/svg";
   var COLORS = ["#4e79a7", "#59a14f", "#f28e2b", "#e15759"];
-  var EVERY_MS = 2000;
+  // ?every=N: refresh every N seconds (0.5 to 3600; default 2)
+  var asked = Number(new URLSearchParams(location.search).get("every"));
+  var EVERY_MS = asked >= 0.5 && asked <= 3600 ? asked * 1000 : 2000;
   var points = [];
   var lastT = null;
   var windowS = 900;

@@ -358,9 +358,10 @@ def test_the_page_in_a_browser(region: Region, db_url: str, tmp_path: Path) -> N
             errors: list[str] = []
             tab.on("pageerror", lambda exc: errors.append(str(exc)))
             tab.on("console", lambda m: m.type == "error" and errors.append(m.text))
-            tab.goto(f"http://127.0.0.1:{page.port}/")
+            tab.goto(f"http://127.0.0.1:{page.port}/?every=0.5")
             expect(tab.locator("#region")).to_have_text("test")
             expect(tab.locator("#status")).to_have_attribute("data-state", "ok")
+            expect(tab.locator("#status")).to_contain_text("every 0.5 s")
 
             failed = region.enqueue("FAIL", {"message": XSS}).request_id
             assert wait_final(region, failed)["state"] == "failed"
@@ -397,7 +398,7 @@ def test_the_page_in_a_browser(region: Region, db_url: str, tmp_path: Path) -> N
             # a page whose database is gone says so, and keeps asking
             dead = f"postgresql://nobody@127.0.0.1:{free_port()}/none?connect_timeout=2"
             with serving(dead, db_timeout=1.0) as down:
-                tab.goto(f"http://127.0.0.1:{down.port}/")
+                tab.goto(f"http://127.0.0.1:{down.port}/?every=0.5")
                 expect(tab.locator("#status")).to_have_attribute("data-state", "db-down")
                 expect(tab.locator("#status")).to_contain_text("database unavailable")
                 expect(tab.locator("#region")).to_have_text("test")
