@@ -8,6 +8,7 @@ running until ``dispatcher db stop``.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 import warnings
@@ -94,9 +95,10 @@ def stop_embedded(settings: Settings) -> bool:
 def connect(
     url: str, *, autocommit: bool = True, application_name: str = "dispatcher"
 ) -> psycopg.Connection[dict[str, Any]]:
-    """A connection returning rows as dicts; raises DatabaseUnavailable when refused."""
+    """A connection returning rows as dicts; raises DatabaseUnavailable when refused.
+    What the region's procedures say of a request as a NOTICE is logged (log_notice)."""
     try:
-        return psycopg.connect(
+        conn = psycopg.connect(
             url,
             autocommit=autocommit,
             row_factory=dict_row,
@@ -105,6 +107,26 @@ def connect(
         )
     except psycopg.OperationalError as exc:
         raise DatabaseUnavailable(f"database unavailable: {str(exc).strip()}") from exc
+    conn.add_notice_handler(log_notice)
+    return conn
+
+
+# the NOTICEs of the region's procedures that are events of a request (revision 0005):
+# their detail is a JSON object of the event's fields
+REQUEST_EVENTS = frozenset({"request_requeued", "request_failed_sep_lost"})
+
+
+def log_notice(notice: psycopg.errors.Diagnostic) -> None:
+    """Log a NOTICE of the region's procedures about a request (a forced requeue) as an
+    event of this process; other notices are not the operator's concern."""
+    event = notice.message_primary
+    if event not in REQUEST_EVENTS:
+        return
+    try:
+        fields = json.loads(notice.message_detail or "{}")
+    except ValueError:
+        fields = {"detail": notice.message_detail}
+    get_logger("dispatcher.database").warning(event, **fields)
 
 
 class Backoff:

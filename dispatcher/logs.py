@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import sys
 from collections.abc import MutableMapping
 from typing import Any
@@ -41,16 +42,22 @@ def configure_logging(fmt: str | None = None, level: str | None = None) -> None:
         _process,
     ]
     structlog.configure(
-        processors=[*shared, structlog.processors.format_exc_info, *one_line, renderer],
+        processors=[
+            *shared,
+            structlog.processors.format_exc_info,
+            *one_line,
+            _bounded,
+            renderer,
+        ],
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelName(level_name) if level_name != "WARN" else logging.WARNING
         ),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=_LineWriter,
         cache_logger_on_first_use=False,
     )
     # what libraries log with the standard logging module (psycopg's pool: a broken
     # connection, a failed reconnect) goes out the same way, one line per event
-    handler = logging.StreamHandler(sys.stderr)
+    handler = logging.StreamHandler(_LineStream())
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=[*shared, structlog.stdlib.ExtraAdder()],
@@ -58,6 +65,7 @@ def configure_logging(fmt: str | None = None, level: str | None = None) -> None:
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                 structlog.processors.format_exc_info,
                 *one_line,
+                _bounded,
                 renderer,
             ],
         )
@@ -69,6 +77,62 @@ def configure_logging(fmt: str | None = None, level: str | None = None) -> None:
     handler._dispatcher = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(max(logging.WARNING, _level_number(level_name)))
+
+
+# Several processes of a region (up, a SEP supervisor and its SEPs) write to one stderr:
+# each line goes out in one write() of at most PIPE_BUF bytes, which a pipe never
+# interleaves with another process's, so one process's line is never merged with
+# another's. A value longer than MAX_VALUE characters is cut (a traceback keeps its end).
+MAX_VALUE = 1500
+
+
+def _bounded(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    for key, value in event.items():
+        if isinstance(value, str) and len(value) > MAX_VALUE:
+            cut = len(value) - MAX_VALUE
+            if key == "exception":
+                event[key] = f"...({cut} characters cut) " + value[-MAX_VALUE:]
+            else:
+                event[key] = value[:MAX_VALUE] + f"...({cut} characters cut)"
+    return event
+
+
+def _write_line(text: str) -> None:
+    """TEXT and a newline to stderr in one write() (the whole line, or its first
+    PIPE_BUF bytes and then the rest, for a line too long to go at once)."""
+    data = text.rstrip("\n").encode("utf-8", "backslashreplace") + b"\n"
+    sys.stderr.flush()
+    fd = sys.stderr.fileno()
+    while data:
+        n = os.write(fd, data[: select_pipe_buf()])
+        data = data[n:]
+
+
+def select_pipe_buf() -> int:
+    return getattr(select, "PIPE_BUF", 4096)
+
+
+class _LineWriter:
+    """structlog's logger: each rendered event is one line, written at once."""
+
+    def __init__(self, *_args: Any) -> None:
+        pass
+
+    def msg(self, message: str) -> None:
+        _write_line(message)
+
+    log = debug = info = warn = warning = error = critical = exception = fatal = msg
+
+
+class _LineStream:
+    """The stream of the standard logging handler: each record is one line, at once."""
+
+    def write(self, text: str) -> None:
+        if text.strip():
+            _write_line(text)
+
+    def flush(self) -> None:
+        pass
 
 
 def _level_number(name: str) -> int:

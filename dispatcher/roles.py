@@ -57,23 +57,28 @@ def own_url(settings: Settings, kind: ProcessKind) -> str | None:
 
 def process_url(settings: Settings, kind: ProcessKind, url: str, db: Gateway) -> str:
     """The URL a process of KIND connects with (see the module's text); URL is the
-    region's, DB a connection on it (to ask whether the login may take the role)."""
+    region's, DB a connection on it (to ask whether the login may take the role).
+    Logged as ``database_role`` (kind, role, how)."""
+    from .logs import get_logger
+
+    log = get_logger("roles")
     own = own_url(settings, kind)
     if own:
+        log.info("database_role", kind=kind, role="its own login", how=f"{kind}_database_url")
         return own
     if settings.database_roles == "off":
+        log.info("database_role", kind=kind, role="the region's login", how="database_roles=off")
         return url
     role = ROLE_OF[kind]
     if db.run(ops.role.may_take_role(role)):
+        log.info("database_role", kind=kind, role=role, how="set role")
         return with_role(url, role)
     if settings.database_roles == "on":
         raise ConfigError(
             f"database_roles is on, but the database login may not take the role {role} "
             f"(GRANT {role} TO <login>, or set DISPATCHER_{kind.upper()}_DATABASE_URL)"
         )
-    from .logs import get_logger
-
-    get_logger("roles").warning("database_role_not_taken", kind=kind, role=role)
+    log.warning("database_role_not_taken", kind=kind, role=role, why="the login is no member")
     return url
 
 

@@ -145,6 +145,23 @@ class Completion(ABC):
                 ran.abend(exc, "")
             return Fault.FAILED
 
+    def _log_retry(self, ran: Ran) -> None:
+        """After an abend: when its transaction's retry policy runs it again, say when
+        (``request_retry_scheduled``, with the delay); else it failed for good."""
+        try:
+            retry = self.host.gateway().run(ops.request.retry_of(ran.task.request_id))
+        except Exception as exc:  # a log line is never worth a task
+            ran.log.warning("retry_unknown", error=str(exc).strip())
+            return
+        if retry is None:
+            ran.log.warning("request_failed", attempt=ran.task.attempt)
+        else:
+            ran.log.info(
+                "request_retry_scheduled",
+                next_attempt=retry["next_attempt"],
+                retry_in_s=round(float(retry["retry_in_s"]), 3),
+            )
+
     def _check_alive(self) -> None:
         """After a refusal: was this SEP declared dead?"""
         h = self.host
@@ -165,6 +182,7 @@ class Completion(ABC):
                 error_type=error.get("type"),
                 error=error.get("message"),
             )
+            self._log_retry(ran)
         conversation = ran.conversation
         if conversation is not None:
             try:

@@ -3057,14 +3057,22 @@ BEGIN
                 jsonb_build_object('type', 'SEPLost', 'message',
                     format('%s during a conversation', p_why)));
             UPDATE dispatcher.session SET bound_sep = NULL WHERE id = r.session_id;
+            RAISE NOTICE USING MESSAGE = 'request_failed_sep_lost', DETAIL = json_build_object(
+                'request_id', r.id, 'sep', s.id, 'attempt', r.attempt, 'why', p_why,
+                'conversation', true)::text;
         ELSIF r.attempt >= v_max THEN
             PERFORM dispatcher_v2.archive(r, 'failed', NULL,
                 jsonb_build_object('type', 'SEPLost', 'message',
                     format('%s; gave up after %s attempts', p_why, r.attempt)));
+            RAISE NOTICE USING MESSAGE = 'request_failed_sep_lost', DETAIL = json_build_object(
+                'request_id', r.id, 'sep', s.id, 'attempt', r.attempt, 'why', p_why,
+                'conversation', false)::text;
         ELSE
             UPDATE dispatcher.request SET state = 'queued', sep_id = NULL,
                 error = jsonb_build_object('type', 'SEPLost', 'message', p_why)
             WHERE id = r.id;
+            RAISE NOTICE USING MESSAGE = 'request_requeued', DETAIL = json_build_object(
+                'request_id', r.id, 'sep', s.id, 'attempt', r.attempt, 'why', p_why)::text;
         END IF;
         n := n + 1;
     END LOOP;

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psycopg
 import pytest
 from click.testing import CliRunner
 
@@ -80,6 +81,35 @@ def test_start_and_request_show(run) -> None:  # type: ignore[no-untyped-def]
     code, out, _ = run("request", "show", str(rid), "--json")
     row = json.loads(out)
     assert row["state"] == "queued" and row["payload"] == {"a": 1}
+
+
+def test_request_show_by_start_reqid(run, db_url: str) -> None:  # type: ignore[no-untyped-def]
+    """request show takes a START reqid as well as an id: the request started with that
+    --reqid, or the one the timer of that reqid queued when it fired; a timer not fired
+    yet, an unknown reqid and a malformed one are clear errors."""
+    run("region", "set")
+    run("tx", "define", "ECHO", "--program", "app:echo")
+    code, out, _ = run("start", "ECHO", "--reqid", "order-7", "--data", "1")
+    rid = int(out.strip())
+    code, out, _ = run("request", "show", "order-7", "--json")
+    assert code == 0 and json.loads(out)["id"] == rid
+    code, out, _ = run("start", "ECHO", "--after", "3600", "--reqid", "later-1")
+    assert code == 0
+    code, _, err = run("request", "show", "later-1")
+    assert code == 1 and "has not fired yet" in err
+    with psycopg.connect(db_url, autocommit=True) as conn:  # as if it had fired
+        conn.execute(
+            "INSERT INTO dispatcher_xr.firing (firing_id, region, reqid, due_at, request_id) "
+            "VALUES ('f1', 'clitest', 'later-1', now(), %s)",
+            (rid,),
+        )
+    code, out, _ = run("request", "show", "later-1")
+    assert code == 0 and f"{rid}" in out
+    code, _, err = run("request", "show", "nobody")
+    assert code == 1 and "no request with START reqid 'nobody'" in err
+    for bad in ("0", "bad ref!", "9" * 30):
+        code, _, err = run("request", "show", bad)
+        assert code == 2 and "error" in err.lower(), (bad, err)
 
 
 def test_start_from_data_file(run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -8,11 +8,14 @@ import socket
 import struct
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
 
+from dispatcher.channel import encode_frame
 from dispatcher.gateway import ops
 from dispatcher.protocol import MAX_FRAME
 from dispatcher.region import Region
@@ -22,6 +25,7 @@ from sep.program import sync_app
 
 from .listeners import running_listener
 from .seps import ROOT, running_seps, sep_env
+from .wire import Wire
 
 APP = "dispatcher_examples.sample"
 
@@ -338,3 +342,98 @@ def test_connect_interactive_session(live: tuple[str, str, Region], module_db_ur
     assert '{"greeting": "Hello, Zoe!"}' in out.stdout
     assert '{"ordered": {"item": "cup", "quantity": 2}}' in out.stdout
     assert "error unknown_transaction" in out.stdout
+
+
+def _hellos(address: str, token: str, n: int) -> tuple[list[Wire], list[dict[str, Any]]]:
+    """N hellos at once: (the connections welcomed, kept open; every refusal)."""
+    wires = [Wire(address, timeout=15) for _ in range(n)]
+    with ThreadPoolExecutor(n) as pool:
+        replies = list(pool.map(lambda w: w.hello(token), wires))
+    welcomed = [w for w, r in zip(wires, replies, strict=True) if r["type"] == "welcome"]
+    for w, r in zip(wires, replies, strict=True):
+        if r["type"] != "welcome":
+            w.close()
+    return welcomed, [r for r in replies if r["type"] != "welcome"]
+
+
+def test_a_token_opens_at_most_its_max_sessions(
+    live: tuple[str, str, Region], module_db_url: str
+) -> None:
+    """A token made with --max-sessions N has at most N sessions open in the region, in
+    all its listeners together, even when many hellos race; one more is refused with
+    too_many_sessions, and a session that ends makes room. A listener with
+    --max-sessions refuses a hello past its own limit, whatever the token."""
+    address, token, region = live
+    capped = create_token(region, "capped", max_sessions=3)
+    with running_listener(module_db_url, "test", "--max-sessions", "2") as small:
+        welcomed, refused = _hellos(address, capped, 8)
+        assert len(welcomed) == 3 and len(refused) == 5
+        assert {r["error"]["code"] for r in refused} == {"too_many_sessions"}
+        assert "capped" in refused[0]["error"]["message"]
+        # the other listener counts the same sessions
+        with Wire(small) as w:
+            assert w.hello(capped)["error"]["code"] == "too_many_sessions"
+        welcomed.pop().close()  # its session ends: room for one
+        deadline = time.monotonic() + 10
+        while True:
+            with Wire(small) as w:
+                reply = w.hello(capped)
+            if reply["type"] == "welcome" or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert reply["type"] == "welcome", reply
+        for w in welcomed:
+            w.close()
+        # the listener's own limit
+        mine, over = _hellos(small, token, 4)
+        assert len(mine) == 2 and len(over) == 2
+        assert "--max-sessions" in over[0]["error"]["message"]
+        for w in mine:
+            w.close()
+
+
+def test_a_stranger_on_the_internal_channel_can_inject_nothing(
+    live: tuple[str, str, Region],
+) -> None:
+    """A process that connects to a listener's or a SEP's channel socket without the
+    region's secret is cut off unread: a forged end of a running call and a forged input
+    change nothing, with a wrong secret or none."""
+    address, token, region = live
+    with Wire(address) as client:
+        session_id = client.hello(token)["session_id"]
+        client.send({"type": "call", "id": 1, "transid": "CHAT"})
+        prompt = client.read()
+        assert prompt["type"] == "output", prompt
+        rid = prompt["request_id"]
+        sep_id = region.request(rid)["sep_id"]
+        sep_address = next(s["address"] for s in region.seps() if s["id"] == sep_id)
+        listener_addresses = [
+            r["address"] for r in region.conn.execute("SELECT address FROM dispatcher.listener")
+        ]
+        forged_end = {
+            "type": "end",
+            "request_id": rid,
+            "session_id": session_id,
+            "ok": True,
+            "result": "forged",
+            "error": None,
+            "next_transid": None,
+        }
+        forged_input = {"type": "input", "request_id": rid, "data": "Mallory"}
+        for target, forged in [
+            *((a, forged_end) for a in listener_addresses),
+            (sep_address, forged_input),
+        ]:
+            for first in ({"type": "auth", "secret": "not-the-secret"}, None, forged):
+                kind, _, path = target.partition(":")
+                assert kind == "unix", target
+                with socket.socket(socket.AF_UNIX) as stranger:
+                    stranger.settimeout(15)
+                    stranger.connect(path)
+                    if first is not None and first is not forged:
+                        stranger.sendall(encode_frame(first))
+                    stranger.sendall(encode_frame(forged))
+                    assert stranger.recv(1) == b""  # cut off
+        client.send({"type": "input", "id": 2, "data": "Ada"})
+        reply = client.read()
+        assert reply["type"] == "result" and reply["result"] == {"greeting": "Hello, Ada!"}

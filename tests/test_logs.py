@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from typing import Any
 
 SCRIPT = """
 from dispatcher.logs import configure_logging, get_logger
@@ -76,3 +77,67 @@ def test_library_log_records_come_out_one_json_object_per_line() -> None:
         [sys.executable, "-c", code.format(fmt="text")], capture_output=True, text=True, timeout=60
     )
     assert len(text.stderr.strip().splitlines()) == 2, text.stderr
+
+
+WRITER = """
+import logging, sys
+from dispatcher.logs import configure_logging, get_logger
+configure_logging("json")
+log = get_logger("writer")
+me = sys.argv[1]
+for i in range(150):
+    log.info("line", who=me, i=i, filler=me * 1400)
+    logging.getLogger("psycopg.pool").warning("pool line %s %s", me, i)
+log.info("long", who=me, text="x" * 100_000)
+"""
+
+
+def test_lines_of_processes_sharing_stderr_never_merge() -> None:
+    """Processes writing long lines to one stderr at once (up, a supervisor and its
+    SEPs): every line arrives whole, a JSON object of its own; a huge value is cut."""
+    import os
+
+    r, w = os.pipe()
+    procs = [subprocess.Popen([sys.executable, "-c", WRITER, who], stderr=w) for who in "abcd"]
+    os.close(w)
+    with os.fdopen(r, "rb") as pipe:
+        data = pipe.read()
+    for p in procs:
+        assert p.wait(timeout=60) == 0
+    lines = data.decode().splitlines()
+    events = [json.loads(line) for line in lines]  # each line is one whole object
+    assert len(events) == 4 * 301
+    for e in events:
+        if e["event"] == "line":
+            assert e["filler"] == e["who"] * 1400
+        elif e["event"] == "long":
+            assert len(e["text"]) < 2000 and "characters cut" in e["text"]
+
+
+def test_a_forced_requeue_is_logged_per_request(db_url: str, capfd: Any, monkeypatch: Any) -> None:
+    """A SEP declared dead while it held requests: the process that declared it logs
+    each request taken back from it (request_requeued), with the SEP and why."""
+    from dispatcher.database import connect
+    from dispatcher.gateway import Gateway, ops
+    from dispatcher.logs import configure_logging
+    from dispatcher.region import Region
+
+    # configure_logging sets these for child processes: put back after the test
+    monkeypatch.setenv("DISPATCHER_LOG_FORMAT", "json")
+    monkeypatch.setenv("DISPATCHER_LOG_LEVEL", "info")
+    configure_logging("json")
+    with connect(db_url) as conn:
+        region = Region(conn, "test")
+        region.ensure()
+        region.define_transaction("ECHO", "app:echo")
+        ids = [region.enqueue("ECHO", i).request_id for i in range(3)]
+        sep = int(region.register_sep("h", 1)["id"])
+        db = Gateway(conn)
+        held = db.run(ops.sep.claim_batch(sep, 3))
+        assert sorted(t.request_id for t in held) == ids
+        capfd.readouterr()
+        db.run(ops.sep.control_sep(sep, "lost"))
+    events = [json.loads(line) for line in capfd.readouterr().err.splitlines()]
+    requeued = [e for e in events if e["event"] == "request_requeued"]
+    assert sorted(e["request_id"] for e in requeued) == ids
+    assert all(e["sep"] == sep and e["why"] and e["level"] == "warning" for e in requeued)

@@ -58,7 +58,17 @@ def test_up_serves_a_call_and_stops_everything(tmp_path: Path) -> None:
         text=True,
     )
     try:
-        _read_until(proc, "is up", timeout=120)
+        started = _read_until(proc, "is up", timeout=120)
+        # each process works with its kind's database role (least privilege)
+        for kind, role in [
+            ("listener", "dispatcher_listener"),
+            ("http", "dispatcher_listener"),
+            ("sep", "dispatcher_sep"),
+            ("monitor", "dispatcher_monitor"),
+        ]:
+            needle = f"event=database_role kind={kind} role={role}"
+            if needle not in started:
+                started += _read_until(proc, needle, timeout=30)
         children = psutil.Process(proc.pid).children(recursive=True)
         assert len(children) >= 3
         listeners = [c for c in children if "--reuse-port" in c.cmdline()]

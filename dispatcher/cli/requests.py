@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -10,13 +11,14 @@ from typing import Any
 import click
 
 from ..errors import DispatcherError
-from ..gateway import ops
+from ..gateway import Gateway, ops
 from ..seconds import Seconds
 from ._app import App, echo_json, pass_app
 from ._data import DATA_HELP, parse_data, read_data
 from .stats import parse_since
 
 FINAL_STATES = ("done", "failed", "cancelled")
+REQID = re.compile(r"[A-Za-z0-9_.:@-]{1,64}")
 
 
 def parse_json(text: str, what: str) -> Any:
@@ -181,12 +183,46 @@ def request() -> None:
     """Look at requests."""
 
 
+def find_request(app: App, ref: str) -> int:
+    """The request REF names: its id, or a START reqid (of `start --reqid`, with or
+    without a timer: the request its last firing queued)."""
+    if ref.isascii() and ref.isdigit():
+        request_id = int(ref)
+        if not 1 <= request_id < 2**63:
+            raise click.BadParameter(f"{ref} is not a request id (1 to 2**63-1)")
+        return request_id
+    if not REQID.fullmatch(ref):
+        raise click.BadParameter(
+            f"{ref!r} is neither a request id nor a START reqid (1-64 letters, digits or _.:@-)"
+        )
+    db = app.db()
+    found = db.run(ops.request.request_by_key(db.name, ref))
+    if found is not None:
+        return found
+    from .timers import xr_conn
+
+    timer = Gateway(xr_conn(app)).run(ops.timer.reqid_request(db.name, ref))
+    if timer["request_id"] is not None:
+        return int(timer["request_id"])
+    if timer["due_at"] is not None:
+        raise click.ClickException(
+            f"timer {ref!r} has not fired yet (due at {timer['due_at'].isoformat()}): "
+            "no request yet (see: dispatcher timers)"
+        )
+    raise click.ClickException(
+        f"no request with START reqid {ref!r} in region {db.name!r} "
+        "(a firing is kept 7 days; see: dispatcher request list)"
+    )
+
+
 @request.command("show")
-@click.argument("request_id", type=click.IntRange(1, 2**63 - 1))
+@click.argument("request_ref", metavar="ID|REQID")
 @click.option("--json", "as_json", is_flag=True)
 @pass_app
-def show(app: App, request_id: int, as_json: bool) -> None:
-    """Show a request: state, result or error, attempts, SEP, timings."""
+def show(app: App, request_ref: str, as_json: bool) -> None:
+    """Show a request, by id or by START reqid: state, result or error, attempts, SEP,
+    timings."""
+    request_id = find_request(app, request_ref)
     db = app.db()
     row = db.run(ops.request.show_request(db.name, request_id))
     if as_json:

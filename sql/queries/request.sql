@@ -42,3 +42,22 @@ WHERE (%(state)s::text IS NULL OR state = %(state)s::text)
   AND (%(before)s::bigint IS NULL OR id < %(before)s::bigint)
 ORDER BY id DESC
 LIMIT %(limit)s;
+
+-- name: request_by_key
+-- The newest request of the region whose START reqid (idempotency key) is KEY, queued,
+-- running or finished; no row: none.
+SELECT id FROM (
+    SELECT id FROM dispatcher.request WHERE region = %(region)s AND idempotency_key = %(key)s
+    UNION ALL
+    SELECT id FROM dispatcher.request_history
+    WHERE region = %(region)s AND idempotency_key = %(key)s
+) r
+ORDER BY id DESC LIMIT 1;
+
+-- name: retry_of
+-- A request that abended and waits to run again: its next attempt and the seconds
+-- until it may (no row: it is not waiting to be retried).
+SELECT attempt + 1 AS next_attempt,
+    greatest(extract(epoch FROM not_before - clock_timestamp()), 0)::float8 AS retry_in_s
+FROM dispatcher.request
+WHERE id = %(id)s AND state = 'queued' AND not_before IS NOT NULL;

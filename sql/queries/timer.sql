@@ -76,3 +76,13 @@ ON CONFLICT (firing_id) DO NOTHING;
 
 -- name: timers_fired_once
 DELETE FROM dispatcher_xr.timer WHERE id = ANY(%(ids)s);
+
+-- name: reqid_request
+-- A START reqid of a timer: the request its last firing queued (NULL: none kept) and,
+-- while it is pending, when it is due next (NULL: no pending timer of that reqid).
+SELECT
+    (SELECT request_id FROM dispatcher_xr.firing
+     WHERE region = %(region)s AND reqid = %(reqid)s AND request_id IS NOT NULL
+     ORDER BY fired_at DESC LIMIT 1) AS request_id,
+    (SELECT due_at FROM dispatcher_xr.timer WHERE region = %(region)s AND reqid = %(reqid)s)
+        AS due_at;

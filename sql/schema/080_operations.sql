@@ -110,6 +110,56 @@ LANGUAGE sql AS $$
       AND a.usename = session_user AND a.application_name = 'dispatcher-sep'
 $$;
 
+-- ------------------------------------------------------------- forced requeues
+-- Every request taken back from a SEP that died or was declared dead is said, one
+-- NOTICE per request (request_requeued, or request_failed_sep_lost when it may not run
+-- again), with a JSON detail: the process that reaped logs each one
+-- (dispatcher/database.py).
+CREATE OR REPLACE FUNCTION dispatcher_v2.requeue_held(s dispatcher.sep, p_why text) RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    r dispatcher.request;
+    v_max integer;
+    n integer := 0;
+BEGIN
+    SELECT max_redispatch INTO v_max FROM dispatcher.region WHERE name = s.region;
+    FOR r IN SELECT * FROM dispatcher.request
+             WHERE id = ANY (s.current_request || s.held) AND sep_id = s.id
+             ORDER BY id FOR UPDATE LOOP
+        IF r.session_id IS NOT NULL AND EXISTS (
+            SELECT 1 FROM dispatcher.session WHERE id = r.session_id AND bound_sep = s.id
+        ) THEN
+            PERFORM dispatcher_v2.archive(r, 'failed', NULL,
+                jsonb_build_object('type', 'SEPLost', 'message',
+                    format('%s during a conversation', p_why)));
+            UPDATE dispatcher.session SET bound_sep = NULL WHERE id = r.session_id;
+            RAISE NOTICE USING MESSAGE = 'request_failed_sep_lost', DETAIL = json_build_object(
+                'request_id', r.id, 'sep', s.id, 'attempt', r.attempt, 'why', p_why,
+                'conversation', true)::text;
+        ELSIF r.attempt >= v_max THEN
+            PERFORM dispatcher_v2.archive(r, 'failed', NULL,
+                jsonb_build_object('type', 'SEPLost', 'message',
+                    format('%s; gave up after %s attempts', p_why, r.attempt)));
+            RAISE NOTICE USING MESSAGE = 'request_failed_sep_lost', DETAIL = json_build_object(
+                'request_id', r.id, 'sep', s.id, 'attempt', r.attempt, 'why', p_why,
+                'conversation', false)::text;
+        ELSE
+            UPDATE dispatcher.request SET state = 'queued', sep_id = NULL,
+                error = jsonb_build_object('type', 'SEPLost', 'message', p_why)
+            WHERE id = r.id;
+            RAISE NOTICE USING MESSAGE = 'request_requeued', DETAIL = json_build_object(
+                'request_id', r.id, 'sep', s.id, 'attempt', r.attempt, 'why', p_why)::text;
+        END IF;
+        n := n + 1;
+    END LOOP;
+    UPDATE dispatcher.sep SET held = '{}' WHERE id = s.id AND held <> '{}';
+    IF n > 0 THEN
+        PERFORM dispatcher_v2.wake_idle_sep(s.region, s.id);   -- for the requeued work
+    END IF;
+    PERFORM dispatcher_v2.wake_for_keys(s.region);   -- its keys have new owners
+    RETURN n;
+END $$;
+
 -- ------------------------------------------------------------------------ roles
 DO $$
 DECLARE

@@ -48,3 +48,41 @@ DROP FUNCTION dispatcher_v2.open_session(text, uuid, bytea);
 DROP FUNCTION dispatcher_v2.check_token(text, bytea);
 DROP FUNCTION dispatcher_v2.create_token(text, text, bytea, text[], integer, integer);
 ALTER TABLE dispatcher.token DROP COLUMN max_sessions;
+
+-- requeue_held as revision 0004 made it (no NOTICE per request)
+CREATE OR REPLACE FUNCTION dispatcher_v2.requeue_held(s dispatcher.sep, p_why text) RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    r dispatcher.request;
+    v_max integer;
+    n integer := 0;
+BEGIN
+    SELECT max_redispatch INTO v_max FROM dispatcher.region WHERE name = s.region;
+    FOR r IN SELECT * FROM dispatcher.request
+             WHERE id = ANY (s.current_request || s.held) AND sep_id = s.id
+             ORDER BY id FOR UPDATE LOOP
+        IF r.session_id IS NOT NULL AND EXISTS (
+            SELECT 1 FROM dispatcher.session WHERE id = r.session_id AND bound_sep = s.id
+        ) THEN
+            PERFORM dispatcher_v2.archive(r, 'failed', NULL,
+                jsonb_build_object('type', 'SEPLost', 'message',
+                    format('%s during a conversation', p_why)));
+            UPDATE dispatcher.session SET bound_sep = NULL WHERE id = r.session_id;
+        ELSIF r.attempt >= v_max THEN
+            PERFORM dispatcher_v2.archive(r, 'failed', NULL,
+                jsonb_build_object('type', 'SEPLost', 'message',
+                    format('%s; gave up after %s attempts', p_why, r.attempt)));
+        ELSE
+            UPDATE dispatcher.request SET state = 'queued', sep_id = NULL,
+                error = jsonb_build_object('type', 'SEPLost', 'message', p_why)
+            WHERE id = r.id;
+        END IF;
+        n := n + 1;
+    END LOOP;
+    UPDATE dispatcher.sep SET held = '{}' WHERE id = s.id AND held <> '{}';
+    IF n > 0 THEN
+        PERFORM dispatcher_v2.wake_idle_sep(s.region, s.id);   -- for the requeued work
+    END IF;
+    PERFORM dispatcher_v2.wake_for_keys(s.region);   -- its keys have new owners
+    RETURN n;
+END $$;

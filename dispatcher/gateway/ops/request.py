@@ -14,7 +14,15 @@ from ...values import check_data, check_text
 from ..op import Op, Result, Row, all_rows, each, one, scalar
 from ..records import Enqueued
 
-__all__ = ["enqueue", "enqueue_many", "enqueue_many_params", "enqueue_params", "show_request"]
+__all__ = [
+    "enqueue",
+    "enqueue_many",
+    "enqueue_many_params",
+    "enqueue_params",
+    "request_by_key",
+    "retry_of",
+    "show_request",
+]
 
 
 MAX_ROUTING_KEY = 200  # characters (the request table's check)
@@ -201,3 +209,18 @@ def list_requests(
         "before": before,
     }
     return Op("list_requests", params, all_rows)
+
+
+def request_by_key(region: str, key: str) -> Op[int | None]:
+    """The newest request whose START reqid (idempotency key) is KEY; None: none."""
+    return Op(
+        "request_by_key",
+        {"region": region, "key": key},
+        lambda r: int(r.rows[0]["id"]) if r.rows else None,
+    )
+
+
+def retry_of(request_id: int) -> Op[Row | None]:
+    """next_attempt and retry_in_s of a request that abended and waits to run again;
+    None: it does not (it failed for good, or runs already)."""
+    return Op("retry_of", {"id": request_id}, lambda r: r.rows[0] if r.rows else None)

@@ -19,6 +19,7 @@ __all__ = [
     "next_due",
     "purge_firings",
     "record_firings",
+    "reqid_request",
     "set_timer",
     "timer_clock",
     "timer_fired_schedule",
@@ -129,3 +130,9 @@ def record_firings(
 def timers_fired_once(ids: Sequence[int]) -> Op[int]:
     """Remove the one-shot timers IDS that fired; how many."""
     return Op("timers_fired_once", {"ids": list(ids)}, rowcount)
+
+
+def reqid_request(region: str, reqid: str) -> Op[Row]:
+    """request_id: the request the last firing of timer REQID queued (None: none kept);
+    due_at: when it is due next while pending (None: no pending timer of that reqid)."""
+    return Op("reqid_request", {"region": region, "reqid": reqid}, one_row("reqid_request"))
