@@ -31,6 +31,9 @@ ERRORS: dict[str, bool] = {
     "frame_too_large": False,  # longer than MAX_FRAME: the connection is closed
     "bad_hello": False,  # first frame not a hello, or an unsupported version
     "unauthorized": False,  # missing or wrong token
+    # a hello past the listener's --max-sessions or the token's max sessions: the
+    # connection is closed; a hello later, or to another listener, may be welcome
+    "too_many_sessions": True,
     "forbidden": False,  # the token may not run this transaction
     "unknown_transaction": False,
     "invalid_value": False,

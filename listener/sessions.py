@@ -201,7 +201,7 @@ class ClientSessions:
         if not isinstance(token, str) or not token:
             await self._reply(writer, error("unauthorized", "a token is required", id=hid))
             return None
-        if st.max_sessions is not None and len(st.sessions) >= st.max_sessions:
+        if st.max_sessions is not None and len(st.sessions) + st.opening >= st.max_sessions:
             await self._reply(
                 writer,
                 error(
@@ -213,6 +213,7 @@ class ClientSessions:
             )
             st.log.warning("session_refused", why="listener_max_sessions", max=st.max_sessions)
             return None
+        st.opening += 1  # counted against --max-sessions while the database answers
         try:
             async with self.health.guard(partial(self._reply, writer), hid):
                 async with st.pool.connection() as conn:
@@ -226,6 +227,8 @@ class ClientSessions:
             if isinstance(exc, TooManySessions):
                 st.log.warning("session_refused", why="token_max_sessions", error=exc.message)
             return None
+        finally:
+            st.opening -= 1
         session = Session(sid, tok.name, tok.priority, tok.allow, writer)
         st.sessions[sid] = session
         await session.send(

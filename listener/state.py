@@ -30,5 +30,6 @@ class ListenerState:
     address: str = ""
     # sessions this listener serves at once (None: no limit); a hello past it is refused
     max_sessions: int | None = None
+    opening: int = 0  # hellos whose session the database is opening
     # the region's channel secret: the first frame on a channel connection carries it
     channel_secret: str = ""

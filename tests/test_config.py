@@ -31,10 +31,15 @@ database_url = "postgresql://u:secret@db.example/d"
 cross_region_url = "postgresql://x.example/timers"
 log_format = "json"
 log_level = "warning"
+database_roles = "on"
+listener_database_url = "postgresql://l@db.example/d"
+sep_database_url = "postgresql://s@db.example/d"
+monitor_database_url = "postgresql://m@db.example/d"
 
 [listener]
 host = "127.0.0.2"
 port = 7311
+max_sessions = 500
 
 [http]
 host = "0.0.0.0"
@@ -125,6 +130,12 @@ def test_the_file_of_the_home_sets_every_key(home: Path) -> None:
         7381,
     )
     assert (s.up.app, s.up.seps, s.up.batch, s.up.listeners) == ("some.app", 3, 8, 2)
+    assert (s.database_roles, s.listener.max_sessions) == ("on", 500)
+    assert (s.listener_database_url, s.sep_database_url, s.monitor_database_url) == (
+        "postgresql://l@db.example/d",
+        "postgresql://s@db.example/d",
+        "postgresql://m@db.example/d",
+    )
     assert all(s.origin(k) == Origin("file", str(home / "dispatcher.toml")) for k in KEYS)
 
 
@@ -139,6 +150,11 @@ def test_the_environment_beats_the_file_for_every_key(home: Path) -> None:
         "DISPATCHER_LOG_LEVEL": "debug",
         "DISPATCHER_LISTENER_HOST": "::1",
         "DISPATCHER_LISTENER_PORT": "7400",
+        "DISPATCHER_LISTENER_MAX_SESSIONS": "20",
+        "DISPATCHER_DATABASE_ROLES": "off",
+        "DISPATCHER_LISTENER_DATABASE_URL": "postgresql://le/d",
+        "DISPATCHER_SEP_DATABASE_URL": "postgresql://se/d",
+        "DISPATCHER_MONITOR_DATABASE_URL": "postgresql://me/d",
         "DISPATCHER_HTTP_HOST": "10.0.0.1",
         "DISPATCHER_HTTP_PORT": "7401",
         "DISPATCHER_WEB_HOST": "10.0.0.2",
@@ -159,6 +175,8 @@ def test_the_environment_beats_the_file_for_every_key(home: Path) -> None:
         7401,
     )
     assert (s.up.app, s.up.seps, s.up.batch, s.up.listeners) == ("env.app", 5, 2, 3)
+    assert (s.database_roles, s.listener.max_sessions) == ("off", 20)
+    assert s.sep_database_url == "postgresql://se/d"
     assert all(s.origin(k) == Origin("env", env_var(k)) for k in KEYS)
 
 

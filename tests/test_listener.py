@@ -368,11 +368,11 @@ def test_a_token_opens_at_most_its_max_sessions(
     with running_listener(module_db_url, "test", "--max-sessions", "2") as small:
         welcomed, refused = _hellos(address, capped, 8)
         assert len(welcomed) == 3 and len(refused) == 5
-        assert {r["error"]["code"] for r in refused} == {"too_many_sessions"}
-        assert "capped" in refused[0]["error"]["message"]
+        assert {r["code"] for r in refused} == {"too_many_sessions"}
+        assert "capped" in refused[0]["message"] and refused[0]["retryable"] is True
         # the other listener counts the same sessions
         with Wire(small) as w:
-            assert w.hello(capped)["error"]["code"] == "too_many_sessions"
+            assert w.hello(capped)["code"] == "too_many_sessions"
         welcomed.pop().close()  # its session ends: room for one
         deadline = time.monotonic() + 10
         while True:
@@ -387,7 +387,7 @@ def test_a_token_opens_at_most_its_max_sessions(
         # the listener's own limit
         mine, over = _hellos(small, token, 4)
         assert len(mine) == 2 and len(over) == 2
-        assert "--max-sessions" in over[0]["error"]["message"]
+        assert "--max-sessions" in over[0]["message"]
         for w in mine:
             w.close()
 
@@ -403,6 +403,8 @@ def test_a_stranger_on_the_internal_channel_can_inject_nothing(
         session_id = client.hello(token)["session_id"]
         client.send({"type": "call", "id": 1, "transid": "CHAT"})
         prompt = client.read()
+        if prompt["type"] == "accepted":
+            prompt = client.read()
         assert prompt["type"] == "output", prompt
         rid = prompt["request_id"]
         sep_id = region.request(rid)["sep_id"]
@@ -433,7 +435,10 @@ def test_a_stranger_on_the_internal_channel_can_inject_nothing(
                     if first is not None and first is not forged:
                         stranger.sendall(encode_frame(first))
                     stranger.sendall(encode_frame(forged))
-                    assert stranger.recv(1) == b""  # cut off
+                    try:  # cut off: closed (or reset, with the forged frame unread)
+                        assert stranger.recv(1) == b""
+                    except ConnectionResetError:
+                        pass
         client.send({"type": "input", "id": 2, "data": "Ada"})
         reply = client.read()
-        assert reply["type"] == "result" and reply["result"] == {"greeting": "Hello, Ada!"}
+        assert reply["type"] == "result" and reply["data"] == {"greeting": "Hello, Ada!"}, reply

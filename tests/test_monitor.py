@@ -157,6 +157,7 @@ class DatabaseClock:
         self.conn = conn
         conn.execute("CREATE TABLE public.test_clock (base timestamptz, set_at timestamptz)")
         conn.execute("INSERT INTO public.test_clock VALUES (clock_timestamp(), clock_timestamp())")
+        conn.execute("GRANT SELECT ON public.test_clock TO PUBLIC")  # the processes' roles
         conn.execute(
             """CREATE OR REPLACE FUNCTION dispatcher_xr.clock() RETURNS timestamptz
                LANGUAGE sql VOLATILE AS
