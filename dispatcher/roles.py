@@ -2,8 +2,9 @@
 
 Revision 0005 (sql/schema/080_operations.sql) creates four roles: ``dispatcher_listener``
 (the listener and the HTTP front), ``dispatcher_sep`` (SEPs and their supervisor),
-``dispatcher_monitor`` (the event monitor) and ``dispatcher_operator`` (the CLI). A
-process of kind K connects with, in this order:
+``dispatcher_monitor`` (the event monitor), ``dispatcher_viewer`` (the status page:
+reads only) and ``dispatcher_operator`` (the CLI). A process of kind K connects with,
+in this order:
 
 1. ``K_database_url`` when set (``DISPATCHER_LISTENER_DATABASE_URL``,
    ``DISPATCHER_SEP_DATABASE_URL``, ``DISPATCHER_MONITOR_DATABASE_URL``): a login of
@@ -27,13 +28,14 @@ from .gateway import Gateway, ops
 
 __all__ = ["ROLE_OF", "ProcessKind", "own_url", "process_url", "process_url_of", "with_role"]
 
-ProcessKind = Literal["listener", "http", "sep", "monitor"]
+ProcessKind = Literal["listener", "http", "sep", "monitor", "web"]
 
 ROLE_OF: dict[ProcessKind, str] = {
     "listener": "dispatcher_listener",
     "http": "dispatcher_listener",
     "sep": "dispatcher_sep",
     "monitor": "dispatcher_monitor",
+    "web": "dispatcher_viewer",  # the status page: reads only
 }
 
 _ROLE_OPTION = re.compile(r"-c\s*role=\S+")
@@ -52,7 +54,9 @@ def own_url(settings: Settings, kind: ProcessKind) -> str | None:
         return settings.listener_database_url
     if kind == "sep":
         return settings.sep_database_url
-    return settings.monitor_database_url
+    if kind == "monitor":
+        return settings.monitor_database_url
+    return None  # the status page: the region's URL, with the viewer's role
 
 
 def process_url(settings: Settings, kind: ProcessKind, url: str, db: Gateway) -> str:

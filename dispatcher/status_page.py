@@ -1,4 +1,4 @@
-"""The read-only status page of a region (docs/status-page.md): ``dispatcher web``, and
+"""The read-only status page of a region (docs/operations.md): ``dispatcher web``, and
 one more child of ``dispatcher up``.
 
 An aiohttp application on the same stack as the HTTP front (listener/http.py), with
@@ -10,7 +10,7 @@ two routes:
   timers. Every text that comes from the database is put in the page as text
   (``textContent``, ``append(string)``), never as HTML; the Content-Security-Policy
   lets only the page's own script run.
-- ``GET /api/status``: the region as JSON (the fields: docs/status-page.md), with
+- ``GET /api/status``: the region as JSON (the fields: docs/operations.md, "The status page"), with
   ``series``: the queue depth by band sampled by this server every 2 s, kept in
   memory for 15 minutes (``?since=T``: only the samples after T). A lost database is
   ``503`` ``{"error": "database_unavailable", ...}`` (with the series kept so far);

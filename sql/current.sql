@@ -2526,7 +2526,8 @@ CREATE FUNCTION dispatcher_v2.grant_roles() RETURNS void
 DECLARE
     r text;
     f record;
-    processes text[] := ARRAY['dispatcher_listener', 'dispatcher_sep', 'dispatcher_monitor'];
+    processes text[] := ARRAY['dispatcher_listener', 'dispatcher_sep', 'dispatcher_monitor',
+                              'dispatcher_viewer'];
 BEGIN
     EXECUTE 'REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA dispatcher, dispatcher_v2, dispatcher_xr '
             'FROM PUBLIC';
@@ -2916,7 +2917,8 @@ CREATE FUNCTION dispatcher_v2.process_procedures() RETURNS TABLE(role text, proc
         ('dispatcher_monitor', 'dispatcher_v2.enqueue_many'),
         ('dispatcher_monitor', 'dispatcher.get_region_v1'),
         ('dispatcher_monitor', 'dispatcher_xr.set_timer_v1'),
-        ('dispatcher_monitor', 'dispatcher_xr.cancel_timer_v1')
+        ('dispatcher_monitor', 'dispatcher_xr.cancel_timer_v1'),
+        ('dispatcher_viewer', 'dispatcher.get_region_v1')
     ) AS t (r, p)
 $$;
 

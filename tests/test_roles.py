@@ -67,9 +67,10 @@ def test_the_listener_role_cannot_read_tokens_nor_change_requests(
         assert db.run(ops.region.channel_secret("test"))
 
 
-def test_the_sep_and_monitor_roles_keep_to_their_procedures(db_url: str, region: Region) -> None:
+def test_the_sep_monitor_and_viewer_roles_keep_to_their_rights(db_url: str, region: Region) -> None:
     """A SEP's role registers, claims and completes, but cannot open a session, read
-    the tokens or change a request by hand; the monitor's role cannot claim work."""
+    the tokens or change a request by hand; the monitor's role cannot claim work; the
+    status page's role reads and changes nothing."""
     region.define_transaction("ECHO", "app:echo")
     e = region.enqueue("ECHO", {"x": 1})
     with _as(db_url, "dispatcher_sep") as conn:
@@ -85,6 +86,17 @@ def test_the_sep_and_monitor_roles_keep_to_their_procedures(db_url: str, region:
             pid = other.info.backend_pid
             assert db.run(ops.sep.end_backend(pid)) is False
             assert other.execute("SELECT 1").fetchone() == (1,)
+    with _as(db_url, "dispatcher_viewer") as conn:  # the status page: reads only
+        assert conn.execute("SELECT count(*) AS n FROM dispatcher.request").fetchone()
+        conn.execute("SELECT * FROM dispatcher.get_region_v1('test')")
+        _denied(conn, "SELECT * FROM dispatcher.token")
+        _denied(conn, "UPDATE dispatcher.region SET max_seps = 0")
+        _denied(conn, "DELETE FROM dispatcher_xr.timer")
+        _denied(
+            conn,
+            "SELECT * FROM dispatcher_v2.enqueue('test', 'ECHO', NULL, NULL, 0, NULL, NULL, "
+            "NULL, 'x', false, NULL)",
+        )
     with _as(db_url, "dispatcher_monitor") as conn:
         _denied(conn, "SELECT * FROM dispatcher_v2.claim(1, 1)")
         _denied(conn, "SELECT * FROM dispatcher.token")

@@ -1,4 +1,4 @@
-"""The read-only status page (dispatcher/status_page.py, docs/status-page.md): its JSON
+"""The read-only status page (dispatcher/status_page.py, docs/operations.md): its JSON
 against a real region, a lost database and its return, the page in a real headless
 Chromium (Playwright) watching a request of a real SEP process appear and finish, and
 the command line (``dispatcher web``, ``dispatcher up --web-port``)."""

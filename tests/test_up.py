@@ -65,6 +65,7 @@ def test_up_serves_a_call_and_stops_everything(tmp_path: Path) -> None:
             ("http", "dispatcher_listener"),
             ("sep", "dispatcher_sep"),
             ("monitor", "dispatcher_monitor"),
+            ("web", "dispatcher_viewer"),
         ]:
             needle = f"event=database_role kind={kind} role={role}"
             if needle not in started:

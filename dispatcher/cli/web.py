@@ -1,4 +1,4 @@
-"""``dispatcher web``: the read-only status page of a region (docs/status-page.md)."""
+"""``dispatcher web``: the read-only status page of a region (docs/operations.md)."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def web(app: App, host: str | None, port: int | None) -> None:
     port = port if port is not None else app.settings.web.port
 
     app.db()  # the schema at head and the region known (else a clear error)
-    url = app.url
+    url = app.process_url("web")  # the role dispatcher_viewer: it reads only
     app.close()
     xr_url = app.settings.cross_region_url
 

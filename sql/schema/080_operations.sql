@@ -8,6 +8,7 @@
 --   dispatcher_listener  listener and HTTP front: sessions, enqueue, results, timers
 --   dispatcher_sep       SEPs and their supervisor: register, claim, complete, heartbeat
 --   dispatcher_monitor   the event monitor: timers, and enqueue what fires
+--   dispatcher_viewer    the status page: reads the region's state, changes nothing
 --   dispatcher_operator  the CLI: everything in the region's schemas
 -- The processes' roles change rows only through the procedures granted to them, which
 -- run with the rights of their owner (SECURITY DEFINER, search_path pinned); they may
@@ -166,7 +167,7 @@ DECLARE
     r text;
 BEGIN
     FOREACH r IN ARRAY ARRAY['dispatcher_listener', 'dispatcher_sep', 'dispatcher_monitor',
-                             'dispatcher_operator'] LOOP
+                             'dispatcher_viewer', 'dispatcher_operator'] LOOP
         IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = r) THEN
             BEGIN
                 EXECUTE format('CREATE ROLE %I NOLOGIN', r);
@@ -224,7 +225,8 @@ LANGUAGE sql IMMUTABLE AS $$
         ('dispatcher_monitor', 'dispatcher_v2.enqueue_many'),
         ('dispatcher_monitor', 'dispatcher.get_region_v1'),
         ('dispatcher_monitor', 'dispatcher_xr.set_timer_v1'),
-        ('dispatcher_monitor', 'dispatcher_xr.cancel_timer_v1')
+        ('dispatcher_monitor', 'dispatcher_xr.cancel_timer_v1'),
+        ('dispatcher_viewer', 'dispatcher.get_region_v1')
     ) AS t (r, p)
 $$;
 
@@ -249,7 +251,8 @@ LANGUAGE plpgsql AS $$
 DECLARE
     r text;
     f record;
-    processes text[] := ARRAY['dispatcher_listener', 'dispatcher_sep', 'dispatcher_monitor'];
+    processes text[] := ARRAY['dispatcher_listener', 'dispatcher_sep', 'dispatcher_monitor',
+                              'dispatcher_viewer'];
 BEGIN
     EXECUTE 'REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA dispatcher, dispatcher_v2, dispatcher_xr '
             'FROM PUBLIC';

@@ -17,7 +17,7 @@ BEGIN
     EXECUTE 'GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA dispatcher, dispatcher_v2, dispatcher_xr '
             'TO PUBLIC';
     FOREACH r IN ARRAY ARRAY['dispatcher_listener', 'dispatcher_sep', 'dispatcher_monitor',
-                             'dispatcher_operator'] LOOP
+                             'dispatcher_viewer', 'dispatcher_operator'] LOOP
         CONTINUE WHEN NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = r);
         EXECUTE format('REVOKE ALL ON ALL TABLES IN SCHEMA dispatcher, dispatcher_v2, '
                        'dispatcher_xr FROM %I', r);
