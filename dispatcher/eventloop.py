@@ -9,7 +9,7 @@ import os
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
-__all__ = ["loop_factory", "run"]
+__all__ = ["bound_port", "loop_factory", "run"]
 
 T = TypeVar("T")
 
@@ -29,3 +29,10 @@ def run(main: Coroutine[Any, Any, T]) -> T:
     """Run MAIN to its end on a new event loop (see the module doc)."""
     with asyncio.Runner(loop_factory=loop_factory()) as runner:
         return runner.run(main)
+
+
+def bound_port(server: object, asked: int) -> int:
+    """The port SERVER listens on (ASKED 0: the one the system chose). uvloop's server
+    is not an ``asyncio.Server`` but has the same ``sockets``; ASKED when it has none."""
+    sockets = getattr(server, "sockets", None) or ()
+    return int(sockets[0].getsockname()[1]) if sockets else asked

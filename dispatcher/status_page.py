@@ -43,6 +43,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from .errors import DatabaseUnavailable, DispatcherError, UnknownRegion
+from .eventloop import bound_port
 from .gateway import AsyncGateway, ops
 from .logs import get_logger
 
@@ -224,11 +225,7 @@ class StatusPage:
         except BaseException:
             await self.close()
             raise
-        # the port bound (port 0: the one the system chose); uvloop's server is not an
-        # asyncio.Server, but has the same sockets
-        sockets = getattr(site._server, "sockets", None) or ()
-        if sockets:
-            self.port = int(sockets[0].getsockname()[1])
+        self.port = bound_port(site._server, self.port)  # port 0: the one chosen
         self.log.info("web_started", host=self.host, port=self.port)
 
     async def close(self) -> None:

@@ -31,6 +31,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from dispatcher.channel import ChannelError, parse_json
 from dispatcher.errors import DispatcherError
+from dispatcher.eventloop import bound_port
 from dispatcher.gateway import AsyncGateway, Token, ops
 from dispatcher.logs import get_logger
 from dispatcher.values import MAX_DATA
@@ -199,9 +200,7 @@ class HttpFront:
         except BaseException:
             await self.close()
             raise
-        server = site._server
-        if isinstance(server, asyncio.Server) and server.sockets:
-            self.state.port = int(server.sockets[0].getsockname()[1])
+        self.state.port = bound_port(site._server, self.state.port)
         self.log.info("http_started", host=self.host, port=self.port)
 
     async def close(self) -> None:
