@@ -11,7 +11,11 @@ in this order:
    its own, made a member of its role by the operator (docs/operations.md);
 2. else the region's URL with its role taken at connection (``options=-c role=...``),
    when ``database_roles`` is ``auto`` (the default) and the login may take it (a
-   superuser, the embedded server's login, may), or ``on`` (refused to start if not);
+   superuser, the embedded server's login, may), or ``on`` (refused to start if not).
+   A SEP's connection is also its programs' (``ctx.db``, whose work commits with the
+   task's outcome and needs rights on the app's own tables): with ``auto`` a SEP keeps
+   the login's rights; ``on`` (grant the app's tables to ``dispatcher_sep``) or
+   ``sep_database_url`` gives it its role;
 3. else the region's URL as it is (``database_roles = "off"``, or ``auto`` with a
    login that is not a member of the role: logged ``database_role_not_taken``).
 """
@@ -72,6 +76,11 @@ def process_url(settings: Settings, kind: ProcessKind, url: str, db: Gateway) ->
         return own
     if settings.database_roles == "off":
         log.info("database_role", kind=kind, role="the region's login", how="database_roles=off")
+        return url
+    if settings.database_roles == "auto" and kind == "sep":
+        # a SEP's connection is its programs' too (ctx.db): their work needs rights on
+        # the app's own tables, which only the operator knows; on, or sep_database_url
+        log.info("database_role", kind=kind, role="the region's login", how="auto: programs")
         return url
     role = ROLE_OF[kind]
     if db.run(ops.role.may_take_role(role)):

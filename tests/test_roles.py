@@ -136,7 +136,8 @@ def test_with_role_replaces_a_role_and_keeps_other_options() -> None:
 
 def test_which_url_each_kind_of_process_takes(db_url: str, login: str) -> None:
     """A kind's own URL wins; else the region's URL with the kind's role (auto: when
-    the login may take it; on: else an error); off: the URL as it is."""
+    the login may take it, but for a SEP, whose programs work on its connection; on:
+    always, else an error); off: the URL as it is."""
     own = "postgresql://listener@elsewhere/db"
 
     def settings(**env: str) -> Any:
@@ -147,8 +148,12 @@ def test_which_url_each_kind_of_process_takes(db_url: str, login: str) -> None:
         s = settings(DISPATCHER_LISTENER_DATABASE_URL=own)
         assert process_url(s, "listener", db_url, db) == own
         assert process_url(s, "http", db_url, db) == own
-        assert process_url(s, "sep", db_url, db) == with_role(db_url, "dispatcher_sep")
-        assert process_url(settings(DISPATCHER_DATABASE_ROLES="off"), "sep", db_url, db) == db_url
+        assert process_url(s, "monitor", db_url, db) == with_role(db_url, "dispatcher_monitor")
+        assert process_url(settings(DISPATCHER_DATABASE_ROLES="off"), "web", db_url, db) == db_url
+        # a SEP's programs work on its connection: auto leaves it the login's rights
+        assert process_url(s, "sep", db_url, db) == db_url
+        on = settings(DISPATCHER_DATABASE_ROLES="on")
+        assert process_url(on, "sep", db_url, db) == with_role(db_url, "dispatcher_sep")
     stranger = psycopg.conninfo.make_conninfo(db_url, user=login)
     with psycopg.connect(stranger, autocommit=True, row_factory=dict_row) as conn:
         db = Gateway(conn)

@@ -63,7 +63,6 @@ def test_up_serves_a_call_and_stops_everything(tmp_path: Path) -> None:
         for kind, role in [
             ("listener", "dispatcher_listener"),
             ("http", "dispatcher_listener"),
-            ("sep", "dispatcher_sep"),
             ("monitor", "dispatcher_monitor"),
             ("web", "dispatcher_viewer"),
         ]:
