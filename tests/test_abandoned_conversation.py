@@ -119,7 +119,7 @@ def test_stopping_up_ends_a_waiting_conversation_at_once(region: Region, db_url:
     proc = subprocess.Popen(
         [
             *(sys.executable, "-m", "dispatcher", "up", "--app", APP),
-            *("--seps", "1", "--port", str(port)),
+            *("--seps", "1", "--port", str(port), "--no-http", "--no-web"),
         ],
         env=sep_env(db_url, "test"),
         cwd=ROOT,

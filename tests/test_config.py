@@ -545,7 +545,10 @@ def test_up_runs_what_the_file_says(
         f"[listener]\nport = {port}\n"
     )
     proc = subprocess.Popen(
-        [sys.executable, "-m", "dispatcher", "--config", str(path), "up", "--no-monitor"],
+        [
+            *(sys.executable, "-m", "dispatcher", "--config", str(path)),
+            *("up", "--no-monitor", "--no-http", "--no-web"),
+        ],
         env=cli_env,
         cwd=ROOT,
         stderr=subprocess.PIPE,

@@ -51,6 +51,7 @@ def test_up_serves_a_call_and_stops_everything(tmp_path: Path) -> None:
             sys.executable,
             *("-m", "dispatcher", "up", "--seps", "2", "--port", str(port)),
             *("--http-port", str(http_port), "--listeners", "2"),
+            *("--web-port", str(free_port())),
         ],
         env=env,
         stderr=subprocess.PIPE,
@@ -174,7 +175,7 @@ def test_up_restarts_a_crashed_sep_but_not_the_ones_an_operator_stopped(
     proc = subprocess.Popen(
         [
             *(sys.executable, "-m", "dispatcher", "up"),
-            *("--seps", "2", "--port", str(port), "--no-monitor"),
+            *("--seps", "2", "--port", str(port), "--no-monitor", "--no-http", "--no-web"),
         ],
         env=env,
         stderr=subprocess.PIPE,

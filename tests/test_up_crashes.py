@@ -62,7 +62,10 @@ def test_up_outlives_crashes_of_its_parts_and_leaves_nothing_when_killed(tmp_pat
     env["DISPATCHER_HOME"] = str(home)
     log = (tmp_path / "up.log").open("w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "dispatcher", "up", "--seps", "2", "--port", str(port)],
+        [
+            *(sys.executable, "-m", "dispatcher", "up", "--seps", "2", "--port", str(port)),
+            *("--no-http", "--no-web"),
+        ],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=log,
@@ -120,7 +123,10 @@ def test_up_outlives_crashes_of_its_parts_and_leaves_nothing_when_killed(tmp_pat
         ]
         idle.close()
         again = subprocess.Popen(
-            [sys.executable, "-m", "dispatcher", "up", "--seps", "1", "--port", str(port)],
+            [
+                *(sys.executable, "-m", "dispatcher", "up", "--seps", "1", "--port", str(port)),
+                *("--no-http", "--no-web", "--no-monitor"),
+            ],
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
