@@ -102,3 +102,19 @@ def supervised(
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def run_all(
+    argvs: list[list[str]], env: dict[str, str], timeout: float = 120
+) -> list[subprocess.CompletedProcess[str]]:
+    """Run each ARGV (a whole command line) as a process, two or more at once (a
+    battery of one-shot commands: their start-up is most of their time), in order."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(argv: list[str]) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            argv, env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout
+        )
+
+    with ThreadPoolExecutor(max(2, os.cpu_count() or 2)) as pool:
+        return list(pool.map(one, argvs))

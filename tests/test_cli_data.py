@@ -15,7 +15,7 @@ from dispatcher.region import Region
 from dispatcher.values import MAX_DATA
 
 from .listeners import running_listener
-from .seps import ROOT, running_seps
+from .seps import ROOT, run_all, running_seps
 
 APP = "tests.apps.basic"
 
@@ -69,20 +69,23 @@ BAD = {
 }
 
 
-@pytest.mark.parametrize("text", list(BAD.values()), ids=list(BAD))
-@pytest.mark.parametrize("command", ["call", "start"])
 def test_a_bad_value_is_one_line_and_nothing_is_stored(
-    cli_env: dict[str, str], region: Region, command: str, text: str
+    cli_env: dict[str, str], region: Region
 ) -> None:
-    """`call`/`start --data` with a value the region refuses: one line on stderr, exit 2,
-    no traceback, no hint to upgrade the database, nothing queued."""
+    """`call`/`start --data` with each value of BAD, which the region refuses: one line
+    on stderr, exit 2, no traceback, no hint to upgrade the database, nothing queued."""
     region.define_transaction("ECHO", "tests.apps.basic:echo")
-    extra = ["--address", "127.0.0.1:1"] if command == "call" else []
-    out = dispatcher(cli_env, command, "ECHO", "--data", text, *extra)
-    assert out.returncode == 2, out
-    lines = [line for line in out.stderr.splitlines() if line.strip()]
-    assert "Traceback" not in out.stderr and "upgrade" not in out.stderr, out.stderr
-    assert lines and "--data" in out.stderr, out.stderr
+    cases = [(command, name) for command in ("call", "start") for name in BAD]
+    argvs = [
+        [sys.executable, "-m", "dispatcher", command, "ECHO", "--data", BAD[name]]
+        + (["--address", "127.0.0.1:1"] if command == "call" else [])
+        for command, name in cases
+    ]
+    for case, out in zip(cases, run_all(argvs, cli_env), strict=True):
+        assert out.returncode == 2, (case, out)
+        lines = [line for line in out.stderr.splitlines() if line.strip()]
+        assert "Traceback" not in out.stderr and "upgrade" not in out.stderr, (case, out.stderr)
+        assert lines and "--data" in out.stderr, (case, out.stderr)
     n = region.conn.execute("SELECT count(*) AS n FROM dispatcher.request").fetchone()
     assert n is not None and n["n"] == 0
 

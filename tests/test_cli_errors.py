@@ -4,13 +4,10 @@ usage message and exit 2), never a traceback (real `dispatcher` subprocesses).""
 from __future__ import annotations
 
 import shlex
-import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
-from .seps import ROOT
+from .seps import run_all
 
 BAD = [
     "--region nosuch status",
@@ -36,23 +33,18 @@ BAD = [
 ]
 
 
-@pytest.mark.parametrize("command", BAD)
-def test_a_mistake_is_one_clear_line(
-    cli_env: dict[str, str], tmp_path: Path, region: object, command: str
+def test_every_mistake_is_one_clear_line(
+    cli_env: dict[str, str], tmp_path: Path, region: object
 ) -> None:
-    """No traceback, a message, and exit 1 or 2 (never 0)."""
+    """Each command of BAD: no traceback, a message, and exit 1 or 2 (never 0)."""
     not_utf8 = tmp_path / "tasks.jsonl"
     not_utf8.write_bytes(b"\xff\n")
-    argv = shlex.split(command.format(not_utf8=not_utf8))
-    out = subprocess.run(
-        [sys.executable, "-m", "dispatcher", *argv],
-        env=cli_env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert out.returncode in (1, 2), (out.returncode, out.stdout, out.stderr)
-    assert "Traceback" not in out.stderr, out.stderr
-    errors = [line for line in out.stderr.splitlines() if line.lower().startswith("error")]
-    assert len(errors) == 1, out.stderr
+    argvs = [
+        [sys.executable, "-m", "dispatcher", *shlex.split(c.format(not_utf8=not_utf8))]
+        for c in BAD
+    ]
+    for command, out in zip(BAD, run_all(argvs, cli_env), strict=True):
+        assert out.returncode in (1, 2), (command, out.returncode, out.stdout, out.stderr)
+        assert "Traceback" not in out.stderr, (command, out.stderr)
+        errors = [line for line in out.stderr.splitlines() if line.lower().startswith("error")]
+        assert len(errors) == 1, (command, out.stderr)

@@ -309,10 +309,18 @@ def test_each_kind_of_mistake_as_a_subprocess(home: Path, tmp_path: Path) -> Non
     """`python -m dispatcher [...] up`: exit 2, one line, no traceback, nothing started
     (every fourth bad file, and every other kind of mistake; the CliRunner test above
     has them all)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     setups = _bad_setups(tmp_path)
-    for options, extra, expected in setups[: len(BAD_FILES) : 4] + setups[len(BAD_FILES) :]:
+    chosen = setups[: len(BAD_FILES) : 4] + setups[len(BAD_FILES) :]
+
+    def run(options: list[str], extra: dict[str, str]) -> subprocess.CompletedProcess[str]:
         env = {**_no_dispatcher_env(), "DISPATCHER_HOME": str(home), **extra}
-        out = python_m("dispatcher", *options, "up", "--port", str(free_port()), env=env)
+        return python_m("dispatcher", *options, "up", "--port", str(free_port()), env=env)
+
+    with ThreadPoolExecutor(2) as pool:  # one-shot processes: mostly their start-up
+        outs = list(pool.map(lambda s: run(s[0], s[1]), chosen))
+    for (options, _, expected), out in zip(chosen, outs, strict=True):
         assert out.returncode == 2, (options, out.stderr)
         assert "Traceback" not in out.stderr
         assert out.stderr.splitlines() == [out.stderr.strip()], out.stderr
