@@ -89,10 +89,25 @@ def process_url(settings: Settings, kind: ProcessKind, url: str, db: Gateway) ->
     if settings.database_roles == "on":
         raise ConfigError(
             f"database_roles is on, but the database login may not take the role {role} "
-            f"(GRANT {role} TO <login>, or set DISPATCHER_{kind.upper()}_DATABASE_URL)"
+            f"(GRANT {role} TO <login>{_or_own_url(kind)})"
         )
-    log.warning("database_role_not_taken", kind=kind, role=role, why="the login is no member")
+    log.warning(
+        "database_role_not_taken",
+        kind=kind,
+        role=role,
+        why=f"the login is no member (GRANT {role} TO the login{_or_own_url(kind)})",
+    )
     return url
+
+
+def _or_own_url(kind: ProcessKind) -> str:
+    variable = {
+        "listener": "DISPATCHER_LISTENER_DATABASE_URL",
+        "http": "DISPATCHER_LISTENER_DATABASE_URL",
+        "sep": "DISPATCHER_SEP_DATABASE_URL",
+        "monitor": "DISPATCHER_MONITOR_DATABASE_URL",
+    }.get(kind)
+    return f", or set {variable}" if variable else ""
 
 
 def process_url_of(settings: Settings, kind: ProcessKind, url: str) -> str:

@@ -40,8 +40,7 @@ def test_every_mistake_is_one_clear_line(
     not_utf8 = tmp_path / "tasks.jsonl"
     not_utf8.write_bytes(b"\xff\n")
     argvs = [
-        [sys.executable, "-m", "dispatcher", *shlex.split(c.format(not_utf8=not_utf8))]
-        for c in BAD
+        [sys.executable, "-m", "dispatcher", *shlex.split(c.format(not_utf8=not_utf8))] for c in BAD
     ]
     for command, out in zip(BAD, run_all(argvs, cli_env), strict=True):
         assert out.returncode in (1, 2), (command, out.returncode, out.stdout, out.stderr)

@@ -254,6 +254,14 @@ DECLARE
     processes text[] := ARRAY['dispatcher_listener', 'dispatcher_sep', 'dispatcher_monitor',
                               'dispatcher_viewer'];
 BEGIN
+    IF (SELECT count(*) FROM pg_roles
+        WHERE rolname IN ('dispatcher_listener', 'dispatcher_sep', 'dispatcher_monitor',
+                          'dispatcher_viewer', 'dispatcher_operator')) < 5 THEN
+        -- no roles to give the rights to (a login without CREATEROLE ran the migration):
+        -- every login keeps calling the procedures as before
+        RAISE NOTICE 'the dispatcher roles do not exist: procedures stay callable by PUBLIC';
+        RETURN;
+    END IF;
     EXECUTE 'REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA dispatcher, dispatcher_v2, dispatcher_xr '
             'FROM PUBLIC';
     IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'dispatcher_operator') THEN
