@@ -181,3 +181,26 @@ def test_downgrade_takes_the_rights_back(pg_server_url: str) -> None:
         with _as(url, "dispatcher_listener") as conn:
             _denied(conn, "SELECT * FROM dispatcher.token")
             conn.execute("SELECT dispatcher_xr.clock()")
+
+
+def test_a_login_that_may_not_set_the_role_does_not_take_it(db_url: str, login: str) -> None:
+    """A login that is only an admin of a role (as a CREATEROLE login is of the roles it
+    made, PostgreSQL 16+) may not SET it: auto leaves its URL as it is instead of a
+    connection that would be refused; granted with SET, it takes the role."""
+    stranger = psycopg.conninfo.make_conninfo(db_url, user=login)
+    s = load_settings(env={"DISPATCHER_DATABASE_URL": stranger})
+    with psycopg.connect(db_url, autocommit=True) as su:
+        su.execute(
+            f'GRANT dispatcher_monitor TO "{login}" WITH ADMIN TRUE, INHERIT FALSE, SET FALSE'
+        )
+        try:
+            with psycopg.connect(stranger, autocommit=True, row_factory=dict_row) as conn:
+                assert process_url(s, "monitor", stranger, Gateway(conn)) == stranger
+            su.execute(f'GRANT dispatcher_monitor TO "{login}" WITH SET TRUE')
+            with psycopg.connect(stranger, autocommit=True, row_factory=dict_row) as conn:
+                url = process_url(s, "monitor", stranger, Gateway(conn))
+            assert url == with_role(stranger, "dispatcher_monitor")
+            with psycopg.connect(url) as conn:  # and the server lets it
+                assert conn.execute("SELECT current_user").fetchone() == ("dispatcher_monitor",)
+        finally:
+            su.execute(f'REVOKE dispatcher_monitor FROM "{login}"')
