@@ -227,6 +227,10 @@ class ClientSessions:
             if isinstance(exc, TooManySessions):
                 st.log.warning("session_refused", why="token_max_sessions", error=exc.message)
             return None
+        except DispatcherError as exc:  # e.g. permission_denied: a role without its rights
+            st.log.error("hello_failed", error=str(exc))
+            await self._reply(writer, error("internal", f"the hello failed: {exc}", id=hid))
+            return None
         finally:
             st.opening -= 1
         session = Session(sid, tok.name, tok.priority, tok.allow, writer)
