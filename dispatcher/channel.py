@@ -7,10 +7,10 @@ object with a ``type``.
 
 Every connection begins with ``{"type": "auth", "secret": S}``, S the region's channel
 secret (made by the database, read by listeners and SEPs when they start: the
-``channel_secret`` query); a connection whose first frame is anything else, or comes
-later than AUTH_TIMEOUT, is closed unread (logged ``channel_stranger_refused``): a
-process that cannot read the region's database cannot hand a SEP a task or a session
-an output. Then the messages:
+``channel_secret`` query); a connection whose first frame is anything else, announces
+more than AUTH_MAX bytes (not read), or is not whole within AUTH_TIMEOUT, is closed
+(logged ``channel_stranger_refused``): a process that cannot read the region's database
+cannot hand a SEP a task or a session an output. Then the messages:
 
 Listener -> SEP
 - ``dispatch``: ``{"type": "dispatch", "task": TASK, "reply_to": ADDRESS}``: run this
@@ -53,6 +53,7 @@ import orjson
 from .gateway import Task
 
 __all__ = [
+    "AUTH_MAX",
     "AUTH_TIMEOUT",
     "MAX_FRAME",
     "ChannelError",
@@ -250,7 +251,8 @@ def parse_address(address: str) -> tuple[str, str | tuple[str, int]]:
     raise ChannelError(f"invalid channel address {address!r}: use unix:/path or tcp:host:port")
 
 
-AUTH_TIMEOUT = 10.0  # seconds a channel connection has to send its auth frame
+AUTH_TIMEOUT = 10.0  # seconds a channel connection has to send its whole auth frame
+AUTH_MAX = 1024  # bytes: a first frame any longer is not an auth frame (read no more)
 
 
 def auth_frame(secret: str) -> bytes:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tomllib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
@@ -55,6 +56,7 @@ __all__ = [
     "WebTable",
     "env_var",
     "load_settings",
+    "masked_url",
 ]
 
 DEFAULT_REGION = "default"
@@ -68,6 +70,12 @@ HOME_ENV = "DISPATCHER_HOME"
 ENV_PREFIX = "DISPATCHER_"
 
 REGION_PATTERN = r"^[A-Za-z0-9_.-]{1,40}$"
+_PASSWORD = re.compile(r"(://[^:/?#@]*:)[^@/?#]+@|(password\s*=\s*)('[^']*'|\S+)")
+
+
+def masked_url(url: str) -> str:
+    """URL with its password hidden (``postgresql://u:***@h/d``, ``password=***``)."""
+    return _PASSWORD.sub(lambda m: f"{m[1]}***@" if m[1] else f"{m[2]}***", url)
 
 
 class ConfigError(click.ClickException):

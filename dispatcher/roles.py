@@ -72,7 +72,8 @@ def process_url(settings: Settings, kind: ProcessKind, url: str, db: Gateway) ->
     log = get_logger("roles")
     own = own_url(settings, kind)
     if own:
-        log.info("database_role", kind=kind, role="its own login", how=f"{kind}_database_url")
+        key = "listener" if kind == "http" else kind
+        log.info("database_role", kind=kind, role="its own login", how=f"{key}_database_url")
         return own
     if settings.database_roles == "off":
         log.info("database_role", kind=kind, role="the region's login", how="database_roles=off")

@@ -37,6 +37,10 @@ class Answered(Exception):
     the handling of that client message ends there."""
 
 
+class ListenerStopped(Exception):
+    """The listener was asked to stop before it could register."""
+
+
 class Health:
     def __init__(self, state: ListenerState, heartbeat_interval: float, dead_after: float) -> None:
         self.state = state
@@ -65,7 +69,11 @@ class Health:
             except DB_ERRORS as exc:
                 delay = backoff.next_delay()
                 st.log.warning("database_unavailable", error=str(exc).strip(), retry_in_s=delay)
-                await asyncio.sleep(delay)
+                # SIGTERM while the database is away: stop now, do not wait for it
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(st.stopping.wait(), delay)
+                if st.stopping.is_set():
+                    raise ListenerStopped("stopped before the database answered") from exc
 
     async def leave(self) -> None:
         """On a clean stop: the database ends the listener's sessions (best effort)."""

@@ -14,6 +14,7 @@ from typing import Any
 from uuid import UUID
 
 from dispatcher.channel import (
+    AUTH_MAX,
     AUTH_TIMEOUT,
     ChannelError,
     encode_frame,
@@ -123,7 +124,7 @@ class Routing:
         self._channel_writers.add(writer)
         try:
             try:
-                first = await asyncio.wait_for(read_frame(reader), AUTH_TIMEOUT)
+                first = await asyncio.wait_for(read_frame(reader, AUTH_MAX), AUTH_TIMEOUT)
             except (ChannelError, TimeoutError) as exc:
                 first = {"error": str(exc) or "no frame in time"}
             if not is_auth(first, self.state.channel_secret):

@@ -30,6 +30,7 @@ from uuid import UUID
 import psycopg
 
 from dispatcher.channel import (
+    AUTH_MAX,
     AUTH_TIMEOUT,
     ChannelError,
     is_auth,
@@ -73,6 +74,8 @@ EXIT_TIMED_OUT = 6
 TIMEOUT_GRACE = 2.0
 # the longest a step of the watchdog's fence may wait on a lock or a statement
 FENCE_WAIT_S = 10.0
+# connections to a SEP's channel socket at once (listeners keep one link each)
+MAX_CHANNEL_LINKS = 256
 T = TypeVar("T")
 
 
@@ -133,6 +136,14 @@ class _Stop(Exception):
     pass
 
 
+def _shut(sock: socket.socket) -> None:
+    """End a channel connection whose first frame did not come in time."""
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
 def _request_id(msg: dict[str, Any]) -> int:
     try:
         return int(msg.get("request_id", 0))
@@ -166,6 +177,8 @@ class Worker:
         self._sockdir = socket_dir("sep")
         self.address = ""
         self._server: socket.socket | None = None
+        self._channel_lock = threading.Lock()
+        self._channel_links = 0
         # how the SEP reports outcomes and gets work (sep/completion.py): chosen once
         self._completion: Completion = (
             Batch(self, config.batch, config.batch_window) if config.batch > 1 else OneByOne(self)
@@ -274,17 +287,35 @@ class Worker:
                 sock, _ = server.accept()
             except OSError:
                 return
+            with self._channel_lock:
+                full = self._channel_links >= MAX_CHANNEL_LINKS
+                if not full:
+                    self._channel_links += 1
+            if full:  # listeners keep one link each: this many is a flood
+                self.log.warning("channel_link_refused", links=MAX_CHANNEL_LINKS)
+                sock.close()
+                continue
             threading.Thread(target=self._read_channel, args=(sock,), daemon=True).start()
 
     def _read_channel(self, sock: socket.socket) -> None:
+        try:
+            self._serve_link(sock)
+        finally:
+            with self._channel_lock:
+                self._channel_links -= 1
+
+    def _serve_link(self, sock: socket.socket) -> None:
         with sock:
-            # the first frame must be the region's secret, in time (dispatcher/channel.py)
+            # the first frame must be the region's secret, whole within AUTH_TIMEOUT and
+            # short (dispatcher/channel.py): a timer cuts a peer that trickles it
+            cut = threading.Timer(AUTH_TIMEOUT, _shut, args=(sock,))
+            cut.start()
             try:
-                sock.settimeout(AUTH_TIMEOUT)
-                first = read_frame_sync(sock)
-                sock.settimeout(None)
+                first = read_frame_sync(sock, AUTH_MAX)
             except (ChannelError, OSError) as exc:
                 first = {"error": str(exc)}
+            finally:
+                cut.cancel()
             if not is_auth(first, self.links.secret):
                 kind = first.get("type") if isinstance(first, dict) else None
                 self.log.warning(

@@ -2548,6 +2548,9 @@ BEGIN
                 'TO dispatcher_operator';
         EXECUTE 'GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA dispatcher, dispatcher_v2, '
                 'dispatcher_xr TO dispatcher_operator';
+        IF to_regclass('public.dispatcher_alembic_version') IS NOT NULL THEN
+            EXECUTE 'GRANT SELECT ON public.dispatcher_alembic_version TO dispatcher_operator';
+        END IF;
     END IF;
     FOREACH r IN ARRAY processes LOOP
         CONTINUE WHEN NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = r);

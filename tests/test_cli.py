@@ -107,9 +107,16 @@ def test_request_show_by_start_reqid(run, db_url: str) -> None:  # type: ignore[
     assert code == 0 and f"{rid}" in out
     code, _, err = run("request", "show", "nobody")
     assert code == 1 and "no request with START reqid 'nobody'" in err
-    for bad in ("0", "bad ref!", "9" * 30):
+    for bad in ("0", "9" * 30, "", " ", "x" * 1001):
         code, _, err = run("request", "show", bad)
         assert code == 2 and "error" in err.lower(), (bad, err)
+    # any text is a key (`start --reqid 'a b'`, the HTTP front's user/key); digits too
+    for key in ("a b", "bob/order-17", "12345"):
+        code, out, _ = run("start", "ECHO", "--reqid", key, "--data", "2")
+        code, out2, err = run("request", "show", key, "--json")
+        assert code == 0 and json.loads(out2)["id"] == int(out.strip()), (key, err)
+    code, _, err = run("start", "ECHO", "--reqid", "")
+    assert code == 2 and "--reqid" in err
 
 
 def test_start_from_data_file(run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -19,7 +19,7 @@ from ..migrate import ensure_schema
 if TYPE_CHECKING:
     from ..roles import ProcessKind
 
-__all__ = ["App", "echo_json", "json_text", "pass_app"]
+__all__ = ["App", "echo_json", "json_text", "pass_app", "say"]
 
 
 class App:
@@ -64,9 +64,19 @@ class App:
     def process_url(self, kind: ProcessKind) -> str:
         """The URL a process of KIND connects with: its own, or the region's with its
         role (dispatcher/roles.py)."""
+        from ..config import ConfigError
+        from ..errors import DatabaseUnavailable
         from ..roles import process_url
 
-        return process_url(self.settings, kind, self.url, self.db())
+        url = process_url(self.settings, kind, self.url, self.db())
+        if url != self.url:  # its own login, or a role: refuse at once what cannot connect
+            try:
+                connect(url, application_name="dispatcher-cli").close()
+            except (DatabaseUnavailable, psycopg.Error) as exc:
+                what = " ".join(str(exc).split())
+                msg = f"the {kind} process's database URL cannot connect: {what}"
+                raise ConfigError(msg) from None
+        return url
 
     def close(self) -> None:
         if self._conn is not None:
@@ -75,6 +85,18 @@ class App:
 
 
 pass_app = click.make_pass_decorator(App)
+
+
+def say(app: App, text: str, event: str, **fields: Any) -> None:
+    """A line for the operator on stderr (where to connect, what was synced): TEXT as it
+    is, or with --log-format json one log event EVENT with FIELDS, so that every line
+    of stderr is then one JSON object."""
+    if app.settings.log_format == "json":
+        from ..logs import get_logger
+
+        get_logger("cli").info(event, **fields)
+    else:
+        click.echo(text, err=True)
 
 
 def _default(value: Any) -> Any:

@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import click
 
-from ..config import HOME_ENV, KEYS, Settings
+from ..config import HOME_ENV, KEYS, Settings, masked_url
 from ._app import App, echo_json, pass_app
-
-_PASSWORD = re.compile(r"(://[^:/?#@]*:)[^@/?#]*@")
 
 
 def _masked(key: str, value: Any) -> Any:
     """VALUE, with the password of a database URL hidden."""
     if key.endswith("_url") and isinstance(value, str):
-        return _PASSWORD.sub(r"\1***@", value)
+        return masked_url(value)
     return value
 
 

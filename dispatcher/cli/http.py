@@ -8,7 +8,7 @@ import signal
 import click
 
 from .. import eventloop
-from ._app import App, pass_app
+from ._app import App, pass_app, say
 
 DEFAULT_HTTP_PORT = 7380  # listener.http.DEFAULT_HTTP_PORT
 
@@ -48,7 +48,7 @@ def http(app: App, host: str | None, port: int | None) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, front.stopping.set)
         await front.start()
-        click.echo(f"http on {host}:{front.port}", err=True)
+        say(app, f"http on {host}:{front.port}", "http_serving", host=host, port=front.port)
         try:
             await front.stopping.wait()
         finally:

@@ -16,7 +16,7 @@ from ..gateway import ops
 from ..protocol import DEFAULT_PORT
 from ..seconds import Seconds
 from ..tokens import create_token, local_token
-from ._app import App, echo_json, json_text, pass_app
+from ._app import App, echo_json, json_text, pass_app, say
 from ._data import DATA_HELP, read_data
 
 DEFAULT_ADDRESS = f"127.0.0.1:{DEFAULT_PORT}"
@@ -104,6 +104,7 @@ def listener(
     max_sessions: int | None,
 ) -> None:
     """Serve client sessions on HOST:PORT until Ctrl-C or SIGTERM."""
+    from listener.health import ListenerStopped
     from listener.server import Listener
 
     # flags > environment > file > defaults (the last three resolved in settings)
@@ -143,8 +144,12 @@ def listener(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, server.stopping.set)
-        await server.start()
-        click.echo(f"listening on {host}:{server.port}", err=True)
+        try:
+            await server.start()
+        except ListenerStopped:  # SIGTERM while its database was away: nothing served
+            await server.close()
+            return
+        say(app, f"listening on {host}:{server.port}", "listening", host=host, port=server.port)
         await server.stopping.wait()
         await server.close()
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import time
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ from ._data import DATA_HELP, parse_data, read_data
 from .stats import parse_since
 
 FINAL_STATES = ("done", "failed", "cancelled")
-REQID = re.compile(r"[A-Za-z0-9_.:@-]{1,64}")
+MAX_REF = 1000  # characters of a START reqid looked up (an idempotency key)
 
 
 def parse_json(text: str, what: str) -> Any:
@@ -97,6 +96,8 @@ def start(
     With --data-file, each line is either a JSON value (data for TRANSID) or an
     object {"transid": ..., "data": ...}.
     """
+    if reqid is not None and not reqid.strip():
+        raise click.UsageError("--reqid: empty (give a name, or leave the option out)")
     if after is not None or at is not None or cron_expr is not None or tz is not None:
         if wait or data_file is not None or transid is None or routing_key is not None:
             raise click.UsageError(
@@ -185,17 +186,23 @@ def request() -> None:
 
 def find_request(app: App, ref: str) -> int:
     """The request REF names: its id, or a START reqid (of `start --reqid`, with or
-    without a timer: the request its last firing queued)."""
+    without a timer: the request its last firing queued). Digits are an id first, a
+    reqid when no request has that id."""
+    db = app.db()
     if ref.isascii() and ref.isdigit():
         request_id = int(ref)
         if not 1 <= request_id < 2**63:
             raise click.BadParameter(f"{ref} is not a request id (1 to 2**63-1)")
-        return request_id
-    if not REQID.fullmatch(ref):
+        try:
+            db.run(ops.request.show_request(db.name, request_id))
+            return request_id
+        except DispatcherError:
+            pass  # no such request: perhaps a reqid of digits
+    if not ref.strip() or len(ref) > MAX_REF or "\x00" in ref:
         raise click.BadParameter(
-            f"{ref!r} is neither a request id nor a START reqid (1-64 letters, digits or _.:@-)"
+            f"{ref!r} is neither a request id nor a START reqid "
+            f"(1 to {MAX_REF} characters, no NUL)"
         )
-    db = app.db()
     found = db.run(ops.request.request_by_key(db.name, ref))
     if found is not None:
         return found
@@ -208,6 +215,10 @@ def find_request(app: App, ref: str) -> int:
         raise click.ClickException(
             f"timer {ref!r} has not fired yet (due at {timer['due_at'].isoformat()}): "
             "no request yet (see: dispatcher timers)"
+        )
+    if ref.isascii() and ref.isdigit():
+        raise click.ClickException(
+            f"unknown request {ref} in region {db.name!r} (nor a START reqid {ref!r})"
         )
     raise click.ClickException(
         f"no request with START reqid {ref!r} in region {db.name!r} "

@@ -14,7 +14,7 @@ import click
 from sep.options import click_options, make_config
 
 from ..gateway import ops
-from ._app import App, echo_json, pass_app
+from ._app import App, echo_json, pass_app, say
 
 
 @click.group("sep")
@@ -52,7 +52,12 @@ def start(
         names = sync_app(db, config.app)
     except AppError as exc:
         raise click.UsageError(str(exc)) from None
-    click.echo(f"synced {len(names)} transaction(s): {', '.join(sorted(names))}", err=True)
+    say(
+        app,
+        f"synced {len(names)} transaction(s): {', '.join(sorted(names))}",
+        "transactions_synced",
+        transactions=sorted(names),
+    )
     supervisor = Supervisor(config, count or os.cpu_count() or 1)
     supervisor.check_room()
     app.close()

@@ -20,14 +20,14 @@ import click
 from sep.options import SEPConfig, click_options
 from sep.options import argv as sep_argv
 
-from ..config import DEFAULT_APP, DEFAULT_HOME, DEFAULT_REGION, Settings
+from ..config import DEFAULT_APP, DEFAULT_HOME, DEFAULT_REGION, Settings, masked_url
 from ..database import Backoff, database_url, embedded_running, stop_embedded
 from ..errors import DispatcherError
 from ..gateway import ops
 from ..logs import get_logger
 from ..migrate import ensure_schema
 from ..supervision import NEVER, Child, ProcessSupervisor
-from ._app import App, pass_app
+from ._app import App, pass_app, say
 
 log = get_logger("dispatcher.up")
 
@@ -240,20 +240,29 @@ def up(
                 web_host = f"[{host}]" if ":" in host else host
                 web_line = "" if no_web else f"  status     http://{web_host}:{web_port}/\n"
                 cmd = _same_region_prefix(settings) + "dispatcher"
-                click.echo(
+                say(
+                    app,
                     f"\nregion {settings.region!r} is up: {count} SEPs running {app_module}\n"
                     f"  listener   {host}:{port}"
                     + (f" ({listeners} processes)" if listeners > 1 else "")
                     + "\n"
                     f"{http_line}"
                     f"{web_line}"
-                    f"  database   {url}\n"
+                    f"  database   {masked_url(url)}\n"
                     f"try, from another terminal:\n"
                     f'  {cmd} call ECHO --data \'{{"hello": "world"}}\''
                     f" --address {host}:{port}\n"
                     f"  {cmd} status\n"
                     f"Ctrl-C stops everything.\n",
-                    err=True,
+                    "region_is_up",
+                    region=settings.region,
+                    seps=count,
+                    app_module=app_module,
+                    listener=f"{host}:{port}",
+                    listeners=listeners,
+                    http=None if no_http else f"http://{host}:{http_port}/v1/",
+                    status=None if no_web else f"http://{web_host}:{web_port}/",
+                    database=masked_url(url),
                 )
             watch = None if settings.database_url else EmbeddedWatch(app)
             while not children.stopping:
@@ -267,7 +276,7 @@ def up(
             app.close()
             stop_embedded(settings)
             log.info("database_stopped", pgdata=str(settings.pgdata))
-        click.echo("region stopped", err=True)
+        say(app, "region stopped", "region_stopped", region=settings.region)
 
 
 class EmbeddedWatch:
@@ -308,8 +317,8 @@ def _same_region_prefix(settings: Settings) -> str:
     """The environment another terminal needs to reach this region ("" for the
     defaults): without it a command would start its own database in ~/.dispatcher."""
     env: dict[str, str] = {}
-    if settings.database_url:
-        env["DISPATCHER_DATABASE_URL"] = settings.database_url
+    if settings.database_url:  # its password hidden: type it, or export the variable
+        env["DISPATCHER_DATABASE_URL"] = masked_url(settings.database_url)
     elif settings.home != DEFAULT_HOME.expanduser():
         env["DISPATCHER_HOME"] = str(settings.home)
     if settings.region != DEFAULT_REGION:

@@ -8,7 +8,7 @@ import signal
 import click
 
 from .. import eventloop
-from ._app import App, pass_app
+from ._app import App, pass_app, say
 
 DEFAULT_WEB_PORT = 7390  # dispatcher.status_page.DEFAULT_WEB_PORT
 
@@ -49,7 +49,7 @@ def web(app: App, host: str | None, port: int | None) -> None:
         except OSError as exc:
             reason = exc.strerror or " ".join(str(exc).split())
             raise click.ClickException(f"cannot listen on {host}:{port}: {reason}") from None
-        click.echo(f"web on {host}:{page.port}", err=True)
+        say(app, f"web on {host}:{page.port}", "web_serving", host=host, port=page.port)
         try:
             await page.stopping.wait()
         finally:
