@@ -68,6 +68,8 @@ NEXT_TIMERS = 10  # next timers shown
 MAX_SEPS_LISTED = 200
 # what a lost database looks like (PoolTimeout is an OperationalError)
 UNAVAILABLE = (psycopg.OperationalError, psycopg.InterfaceError, DatabaseUnavailable, OSError)
+QUERY_WAIT_S = 4.0  # no statement or lock of the page's connections waits longer
+READ_DEADLINE_S = 6.0  # a whole reading (the page gives up its request at 8 s)
 
 
 def _default(value: Any) -> Any:
@@ -166,6 +168,11 @@ class StatusPage:
             "application_name": "dispatcher-web",
         }
         check = AsyncConnectionPool.check_connection  # a connection the server lost: a new one
+
+        async def bounded(conn: Any) -> None:
+            # a stuck database (a lock, a paused server) answers within QUERY_WAIT_S
+            await AsyncGateway(conn).run(ops.sep.bound_waits(QUERY_WAIT_S))
+
         self.pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
             url,
             min_size=1,
@@ -174,6 +181,7 @@ class StatusPage:
             timeout=db_timeout,
             kwargs=kwargs,
             check=check,
+            configure=bounded,
         )
         self.xr_pool: AsyncConnectionPool[Any] | None = None
         if xr_url is not None and xr_url != url:
@@ -185,13 +193,18 @@ class StatusPage:
                 timeout=db_timeout,
                 kwargs=kwargs,
                 check=check,
+                configure=bounded,
             )
         self.series = Series(sample_every, window_s)
         self.down: str | None = None  # why the database is unavailable (None: it is not)
+        self._own_names = own_names(host)
         self.app = self.make_app()
         self.runner: web.AppRunner | None = None
         self.sampler: asyncio.Task[None] | None = None
         self._cache: tuple[float, dict[str, Any]] | None = None
+        # the last reading that failed (its time, the error): served for _cache_s too, so
+        # that viewers of a broken region do not send the database one query each
+        self._failed: tuple[float, Exception] | None = None
         self._cache_s = min(1.0, sample_every / 2)  # viewers share one reading
         self._lock = asyncio.Lock()
 
@@ -204,11 +217,27 @@ class StatusPage:
     # ------------------------------------------------------------ the app
     def make_app(self) -> web.Application:
         """The aiohttp application: ``GET /`` and ``GET /api/status``."""
-        app = web.Application(middlewares=[_security_headers])
+        app = web.Application(middlewares=[self._known_host, _security_headers])
         app.router.add_get("/", self.page)
         app.router.add_get("/api/status", self.api_status)
         app.router.add_get("/favicon.ico", _no_icon)  # browsers ask; nothing to fetch
         return app
+
+    @web.middleware
+    async def _known_host(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Answer only requests addressed to this machine (a Host that is an IP address,
+        localhost, this host's name or the --host given): a web page elsewhere whose
+        name an attacker points at 127.0.0.1 (DNS rebinding) gets nothing."""
+        if not _known(request.host, self._own_names):
+            return _json(
+                {
+                    "error": "unknown_host",
+                    "message": "this page answers requests addressed to an IP address, "
+                    "localhost or this machine's name (a proxy: send one of them as Host)",
+                },
+                421,
+            )
+        return await handler(request)
 
     async def start(self) -> None:
         """Open the pools, start sampling and listen; if listening fails (the port is
@@ -285,16 +314,26 @@ class StatusPage:
         """The region as /api/status shows it (without the series); read at most once
         a second for all viewers. Unavailable: the database cannot be reached."""
         async with self._lock:
-            if self._cache is not None and time.monotonic() - self._cache[0] < self._cache_s:
+            now = time.monotonic()
+            if self._cache is not None and now - self._cache[0] < self._cache_s:
                 return self._cache[1]
+            if self._failed is not None and now - self._failed[0] < self._cache_s:
+                raise self._failed[1]
             if self.down is not None and self.sampler is not None and not self.sampler.done():
                 # known to be down: answer at once; the sampler finds it back
                 raise Unavailable(self.down)
             try:
-                body = await self._collect()
-            except UNAVAILABLE as exc:
+                body = await asyncio.wait_for(self._collect(), READ_DEADLINE_S)
+            except (*UNAVAILABLE, TimeoutError) as exc:
+                if isinstance(exc, TimeoutError):
+                    exc = DatabaseUnavailable(f"no answer within {READ_DEADLINE_S:g} s")
                 self._went_down(exc)
-                raise Unavailable(self.down) from None
+                self._failed = (time.monotonic(), Unavailable(self.down))
+                raise self._failed[1] from None
+            except (DispatcherError, psycopg.Error) as exc:
+                self._failed = (time.monotonic(), exc)
+                raise
+            self._failed = None
             self._cache = (time.monotonic(), body)
             return body
 
@@ -451,13 +490,24 @@ def _sep(row: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def _shown(text: Any, limit: int) -> Any:
+    """TEXT as a page shows it: at most LIMIT characters and 12 lines (a message of a
+    thousand newlines must not make a row a thousand lines tall)."""
+    if not isinstance(text, str):
+        return text
+    lines = text.splitlines()
+    if len(lines) > 12:
+        text = "\n".join([*lines[:11], f"... ({len(lines) - 11} more lines)"])
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def _failure(row: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "request_id": row["id"],
         "transid": row["transid"],
         "attempt": row["attempt"],
-        "error_type": row["error_type"],
-        "error_message": row["error_message"],
+        "error_type": _shown(row["error_type"], 200),
+        "error_message": _shown(row["error_message"], 1000),
         "finished_at": row["finished_at"],
     }
 
@@ -486,7 +536,7 @@ main { padding: 1em 1.2em; display: grid; gap: 1em; }
 .card .what { color: var(--muted); font-size: .85em; }
 table { border-collapse: collapse; width: 100%; font-variant-numeric: tabular-nums; }
 th, td { text-align: left; padding: .25em .6em .25em 0; border-bottom: 1px solid var(--line);
-  vertical-align: top; }
+  vertical-align: top; overflow-wrap: anywhere; }
 th { color: var(--muted); font-weight: 500; }
 td.msg { white-space: pre-wrap; word-break: break-word; max-width: 50em; }
 td.none { color: var(--muted); }
@@ -813,6 +863,35 @@ CSP = (
 )
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def own_names(bound: str) -> frozenset[str]:
+    """The names of this machine a Host header may carry (see _known)."""
+    import socket
+
+    return frozenset(n.lower() for n in ("localhost", socket.gethostname(), bound) if n)
+
+
+def _known(host_header: str | None, own: frozenset[str]) -> bool:
+    """Is HOST_HEADER (``name[:port]``, ``[v6]:port``) this machine, as far as a browser
+    can tell: an IP literal, localhost (or a name under it), or one of OWN (this host's
+    names, the host the page was told to bind)?"""
+    import ipaddress
+
+    if not host_header:
+        return True  # HTTP/1.0 without Host: not a browser's rebinding
+    name = host_header.strip()
+    if name.startswith("["):
+        name = name[1 : name.find("]")] if "]" in name else name[1:]
+    elif name.count(":") == 1:
+        name = name.rsplit(":", 1)[0]
+    name = name.rstrip(".").lower()
+    try:
+        ipaddress.ip_address(name)
+        return True
+    except ValueError:
+        pass
+    return name in own or name.endswith(".localhost")
 
 
 @web.middleware

@@ -409,9 +409,16 @@ def test_a_stranger_on_the_internal_channel_can_inject_nothing(
         rid = prompt["request_id"]
         sep_id = region.request(rid)["sep_id"]
         sep_address = next(s["address"] for s in region.seps() if s["id"] == sep_id)
+        # the listener of this session (other tests' listeners may be leaving meanwhile)
         listener_addresses = [
-            r["address"] for r in region.conn.execute("SELECT address FROM dispatcher.listener")
+            r["address"]
+            for r in region.conn.execute(
+                "SELECT l.address FROM dispatcher.session s "
+                "JOIN dispatcher.listener l ON l.id = s.listener_id WHERE s.id = %s",
+                [session_id],
+            )
         ]
+        assert len(listener_addresses) == 1
         forged_end = {
             "type": "end",
             "request_id": rid,

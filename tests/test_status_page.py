@@ -307,6 +307,38 @@ def test_database_down_answers_503_and_comes_back(region: Region, db_url: str) -
         assert status == 200 and "<!DOCTYPE html>" in html
 
 
+def test_a_stuck_database_answers_503_in_time_and_once_a_second(
+    region: Region, db_url: str
+) -> None:
+    """A database that hangs (a lock held on the region's table) is unavailable within
+    seconds, not after it frees; meanwhile and for a broken region (unknown: 404) the
+    viewers' requests do not each reach the database (once a second at most)."""
+    import psycopg
+
+    with serving(db_url, sample_every=60) as page, psycopg.connect(db_url) as locker:
+        base = f"http://127.0.0.1:{page.port}/api/status"
+        locker.execute("LOCK TABLE dispatcher.region IN ACCESS EXCLUSIVE MODE")
+        started = time.monotonic()
+        status, _, body = get(base)
+        assert status == 503 and body["error"] == "database_unavailable", body
+        assert time.monotonic() - started < 8
+        locker.rollback()
+    region.conn.execute("DELETE FROM dispatcher.region WHERE name = 'test'")
+    with serving(db_url, sample_every=60) as page:
+        base = f"http://127.0.0.1:{page.port}/api/status"
+        reads = page._collect
+        calls = 0
+
+        async def counted() -> Any:
+            nonlocal calls
+            calls += 1
+            return await reads()
+
+        page._collect = counted  # type: ignore[method-assign]
+        statuses = {get(base)[0] for _ in range(20)}
+        assert statuses == {404} and calls <= 3, calls
+
+
 def test_a_port_in_use_is_refused_and_cleaned_up(db_url: str) -> None:
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
@@ -475,3 +507,15 @@ def test_up_refuses_a_web_port_in_use(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, args, env=env)
     assert result.exit_code == 2 and "--http-port" in result.output, result.output
     assert not (tmp_path / "h" / "pgdata").exists()  # nothing started
+
+
+def test_a_request_addressed_to_another_name_is_refused() -> None:
+    """DNS rebinding: a Host that is not this machine (an IP, localhost, its name, the
+    --host given) gets 421 and no data; the names of this machine pass."""
+    from dispatcher.status_page import _known, own_names
+
+    own = own_names("127.0.0.1")
+    for host in ("127.0.0.1:7390", "[::1]:7390", "localhost", "app.localhost:80", None):
+        assert _known(host, own), host
+    for host in ("attacker.example", "attacker.example:7390", "127.0.0.1.evil.example"):
+        assert not _known(host, own), host

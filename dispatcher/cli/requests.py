@@ -200,8 +200,7 @@ def find_request(app: App, ref: str) -> int:
             pass  # no such request: perhaps a reqid of digits
     if not ref.strip() or len(ref) > MAX_REF or "\x00" in ref:
         raise click.BadParameter(
-            f"{ref!r} is neither a request id nor a START reqid "
-            f"(1 to {MAX_REF} characters, no NUL)"
+            f"{ref!r} is neither a request id nor a START reqid (1 to {MAX_REF} characters, no NUL)"
         )
     found = db.run(ops.request.request_by_key(db.name, ref))
     if found is not None:
