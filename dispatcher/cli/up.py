@@ -140,13 +140,16 @@ def up(
     ctx = click.get_current_context()
     if ctx.get_parameter_source("sep_batch") in (None, click.core.ParameterSource.DEFAULT):
         sep_options = {**sep_options, "batch": settings.up.batch}
-    probes: list[tuple[str, str, int, str | None]] = [("", "--port", port, None)]
+    # the status page has no login: on web.host (127.0.0.1 unless configured), not on
+    # the listener's --host (which may be every interface)
+    web_bind = settings.web.host
+    probes: list[tuple[str, str, int, str | None, str]] = [("", "--port", port, None, host)]
     if not no_http:
-        probes.append(("the HTTP front ", "--http-port", http_port, "--no-http"))
+        probes.append(("the HTTP front ", "--http-port", http_port, "--no-http", host))
     if not no_web:
-        probes.append(("the status page ", "--web-port", web_port, "--no-web"))
-    for i, (what, flag, number, off) in enumerate(probes):
-        same = [other for _, other, n, _ in probes[:i] if n == number]
+        probes.append(("the status page ", "--web-port", web_port, "--no-web", web_bind))
+    for i, (what, flag, number, off, where) in enumerate(probes):
+        same = [other for _, other, n, _, _ in probes[:i] if n == number]
         if same:
             raise click.UsageError(f"{flag} {number} is the port of {same[0]} too")
         with socket.socket() as probe:
@@ -154,10 +157,10 @@ def up(
             # no reason to refuse
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
-                probe.bind((host, number))
+                probe.bind((where, number))
             except OSError as exc:
                 raise click.UsageError(
-                    f"{what}cannot listen on {host}:{number}: {exc.strerror} (is a region "
+                    f"{what}cannot listen on {where}:{number}: {exc.strerror} (is a region "
                     f"already up? choose another {flag}" + (f", or {off})" if off else ")")
                 ) from None
     we_started_db = not settings.database_url and not embedded_running(settings)
@@ -224,7 +227,7 @@ def up(
     if not no_http:
         children.add("http", [*py, "http", "--host", host, "--port", str(http_port)], env)
     if not no_web:
-        children.add("web", [*py, "web", "--host", host, "--port", str(web_port)], env)
+        children.add("web", [*py, "web", "--host", web_bind, "--port", str(web_port)], env)
     root = click.get_current_context().find_root().command
     if not no_monitor and isinstance(root, click.Group) and "monitor" in root.commands:
         children.add("monitor", [*py, "monitor", *metrics(1)], env)
@@ -237,7 +240,7 @@ def up(
                 click.echo("error: the region did not come up (see the log above)", err=True)
             else:
                 http_line = "" if no_http else f"  http       http://{host}:{http_port}/v1/\n"
-                web_host = f"[{host}]" if ":" in host else host
+                web_host = f"[{web_bind}]" if ":" in web_bind else web_bind
                 web_line = "" if no_web else f"  status     http://{web_host}:{web_port}/\n"
                 cmd = _same_region_prefix(settings) + "dispatcher"
                 say(
