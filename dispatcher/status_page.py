@@ -429,6 +429,9 @@ class StatusPage:
                         "error": "invalid_value",
                         "message": f"since must be a number of seconds "
                         f"since the epoch, not {raw[:40]!r}",
+                        "region": self.region,
+                        "now": dt.datetime.now(dt.UTC).isoformat(),
+                        "series": self.series.as_json(None),
                     },
                     400,
                 )
@@ -642,7 +645,8 @@ SCRIPT = """
     text("requests-by-state", Object.keys(r).sort().map(function (k) {
       return k + " " + r[k];
     }).join(", ") || "none");
-    text("sessions", s.sessions + " sessions, " + s.listeners + " listeners");
+    text("sessions", s.sessions + (s.sessions === 1 ? " session, " : " sessions, ") +
+      s.listeners + (s.listeners === 1 ? " listener" : " listeners"));
     bands.forEach(function (b, i) { text("depth-" + i, (s.queue_depth || {})[b] || 0); });
     rows("seps", s.seps || [], function (p) {
       return [

@@ -49,7 +49,8 @@ def web(app: App, host: str | None, port: int | None) -> None:
         except OSError as exc:
             reason = exc.strerror or " ".join(str(exc).split())
             raise click.ClickException(f"cannot listen on {host}:{port}: {reason}") from None
-        say(app, f"web on {host}:{page.port}", "web_serving", host=host, port=page.port)
+        shown = f"[{host}]" if ":" in host else host or "every interface"
+        say(app, f"web on {shown}:{page.port}", "web_serving", host=host, port=page.port)
         try:
             await page.stopping.wait()
         finally:
