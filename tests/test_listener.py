@@ -446,6 +446,17 @@ def test_a_stranger_on_the_internal_channel_can_inject_nothing(
                         assert stranger.recv(1) == b""
                     except ConnectionResetError:
                         pass
+            # a first frame announced at 16 MiB is not read: cut off at its header
+            with socket.socket(socket.AF_UNIX) as stranger:
+                stranger.settimeout(15)
+                stranger.connect(target.partition(":")[2])
+                stranger.sendall(struct.pack(">I", 16 * 1024 * 1024 - 1))
+                started = time.monotonic()
+                try:
+                    assert stranger.recv(1) == b""
+                except ConnectionResetError:
+                    pass
+                assert time.monotonic() - started < 5  # not after the 10 s auth timeout
         client.send({"type": "input", "id": 2, "data": "Ada"})
         reply = client.read()
         assert reply["type"] == "result" and reply["data"] == {"greeting": "Hello, Ada!"}, reply
