@@ -700,11 +700,19 @@ SCRIPT = """
     }));
   }
 
+  // the top of the axis: 4 whole steps of 1, 2 or 5 times a power of ten (counts are
+  // whole numbers: no 2.5 or 6.25 on the axis)
   function nice(n) {
-    if (n <= 4) return 4;
-    var p = Math.pow(10, Math.floor(Math.log10(n)));
-    var m = [1, 2, 2.5, 5, 10].find(function (k) { return k * p >= n; });
-    return m * p;
+    var need = Math.max(n, 4) / 4;
+    var p = Math.pow(10, Math.floor(Math.log10(need)));
+    var m = [1, 2, 5, 10].find(function (k) { return k * p >= need; });
+    return 4 * Math.max(1, Math.round(m * p));
+  }
+
+  function short(v) {  // 5000000 -> 5M: an axis label fits its margin
+    if (v >= 1e6) return (v / 1e6) + "M";
+    if (v >= 1e4) return (v / 1e3) + "k";
+    return String(v);
   }
 
   function drawChart() {
@@ -723,7 +731,7 @@ SCRIPT = """
     for (var i = 0; i <= 4; i++) {
       var v = top * i / 4;
       svg.append(sv("line", {"class": "axis", x1: L, x2: W - R, y1: y(v), y2: y(v)}));
-      svg.append(sv("text", {x: L - 6, y: y(v) + 4, "text-anchor": "end"}, [String(v)]));
+      svg.append(sv("text", {x: L - 6, y: y(v) + 4, "text-anchor": "end"}, [short(v)]));
     }
     var step = span > 600 ? 300 : span > 120 ? 60 : 15;
     for (var ago = 0; ago <= span + 0.001; ago += step) {
