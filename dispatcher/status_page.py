@@ -595,7 +595,12 @@ SCRIPT = """
     $(id).textContent = value === null || value === undefined ? "-" : String(value);
   }
   function clock(d) { return d.toLocaleTimeString([], {hour12: false}); }
-  function when(iso) { return iso ? clock(new Date(iso)) : "-"; }
+  function when(iso) {  // a time of today as a clock; another day with its date
+    if (!iso) return "-";
+    var d = new Date(iso);
+    return d.toDateString() === new Date().toDateString() ? clock(d) :
+      d.toLocaleDateString("sv") + " " + clock(d);
+  }
   function secs(s) {
     if (s === null || s === undefined) return "-";
     s = Number(s);
