@@ -70,6 +70,7 @@ MAX_SEPS_LISTED = 200
 UNAVAILABLE = (psycopg.OperationalError, psycopg.InterfaceError, DatabaseUnavailable, OSError)
 QUERY_WAIT_S = 4.0  # no statement or lock of the page's connections waits longer
 READ_DEADLINE_S = 6.0  # a whole reading (the page gives up its request at 8 s)
+XR_RETRY_S = 10.0  # a timers' database found down is asked again after this
 
 
 def _default(value: Any) -> Any:
@@ -205,6 +206,7 @@ class StatusPage:
         # the last reading that failed (its time, the error): served for _cache_s too, so
         # that viewers of a broken region do not send the database one query each
         self._failed: tuple[float, Exception] | None = None
+        self._xr_down: tuple[float, str] | None = None  # the timers' database: when, why
         self._cache_s = min(1.0, sample_every / 2)  # viewers share one reading
         self._lock = asyncio.Lock()
 
@@ -350,11 +352,17 @@ class StatusPage:
             )
             timers = await self._timers(db) if self.xr_pool is None else None
         if self.xr_pool is not None:
-            try:
-                async with self.xr_pool.connection() as xconn:
-                    timers = await self._timers(AsyncGateway(xconn))
-            except UNAVAILABLE as exc:
-                timers = _no_timers(f"the timers' database is unavailable: {exc}")
+            if self._xr_down is not None and time.monotonic() - self._xr_down[0] < XR_RETRY_S:
+                timers = _no_timers(self._xr_down[1])  # known down: no 3 s wait each time
+            else:
+                try:
+                    async with self.xr_pool.connection() as xconn:
+                        timers = await self._timers(AsyncGateway(xconn))
+                    self._xr_down = None
+                except UNAVAILABLE as exc:
+                    why = f"the timers' database is unavailable: {exc}"
+                    self._xr_down = (time.monotonic(), why)
+                    timers = _no_timers(why)
         self._came_back()
         bands = st["queued_by_band"] or {}
         oldest = st["oldest_queued"]
