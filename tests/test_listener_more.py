@@ -95,7 +95,8 @@ def test_listener_killed_acknowledged_request_survives(
         request_id = accepted["request_id"]
         assert wait_final(region, request_id, timeout=30)["result"] == {"slept": 1.0}
         conn.execute("UPDATE dispatcher.listener SET heartbeat_at = now() - interval '1 hour'")
-        with running_listener(db_url, "test") as other:
+        # beating fast, it reaps (every 5th beat) within a second or so
+        with running_listener(db_url, "test", "--heartbeat", "0.2", "--dead-after", "2") as other:
             with connect(other, token) as s2:
                 assert s2.result_of(request_id)["data"] == {"slept": 1.0}
             deadline = time.monotonic() + 30

@@ -214,7 +214,7 @@ def test_up_restarts_a_crashed_sep_but_not_the_ones_an_operator_stopped(
                 timeout=60,
             )
         _wait_seps(db_url, "uptest", lambda s: s == [])
-        time.sleep(5)  # up used to restart the SEPs ~1 s after they stopped
+        time.sleep(3)  # up used to restart the SEPs ~1 s after they stopped
         assert _live_seps(db_url, "uptest") == []
         seen("seps_stopped_by_operator", timeout=10)
         assert proc.poll() is None, "up keeps running (listener) without SEPs"
