@@ -1,6 +1,6 @@
 """The database role each kind of process of a region works with (least privilege).
 
-Revision 0005 (sql/schema/080_operations.sql) creates four roles: ``dispatcher_listener``
+Revision 0005 (sql/schema/080_operations.sql) creates five roles: ``dispatcher_listener``
 (the listener and the HTTP front), ``dispatcher_sep`` (SEPs and their supervisor),
 ``dispatcher_monitor`` (the event monitor), ``dispatcher_viewer`` (the status page:
 reads only) and ``dispatcher_operator`` (the CLI). A process of kind K connects with,
@@ -27,10 +27,18 @@ from typing import Literal
 
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from .config import ConfigError, Settings
+from .config import ConfigError, Settings, env_var
 from .gateway import Gateway, ops
 
-__all__ = ["ROLE_OF", "ProcessKind", "own_url", "process_url", "process_url_of", "with_role"]
+__all__ = [
+    "OWN_URL_KEY",
+    "ROLE_OF",
+    "ProcessKind",
+    "own_url",
+    "process_url",
+    "process_url_of",
+    "with_role",
+]
 
 ProcessKind = Literal["listener", "http", "sep", "monitor", "web"]
 
@@ -40,6 +48,16 @@ ROLE_OF: dict[ProcessKind, str] = {
     "sep": "dispatcher_sep",
     "monitor": "dispatcher_monitor",
     "web": "dispatcher_viewer",  # the status page: reads only
+}
+
+# the setting of a kind's own URL (the HTTP front shares the listener's; the status page
+# has none: it takes the viewer's role on the region's URL)
+OWN_URL_KEY: dict[ProcessKind, str | None] = {
+    "listener": "listener_database_url",
+    "http": "listener_database_url",
+    "sep": "sep_database_url",
+    "monitor": "monitor_database_url",
+    "web": None,
 }
 
 _ROLE_OPTION = re.compile(r"-c\s*role=\S+")
@@ -54,13 +72,8 @@ def with_role(url: str, role: str) -> str:
 
 def own_url(settings: Settings, kind: ProcessKind) -> str | None:
     """The URL configured for KIND's processes, if any."""
-    if kind in ("listener", "http"):
-        return settings.listener_database_url
-    if kind == "sep":
-        return settings.sep_database_url
-    if kind == "monitor":
-        return settings.monitor_database_url
-    return None  # the status page: the region's URL, with the viewer's role
+    key = OWN_URL_KEY[kind]
+    return None if key is None else settings.value(key)
 
 
 def process_url(settings: Settings, kind: ProcessKind, url: str, db: Gateway) -> str:
@@ -72,8 +85,7 @@ def process_url(settings: Settings, kind: ProcessKind, url: str, db: Gateway) ->
     log = get_logger("roles")
     own = own_url(settings, kind)
     if own:
-        key = "listener" if kind == "http" else kind
-        log.info("database_role", kind=kind, role="its own login", how=f"{key}_database_url")
+        log.info("database_role", kind=kind, role="its own login", how=OWN_URL_KEY[kind])
         return own
     if settings.database_roles == "off":
         log.info("database_role", kind=kind, role="the region's login", how="database_roles=off")
@@ -102,20 +114,18 @@ def process_url(settings: Settings, kind: ProcessKind, url: str, db: Gateway) ->
 
 
 def _or_own_url(kind: ProcessKind) -> str:
-    variable = {
-        "listener": "DISPATCHER_LISTENER_DATABASE_URL",
-        "http": "DISPATCHER_LISTENER_DATABASE_URL",
-        "sep": "DISPATCHER_SEP_DATABASE_URL",
-        "monitor": "DISPATCHER_MONITOR_DATABASE_URL",
-    }.get(kind)
-    return f", or set {variable}" if variable else ""
+    key = OWN_URL_KEY[kind]
+    return "" if key is None else f", or set {env_var(key)}"
 
 
 def process_url_of(settings: Settings, kind: ProcessKind, url: str) -> str:
     """process_url for a process started on its own (``python -m sep``): URL as it is
     when it names a role already (a supervisor passes its own to its SEPs)."""
-    if own_url(settings, kind) or _ROLE_OPTION.search(str(conninfo_to_dict(url).get("options"))):
-        return own_url(settings, kind) or url
+    own = own_url(settings, kind)
+    if own:
+        return own
+    if _ROLE_OPTION.search(str(conninfo_to_dict(url).get("options") or "")):
+        return url
     from .database import connect
 
     with connect(url, application_name="dispatcher-roles") as conn:

@@ -27,13 +27,11 @@ import asyncio
 import base64
 import collections
 import datetime as dt
-import decimal
 import hashlib
 import json
 import math
 import os
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -46,6 +44,7 @@ from .errors import DatabaseUnavailable, DispatcherError, UnknownRegion
 from .eventloop import bound_port
 from .gateway import AsyncGateway, ops
 from .logs import get_logger
+from .values import row_json_default
 
 __all__ = [
     "BANDS",
@@ -73,18 +72,8 @@ READ_DEADLINE_S = 6.0  # a whole reading (the page gives up its request at 8 s)
 XR_RETRY_S = 10.0  # a timers' database found down is asked again after this
 
 
-def _default(value: Any) -> Any:
-    if isinstance(value, dt.datetime | dt.date):
-        return value.isoformat()
-    if isinstance(value, decimal.Decimal):
-        return float(value)
-    if isinstance(value, uuid.UUID):
-        return str(value)
-    raise TypeError(f"cannot encode {type(value).__name__}")
-
-
 def dumps(value: Any) -> bytes:
-    return json.dumps(value, default=_default, ensure_ascii=False).encode()
+    return json.dumps(value, default=row_json_default, ensure_ascii=False).encode()
 
 
 def _json(body: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:

@@ -17,13 +17,16 @@ spoils a batch of other clients' requests:
 
 from __future__ import annotations
 
+import datetime as dt
+import decimal
 import math
 import re
+import uuid
 from typing import Any
 
 from .errors import InvalidValue
 
-__all__ = ["MAX_DATA", "MAX_DEPTH", "check_data", "check_text", "scrub"]
+__all__ = ["MAX_DATA", "MAX_DEPTH", "check_data", "check_text", "row_json_default", "scrub"]
 
 MAX_DEPTH = 100
 MAX_DATA = 1024 * 1024
@@ -110,3 +113,17 @@ def scrub(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     return value
+
+
+def row_json_default(value: Any) -> Any:
+    """The JSON of what a database row holds beyond JSON's types (``json.dumps``'s
+    ``default``), for rows shown to people: the CLI's listings, the status page."""
+    if isinstance(value, dt.datetime | dt.date):
+        return value.isoformat()
+    if isinstance(value, dt.timedelta):
+        return value.total_seconds()
+    if isinstance(value, decimal.Decimal):
+        return float(value)
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    raise TypeError(f"cannot encode {type(value).__name__}")

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import datetime as dt
-import decimal
 import json
-import uuid
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -15,6 +12,7 @@ from ..config import DEFAULT_REGION, Settings, load_settings
 from ..database import connect, database_url
 from ..gateway import RegionGateway, ops
 from ..migrate import ensure_schema
+from ..values import row_json_default
 
 if TYPE_CHECKING:
     from ..roles import ProcessKind
@@ -99,26 +97,14 @@ def say(app: App, text: str, event: str, **fields: Any) -> None:
         click.echo(text, err=True)
 
 
-def _default(value: Any) -> Any:
-    if isinstance(value, dt.datetime | dt.date):
-        return value.isoformat()
-    if isinstance(value, dt.timedelta):
-        return value.total_seconds()
-    if isinstance(value, decimal.Decimal):
-        return float(value)
-    if isinstance(value, uuid.UUID):
-        return str(value)
-    raise TypeError(f"cannot encode {type(value).__name__}")
-
-
 def json_text(value: Any, **options: Any) -> str:
     """VALUE as JSON text for a terminal: accents and emoji as they are (a lone
     surrogate, which UTF-8 cannot carry, as its escape)."""
-    text = json.dumps(value, default=_default, ensure_ascii=False, **options)
+    text = json.dumps(value, default=row_json_default, ensure_ascii=False, **options)
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
-        return json.dumps(value, default=_default, **options)
+        return json.dumps(value, default=row_json_default, **options)
     return text
 
 
