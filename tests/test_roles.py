@@ -204,3 +204,29 @@ def test_a_login_that_may_not_set_the_role_does_not_take_it(db_url: str, login: 
                 assert conn.execute("SELECT current_user").fetchone() == ("dispatcher_monitor",)
         finally:
             su.execute(f'REVOKE dispatcher_monitor FROM "{login}"')
+
+
+def test_a_process_url_that_cannot_connect_is_refused_at_start(
+    db_url: str, tmp_path: Any
+) -> None:
+    """A kind's own URL that is not a URL, or names a login the server refuses: the
+    process says so in one line and exits 2 at once (it used to retry for good)."""
+    from click.testing import CliRunner
+
+    from dispatcher.cli import cli
+
+    env = {
+        "DISPATCHER_DATABASE_URL": db_url,
+        "DISPATCHER_REGION": "test",
+        "DISPATCHER_HOME": str(tmp_path / "home"),
+    }
+    nobody = psycopg.conninfo.make_conninfo(db_url, user="no_such_login")
+    for bad in ("not a url", nobody):
+        result = CliRunner().invoke(
+            cli,
+            ["listener", "--port", "0"],
+            env={**env, "DISPATCHER_LISTENER_DATABASE_URL": bad},
+        )
+        assert result.exit_code == 2, (bad, result.output)
+        errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and "listener process's database URL" in errors[0], result.stderr
