@@ -206,9 +206,7 @@ def test_a_login_that_may_not_set_the_role_does_not_take_it(db_url: str, login: 
             su.execute(f'REVOKE dispatcher_monitor FROM "{login}"')
 
 
-def test_a_process_url_that_cannot_connect_is_refused_at_start(
-    db_url: str, tmp_path: Any
-) -> None:
+def test_a_process_url_that_cannot_connect_is_refused_at_start(db_url: str, tmp_path: Any) -> None:
     """A kind's own URL that is not a URL, or names a login the server refuses: the
     process says so in one line and exits 2 at once (it used to retry for good)."""
     from click.testing import CliRunner
