@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import json
 import multiprocessing
 import os
@@ -25,7 +26,7 @@ import struct
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import orjson
 
@@ -78,10 +79,56 @@ def pct(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(q * len(s)))]
 
 
-async def _read(reader: asyncio.StreamReader) -> dict[str, Any]:
-    (n,) = _HEADER.unpack(await reader.readexactly(4))
-    out: dict[str, Any] = orjson.loads(await reader.readexactly(n))
-    return out
+class _Link(asyncio.Protocol):
+    """One session's connection: frames parsed as they arrive (no stream reader, no
+    task or timer per read: the generator must cost little per call)."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.buf = bytearray()
+        self.frames: collections.deque[dict[str, Any]] = collections.deque()
+        self.waiter: asyncio.Future[None] | None = None
+        self.lost: BaseException | None = None
+        self.since: float | None = None  # when the call in flight was sent
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # (uvloop's is not a subclass)
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf
+        buf += data
+        while len(buf) >= 4:
+            (n,) = _HEADER.unpack_from(buf)
+            if len(buf) < 4 + n:
+                break
+            self.frames.append(orjson.loads(bytes(buf[4 : 4 + n])))
+            del buf[: 4 + n]
+        if self.frames:
+            self._wake(None)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = exc or ConnectionResetError("the listener closed the connection")
+        self._wake(self.lost)
+
+    def _wake(self, exc: BaseException | None) -> None:
+        w = self.waiter
+        if w is not None and not w.done():
+            if exc is None:
+                w.set_result(None)
+            else:
+                w.set_exception(exc)
+
+    def send(self, message: dict[str, Any]) -> None:
+        assert self.transport is not None
+        self.transport.write(_frame(message))
+
+    async def read(self) -> dict[str, Any]:
+        while not self.frames:
+            if self.lost is not None:
+                raise self.lost
+            self.waiter = asyncio.get_running_loop().create_future()
+            await self.waiter
+        return self.frames.popleft()
 
 
 def _frame(message: dict[str, Any]) -> bytes:
@@ -96,6 +143,16 @@ class LoadError(Exception):
 REPLY_TIMEOUT = 30.0  # a call unanswered this long counts as lost, and its session ends
 
 
+async def _watch(links: list[_Link], done: asyncio.Event) -> None:
+    """Once a second: a call unanswered for REPLY_TIMEOUT ends its session (TimeoutError)."""
+    while not done.is_set():
+        await asyncio.sleep(1.0)
+        now = time.perf_counter()
+        for link in links:
+            if link.since is not None and now - link.since > REPLY_TIMEOUT:
+                link._wake(TimeoutError(f"no reply in {REPLY_TIMEOUT} s"))
+
+
 async def _session(
     host: str,
     port: int,
@@ -104,36 +161,47 @@ async def _session(
     t0: float,
     stop_at: float,
     out: dict[str, Any],
+    links: list[_Link],
+    accepted_frames: bool,
 ) -> None:
     def count(code: str) -> None:
         out["errors"][code] = out["errors"].get(code, 0) + 1
 
+    loop = asyncio.get_running_loop()
     try:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 10)
+        transport, link = await asyncio.wait_for(loop.create_connection(_Link, host, port), 10)
     except (OSError, TimeoutError) as exc:
         raise LoadError(f"cannot connect to {host}:{port}: {exc}") from None
+    links.append(link)
     try:
-        writer.write(_frame({"type": "hello", "version": 1, "token": token}))
+        hello: dict[str, Any] = {"type": "hello", "version": 1, "token": token}
+        if not accepted_frames:
+            hello["accepted"] = False
+        link.send(hello)
+        link.since = time.perf_counter()
         try:
-            welcome = await asyncio.wait_for(_read(reader), REPLY_TIMEOUT)
-        except (OSError, TimeoutError, asyncio.IncompleteReadError, ValueError) as exc:
+            welcome = await link.read()
+        except (OSError, TimeoutError, ValueError) as exc:
             raise LoadError(f"{host}:{port} is not a listener that answers: {exc!r}") from None
         if welcome.get("type") != "welcome":
             raise LoadError(f"the listener did not welcome the session: {welcome}")
         n = 0
         while time.perf_counter() < stop_at:
             n += 1
-            sent = time.perf_counter()
-            writer.write(_frame({"type": "call", "id": n, "transid": transid, "data": n}))
+            sent = link.since = time.perf_counter()
+            link.send({"type": "call", "id": n, "transid": transid, "data": n})
             try:
-                reply = await asyncio.wait_for(_read(reader), REPLY_TIMEOUT)
+                reply = await link.read()
                 if reply.get("type") == "accepted":
                     out["accepted"] += 1
-                    reply = await asyncio.wait_for(_read(reader), REPLY_TIMEOUT)
-            except (OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
+                    reply = await link.read()
+                elif reply.get("type") == "result":
+                    out["accepted"] += 1  # (no accepted frame asked for: the result says it)
+            except (OSError, TimeoutError) as exc:
                 # the listener went away (or stopped answering): this call is lost
                 count("connection_lost" if not isinstance(exc, TimeoutError) else "no_reply")
                 return
+            link.since = None
             if reply.get("type") == "result":
                 now = time.perf_counter()
                 out["completed"] += 1
@@ -141,11 +209,11 @@ async def _session(
             else:
                 count(str(reply.get("code", reply.get("type"))))
     finally:
-        writer.close()
+        transport.close()
 
 
-def _worker(args: tuple[str, int, str, str, int, float, float]) -> dict[str, Any]:
-    host, port, token, transid, sessions, t0_wall, seconds = args
+def _worker(args: tuple[str, int, str, str, int, float, float, bool]) -> dict[str, Any]:
+    host, port, token, transid, sessions, t0_wall, seconds, accepted_frames = args
     out: dict[str, Any] = {"accepted": 0, "completed": 0, "errors": {}, "samples": []}
 
     async def main() -> float:
@@ -153,9 +221,19 @@ def _worker(args: tuple[str, int, str, str, int, float, float]) -> dict[str, Any
         await asyncio.sleep(max(0.0, t0_wall - time.time()))
         t0 = time.perf_counter()
         stop_at = t0 + seconds
-        await asyncio.gather(
-            *(_session(host, port, token, transid, t0, stop_at, out) for _ in range(sessions))
-        )
+        links: list[_Link] = []
+        done = asyncio.Event()
+        watch = asyncio.create_task(_watch(links, done))
+        try:
+            await asyncio.gather(
+                *(
+                    _session(host, port, token, transid, t0, stop_at, out, links, accepted_frames)
+                    for _ in range(sessions)
+                )
+            )
+        finally:
+            done.set()
+            watch.cancel()
         return time.perf_counter() - t0
 
     try:
@@ -176,6 +254,7 @@ def generate(
     procs: int = 2,
     seconds: float = 60.0,
     transid: str = "ECHO",
+    accepted_frames: bool = False,
 ) -> Load:
     """Run the load (see the module doc) and say what it measured."""
     host, _, port = address.rpartition(":")
@@ -186,7 +265,7 @@ def generate(
     procs = max(1, min(procs, sessions))
     shares = [sessions // procs + (1 if i < sessions % procs else 0) for i in range(procs)]
     t0_wall = time.time() + 1.0  # time for the processes to start
-    jobs = [(host, int(port), token, transid, k, t0_wall, seconds) for k in shares]
+    jobs = [(host, int(port), token, transid, k, t0_wall, seconds, accepted_frames) for k in shares]
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(procs) as pool:
         parts = pool.map(_worker, jobs)
@@ -237,6 +316,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--window", type=float, default=5.0)
     parser.add_argument("--transid", default="ECHO")
     parser.add_argument("--json", action="store_true", help="the totals as JSON on stdout")
+    parser.add_argument(
+        "--accepted-frames",
+        action="store_true",
+        help="ask for the accepted frame of each call (the hello's accepted: true; "
+        "by default the generator asks the listener to leave it out)",
+    )
     args = parser.parse_args(argv)
     if not args.token:
         parser.error("--token (or DISPATCHER_TOKEN) is required")
@@ -250,6 +335,7 @@ def main(argv: list[str] | None = None) -> None:
             procs=args.procs,
             seconds=args.seconds,
             transid=args.transid,
+            accepted_frames=args.accepted_frames,
         )
     except LoadError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -1815,6 +1815,7 @@ $$;
 CREATE FUNCTION dispatcher_v2.begin(p_sep bigint, p_request bigint) RETURNS dispatcher.task
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
+    SET enable_seqscan TO 'off'
     AS $$
 BEGIN
     UPDATE dispatcher.request SET state = 'running', started_at = clock_timestamp()
@@ -1891,6 +1892,7 @@ $$;
 CREATE FUNCTION dispatcher_v2.claim(p_sep bigint, p_take integer) RETURNS SETOF dispatcher.task
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
+    SET enable_seqscan TO 'off'
     AS $$
 DECLARE
     s dispatcher.sep;
@@ -1945,6 +1947,7 @@ END $$;
 CREATE FUNCTION dispatcher_v2.complete(p_sep bigint, p_request bigint, p_attempt integer, p_ok boolean, p_result jsonb DEFAULT NULL::jsonb, p_error jsonb DEFAULT NULL::jsonb, p_take_next boolean DEFAULT true, p_next_transid text DEFAULT NULL::text, p_commarea jsonb DEFAULT NULL::jsonb) RETURNS SETOF dispatcher.task
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
+    SET enable_seqscan TO 'off'
     AS $$
 DECLARE
     s dispatcher.sep;
@@ -2023,6 +2026,7 @@ END $$;
 CREATE FUNCTION dispatcher_v2.complete_many(p_sep bigint, p_report jsonb, p_clock double precision, p_release bigint[] DEFAULT '{}'::bigint[], p_take integer DEFAULT 0, p_running bigint DEFAULT NULL::bigint) RETURNS SETOF dispatcher.task
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
+    SET enable_seqscan TO 'off'
     AS $$
 DECLARE
     s dispatcher.sep;
@@ -2312,6 +2316,7 @@ $$;
 CREATE FUNCTION dispatcher_v2.enqueue(p_region text, p_transid text, p_payload jsonb DEFAULT 'null'::jsonb, p_session uuid DEFAULT NULL::uuid, p_user_priority integer DEFAULT 0, p_idempotency_key text DEFAULT NULL::text, p_deadline timestamp with time zone DEFAULT NULL::timestamp with time zone, p_commarea jsonb DEFAULT NULL::jsonb, p_origin text DEFAULT 'api'::text, p_notify boolean DEFAULT true, p_routing_key text DEFAULT NULL::text) RETURNS dispatcher_v2.enqueued
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
+    SET enable_seqscan TO 'off'
     AS $$
 DECLARE
     reg dispatcher.region;
@@ -2401,6 +2406,7 @@ END $$;
 CREATE FUNCTION dispatcher_v2.enqueue_many(p_region text, p_transids text[], p_payloads jsonb[], p_sessions uuid[] DEFAULT NULL::uuid[], p_user_priorities integer[] DEFAULT NULL::integer[], p_idempotency_keys text[] DEFAULT NULL::text[], p_origin text DEFAULT 'api'::text, p_notify boolean DEFAULT true, p_routing_keys text[] DEFAULT NULL::text[]) RETURNS TABLE(ordinal integer, request_id bigint, sep_id bigint, reason text, duplicate boolean, task jsonb, sep_address text)
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
+    SET enable_seqscan TO 'off'
     AS $$
 DECLARE
     reg dispatcher.region;
@@ -2651,9 +2657,10 @@ CREATE TABLE dispatcher.request_history (
 CREATE FUNCTION dispatcher_v2.history_row(r dispatcher.request, p_state text, p_result jsonb, p_error jsonb, p_started timestamp with time zone, p_finished timestamp with time zone) RETURNS dispatcher.request_history
     LANGUAGE sql IMMUTABLE
     AS $$
-    SELECT r.id, r.region, r.transid, r.payload, r.session_id, r.priority, p_state, r.attempt,
-           r.sep_id, r.class, r.idempotency_key, r.origin, p_result, p_error, r.enqueued_at,
-           r.dispatched_at, p_started, p_finished
+    SELECT ROW(r.id, r.region, r.transid, r.payload, r.session_id, r.priority, p_state,
+               r.attempt, r.sep_id, r.class, r.idempotency_key, r.origin, p_result, p_error,
+               r.enqueued_at, r.dispatched_at, p_started, p_finished
+           )::dispatcher.request_history
 $$;
 
 --
@@ -2755,10 +2762,7 @@ BEGIN
     END IF;
     PERFORM dispatcher_v2.assign(v_plain, s.id);
     UPDATE dispatcher.sep SET held = v_held WHERE id = s.id;
-    RETURN QUERY
-        SELECT x.* FROM unnest(v_held) WITH ORDINALITY AS h(id, n),
-             LATERAL dispatcher_v2.task_of(h.id) AS x
-        ORDER BY h.n;
+    RETURN QUERY SELECT * FROM dispatcher_v2.tasks_of(v_held);
 END $$;
 
 --
@@ -3192,6 +3196,21 @@ CREATE FUNCTION dispatcher_v2.task_of(p_request bigint) RETURNS dispatcher.task
     FROM dispatcher.request r
     LEFT JOIN dispatcher.transaction x ON x.region = r.region AND x.transid = r.transid
     WHERE r.id = p_request
+$$;
+
+--
+-- Name: tasks_of(bigint[]); Type: FUNCTION; Schema: dispatcher_v2; Owner: -
+--
+
+CREATE FUNCTION dispatcher_v2.tasks_of(p_requests bigint[]) RETURNS SETOF dispatcher.task
+    LANGUAGE sql STABLE
+    AS $$
+    SELECT r.id, r.attempt, r.transid, x.program, r.payload, r.session_id, r.commarea,
+           x.timeout_s, r.enqueued_at
+    FROM unnest(p_requests) WITH ORDINALITY AS h(id, n)
+    JOIN dispatcher.request r ON r.id = h.id
+    LEFT JOIN dispatcher.transaction x ON x.region = r.region AND x.transid = r.transid
+    ORDER BY h.n
 $$;
 
 --

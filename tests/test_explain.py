@@ -123,3 +123,75 @@ def test_every_statement_of_a_batch_uses_an_index_with_100k_queued(
     traced = "\n".join(plans)
     assert "complete_many" in traced and "request_queue_idx" in traced
     assert "Seq Scan on request " not in traced, traced
+
+
+def _traced(conn: psycopg.Connection[dict[str, Any]], work: Any) -> str:
+    """The plans of every statement WORK runs on CONN (auto_explain, nested statements
+    included, sent as notices)."""
+    plans: list[str] = []
+    conn.add_notice_handler(lambda diag: plans.append(diag.message_primary or ""))
+    for setting in (
+        "LOAD 'auto_explain'",
+        "SET auto_explain.log_min_duration = 0",
+        "SET auto_explain.log_nested_statements = on",
+        "SET auto_explain.log_level = notice",
+    ):
+        conn.execute(setting)
+    try:
+        work()
+    finally:
+        conn.execute("RESET auto_explain.log_level")
+    return "\n".join(plans)
+
+
+def test_the_hot_path_reads_no_table_whole_when_it_looks_small(
+    region: Region, conn: psycopg.Connection[dict[str, Any]]
+) -> None:
+    """With a few live rows (a busy region's request table between vacuums looks small
+    to the planner) enqueue_many, claim and complete_many still go by index: no
+    sequential scan of request or session, whose dead rows such a scan would read."""
+    from dispatcher.region import Outcome
+
+    region.define_transaction("T", "app:fn")
+    session = region.register_session(user="u")
+    sep = int(region.register_sep("host", 1, ())["id"])
+    region.set(state="stopping")
+    region.enqueue_many([("T", i) for i in range(12)], sessions=[session] * 12)
+    conn.execute("ANALYZE dispatcher.request")
+    conn.execute("ANALYZE dispatcher.session")
+    region.set(state="running")
+
+    def work() -> None:
+        batch = region.claim_batch(sep, 10)
+        assert len(batch) == 10
+        region.complete_many(sep, [Outcome(t, True, 1) for t in batch], take=10)
+        region.enqueue_many([("T", i) for i in range(5)], sessions=[session] * 5)
+
+    traced = _traced(conn, work)
+    assert "complete_many" in traced and "enqueue_many" in traced
+    for table in ("request", "session"):
+        assert f"Seq Scan on {table} " not in traced, traced
+
+
+def test_history_row_and_tasks_of_are_inlined(
+    region: Region, conn: psycopg.Connection[dict[str, Any]]
+) -> None:
+    """history_row and tasks_of are expanded into the query that calls them (no function
+    call per finished or handed-over request)."""
+    region.define_transaction("T", "app:fn")
+    ids = [e.request_id for e in region.enqueue_many([("T", i) for i in range(3)])]
+    for query, name in (
+        (
+            "EXPLAIN (VERBOSE, FORMAT TEXT) SELECT h.* FROM dispatcher.request r, LATERAL "
+            "dispatcher_v2.history_row(r, 'done', NULL, NULL, now(), now()) h",
+            "history_row",
+        ),
+        ("EXPLAIN (VERBOSE, FORMAT TEXT) SELECT * FROM dispatcher_v2.tasks_of(%s)", "tasks_of"),
+    ):
+        args = [ids] if "%s" in query else None
+        plan = "\n".join(r["QUERY PLAN"] for r in conn.execute(query, args))
+        assert f"Function Scan on dispatcher_v2.{name}" not in plan, plan
+    tasks = conn.execute(
+        "SELECT * FROM dispatcher_v2.tasks_of(%s::bigint[])", [[ids[2], 0, ids[0]]]
+    ).fetchall()
+    assert [t["request_id"] for t in tasks] == [ids[2], ids[0]]
