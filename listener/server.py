@@ -68,7 +68,9 @@ class Listener:
         self.dead_after = dead_after
         self.poll_interval = poll_interval
         self.channel_host = channel_host
-        self.log = get_logger("listener", region=region, pid=os.getpid())
+        # bound now (logging is configured before a listener is made): a lazy logger
+        # would build itself anew for every event, twice per call
+        self.log = get_logger("listener", region=region, pid=os.getpid()).bind()
         self.stopping = asyncio.Event()
         self._sockdir = socket_dir("listener")
         self._tasks: list[asyncio.Task[Any]] = []

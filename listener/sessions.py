@@ -53,6 +53,8 @@ class Session:
     priority: int
     allow: list[str] | None
     writer: asyncio.StreamWriter
+    # the hello's "accepted": false: no accepted frame, a call's result is its only reply
+    accepted_frames: bool = True
     call: Call | None = None
     next_transid: str | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -197,6 +199,11 @@ class ClientSessions:
                 ),
             )
             return None
+        asked = msg.get("accepted")  # (null: not asked, as for every optional field)
+        accepted_frames = True if asked is None else asked
+        if type(accepted_frames) is not bool:
+            await self._reply(writer, error("bad_hello", "accepted must be true or false", id=hid))
+            return None
         token = msg.get("token")
         if not isinstance(token, str) or not token:
             await self._reply(writer, error("unauthorized", "a token is required", id=hid))
@@ -233,19 +240,20 @@ class ClientSessions:
             return None
         finally:
             st.opening -= 1
-        session = Session(sid, tok.name, tok.priority, tok.allow, writer)
+        session = Session(sid, tok.name, tok.priority, tok.allow, writer, accepted_frames)
         st.sessions[sid] = session
-        await session.send(
-            {
-                "type": "welcome",
-                **({} if hid is None else {"id": hid}),
-                "version": PROTOCOL_VERSION,
-                "session_id": str(sid),
-                "user": tok.name,
-                "region": st.region,
-                "max_frame": MAX_FRAME,
-            }
-        )
+        welcome: dict[str, Any] = {
+            "type": "welcome",
+            **({} if hid is None else {"id": hid}),
+            "version": PROTOCOL_VERSION,
+            "session_id": str(sid),
+            "user": tok.name,
+            "region": st.region,
+            "max_frame": MAX_FRAME,
+        }
+        if asked is not None:
+            welcome["accepted"] = accepted_frames  # the option is known here
+        await session.send(welcome)
         st.log.info("session_started", session=str(sid), user=tok.name)
         return session
 
@@ -303,12 +311,17 @@ class ClientSessions:
             return
         s.call = Call(cid, e.request_id, transid, asyncio.get_running_loop().time(), e.sep_id)
         s.next_transid = None
-        accepted: dict[str, Any] = {"type": "accepted", "id": cid, "request_id": e.request_id}
-        if e.duplicate:
-            accepted["duplicate"] = True
-        # written at once (no wait for the client to read it): the hand-over below is on
-        # the critical path of the call
-        s.push(accepted)
+        if s.accepted_frames:
+            accepted: dict[str, Any] = {
+                "type": "accepted",
+                "id": cid,
+                "request_id": e.request_id,
+            }
+            if e.duplicate:
+                accepted["duplicate"] = True
+            # written at once (no wait for the client to read it): the hand-over below
+            # is on the critical path of the call
+            s.push(accepted)
         self.state.log.info(
             "request_accepted",
             session=str(s.id),

@@ -119,8 +119,7 @@ class Batch(Completion):
         )
 
     def _done(self, rans: Sequence[Ran]) -> None:
-        for r in rans:
-            self._finished(r)
+        self._finished(rans)
 
     def report(
         self, take: int, release: Sequence[int] = (), running: int | None = None

@@ -18,7 +18,7 @@ from __future__ import annotations
 import collections
 import enum
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, ClassVar, Protocol, TypeVar
 from uuid import UUID
 
@@ -27,7 +27,7 @@ import psycopg
 from dispatcher.errors import CompletionRefused, DatabaseUnavailable, DispatcherError
 from dispatcher.gateway import Gateway, Op, Task, ops
 
-from .conversation import ConversationError
+from .conversation import Conversation, ConversationError
 from .ran import Ran
 
 __all__ = ["Completion", "Fault", "Host", "OneByOne", "Todo"]
@@ -169,8 +169,28 @@ class Completion(ABC):
         if state is None or state.state == "dead":
             h.dead = True
 
-    def _finished(self, ran: Ran) -> None:
-        """Log a task whose outcome is committed, and tell its listener."""
+    def _finished(self, rans: Sequence[Ran]) -> None:
+        """Log the tasks whose outcomes are committed, and tell their listeners: the ends
+        for one listener go in one write."""
+        ends: dict[str, list[tuple[Ran, Conversation]]] = {}
+        for ran in rans:
+            self._log_finished(ran)
+            if ran.conversation is not None:
+                ends.setdefault(ran.conversation.address, []).append((ran, ran.conversation))
+        for address, group in ends.items():
+            try:
+                group[0][1].links.send_many(
+                    address,
+                    [c.end_message(r.ok, r.result, r.error, r.next_transid) for r, c in group],
+                )
+            except ConversationError as exc:
+                # the session may have moved to another listener: forget it; the
+                # listener's outcome poll answers the client anyway
+                for r, c in group:
+                    self.host.forget_listener(c.session_id)
+                    r.log.warning("listener_unreachable", error=str(exc))
+
+    def _log_finished(self, ran: Ran) -> None:
         elapsed_ms = round((ran.ended - ran.started) * 1000, 3)
         if ran.ok:
             ran.log.info("request_done", ms=elapsed_ms)
@@ -183,15 +203,6 @@ class Completion(ABC):
                 error=error.get("message"),
             )
             self._log_retry(ran)
-        conversation = ran.conversation
-        if conversation is not None:
-            try:
-                conversation.end(ran.ok, ran.result, ran.error, ran.next_transid)
-            except ConversationError as exc:
-                # the session may have moved to another listener: forget it; the
-                # listener's outcome poll answers the client anyway
-                self.host.forget_listener(conversation.session_id)
-                ran.log.warning("listener_unreachable", error=str(exc))
 
 
 class OneByOne(Completion):
@@ -228,7 +239,7 @@ class OneByOne(Completion):
             return self._claim_next()  # the task runs again
         if nxt is Fault.FAILED:
             nxt = self._complete_abend(ran)  # abended by _settle, its writes undone
-        self._finished(ran)
+        self._finished([ran])
         return nxt
 
     def _complete(self, ran: Ran) -> Task | None:

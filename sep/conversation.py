@@ -5,7 +5,7 @@ from __future__ import annotations
 import queue
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 from uuid import UUID
 
@@ -39,7 +39,12 @@ class ListenerLinks:
         self.secret = secret  # the region's channel secret (set once the SEP knows it)
 
     def send(self, address: str, message: dict[str, Any]) -> None:
-        frame = encode_frame(message)
+        self.send_many(address, [message])
+
+    def send_many(self, address: str, messages: Sequence[dict[str, Any]]) -> None:
+        """MESSAGES to the listener at ADDRESS in one write (the ends of a batch's tasks:
+        one system call, one wake-up of the listener, not one per task)."""
+        frame = b"".join(encode_frame(m) for m in messages)
         with self._lock:
             for attempt in (1, 2):
                 sock = self._socks.get(address)
@@ -150,16 +155,17 @@ class Conversation:
             self._check_session()
         return data
 
-    def end(self, ok: bool, result: Any, error: Any, next_transid: str | None) -> None:
-        self.links.send(
-            self.address,
-            {
-                "type": "end",
-                "request_id": self.request_id,
-                "session_id": str(self.session_id),
-                "ok": ok,
-                "result": result,
-                "error": error,
-                "next_transid": next_transid,
-            },
-        )
+    def end_message(
+        self, ok: bool, result: Any, error: Any, next_transid: str | None
+    ) -> dict[str, Any]:
+        """The frame that tells the listener the task ended (sent once its outcome is
+        committed: ListenerLinks.send_many)."""
+        return {
+            "type": "end",
+            "request_id": self.request_id,
+            "session_id": str(self.session_id),
+            "ok": ok,
+            "result": result,
+            "error": error,
+            "next_transid": next_transid,
+        }

@@ -359,3 +359,43 @@ def test_an_id_too_deep_to_echo_still_gets_every_reply(
         w.send_body(b'{"type":"ping","id":' + deep + b"}")
         assert w.read()["type"] == "pong"
         _still_serves(w)
+
+
+def test_a_session_that_asks_for_no_accepted_frames_gets_only_the_outcome(
+    live: tuple[str, str, Region],
+) -> None:
+    """hello "accepted": false: the welcome says so, and a call's one reply is its
+    result or error, with the request id; "accepted": true (or null) is the default;
+    any other value is bad_hello."""
+    address, token, _ = live
+    with Wire(address) as w:
+        welcome = w.hello(token, accepted=False)
+        assert welcome["type"] == "welcome" and welcome["accepted"] is False
+        for n in range(3):
+            w.send({"type": "call", "id": n, "transid": "ECHO", "data": n})
+            reply = w.read()
+            assert reply["type"] == "result" and reply["id"] == n and reply["data"] == n
+            assert reply["request_id"] > 0
+        w.send({"type": "call", "id": "b", "transid": "BOOM"})
+        failed = w.read()
+        assert failed["type"] == "error" and failed["code"] == "abend", failed
+        assert failed["id"] == "b" and failed["request_id"] > 0
+        w.send({"type": "call", "id": "u", "transid": "NOPE"})
+        assert w.read()["code"] == "unknown_transaction"
+        _still_serves(w)
+    with Wire(address) as w:
+        assert w.hello(token, accepted=True)["accepted"] is True
+        w.send({"type": "call", "id": 1, "transid": "ECHO", "data": 1})
+        assert w.read()["type"] == "accepted"
+        assert w.read()["type"] == "result"
+    with Wire(address) as w:
+        assert "accepted" not in w.hello(token)  # a client that did not ask hears nothing new
+    with Wire(address) as w:
+        assert "accepted" not in w.hello(token, accepted=None)
+        w.send({"type": "call", "id": 1, "transid": "ECHO", "data": 1})
+        assert w.read()["type"] == "accepted"
+    for bad in ("no", 0, 1, [], {"x": 1}):
+        with Wire(address) as w:
+            refused = w.hello(token, accepted=bad, id=9)
+            assert refused["code"] == "bad_hello" and refused["id"] == 9, bad
+            assert w.closed()
