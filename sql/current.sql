@@ -2069,18 +2069,21 @@ BEGIN
                      v_now - make_interval(secs => greatest(p_clock - g.ended, 0)))) h
         RETURNING id, session_id, class
     ), sess AS (
+        -- (a session whose row would not change is not written: most calls end with
+        -- no RETURN TRANSID, no COMMAREA and no bound SEP)
         UPDATE dispatcher.session x SET
             next_transid = i.next_transid, commarea = i.commarea, bound_sep = NULL,
             last_active = v_now
         FROM hist h JOIN item i ON i.id = h.id
         WHERE x.id = h.session_id
+          AND (x.next_transid IS DISTINCT FROM i.next_transid
+               OR x.commarea IS DISTINCT FROM i.commarea OR x.bound_sep IS NOT NULL)
         RETURNING 1
     )
-    SELECT count(*), array_agg(DISTINCT h.class) FILTER (WHERE h.class IS NOT NULL)
-    INTO v_done, v_classes
+    SELECT count(*), array_agg(DISTINCT h.class) FILTER (WHERE h.class IS NOT NULL),
+           (SELECT count(*) FROM item)
+    INTO v_done, v_classes, v_ok
     FROM hist h;
-    SELECT count(*) INTO v_ok FROM jsonb_array_elements(p_report) e
-    WHERE (e ->> 'ok')::boolean;
     IF v_done <> v_ok THEN
         RAISE EXCEPTION USING ERRCODE = 'DP004',
             MESSAGE = format('completion refused: SEP %s no longer holds %s of the %s requests it reported',
