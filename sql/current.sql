@@ -2736,7 +2736,36 @@ DECLARE
     v_full text[] := '{}';
     v_held bigint[] := '{}';
     v_plain bigint[] := '{}';
+    v_ids bigint[];
+    v_classy boolean;
+    v_attempt integer;
 BEGIN
+    IF coalesce(p_take, 1) >= 2 AND NOT s.standby AND NOT s.paused AND NOT s.stop_requested
+       AND (SELECT r.state FROM dispatcher.region r WHERE r.name = s.region) = 'running' THEN
+        SELECT array_agg(q.id ORDER BY q.n), coalesce(bool_or(q.class IS NOT NULL), false)
+        INTO v_ids, v_classy
+        FROM dispatcher_v2.queue_candidates(s.region, s.capabilities, '{}',
+                                            least(p_take, 1000), s.id)
+             WITH ORDINALITY AS q(id, class, n);
+        IF v_ids IS NOT NULL AND NOT v_classy THEN
+            WITH u AS (
+                UPDATE dispatcher.request r SET
+                    state = CASE WHEN r.id = v_ids[1] THEN 'running' ELSE 'dispatched' END,
+                    sep_id = s.id, attempt = r.attempt + 1, dispatched_at = clock_timestamp(),
+                    started_at = CASE WHEN r.id = v_ids[1] THEN clock_timestamp() END
+                WHERE r.id = ANY (v_ids)
+                RETURNING r.id, r.attempt
+            )
+            SELECT u.attempt INTO v_attempt FROM u WHERE u.id = v_ids[1];
+            UPDATE dispatcher.sep SET state = 'busy', current_request = v_ids[1],
+                current_attempt = v_attempt, tasks_run = tasks_run + p_done,
+                heartbeat_at = clock_timestamp(), held = v_ids[2:]
+            WHERE id = s.id;
+            RETURN QUERY SELECT * FROM dispatcher_v2.tasks_of(v_ids);
+            RETURN;
+        END IF;
+        -- (rows this scan locked stay locked by this transaction: the way below sees them)
+    END IF;
     t := dispatcher_v2.next_or_rest(s, p_done);
     IF t.request_id IS NULL THEN
         RETURN;

@@ -195,3 +195,30 @@ def test_history_row_and_tasks_of_are_inlined(
         "SELECT * FROM dispatcher_v2.tasks_of(%s::bigint[])", [[ids[2], 0, ids[0]]]
     ).fetchall()
     assert [t["request_id"] for t in tasks] == [ids[2], ids[0]]
+
+
+def test_a_batch_of_requests_without_classes_is_taken_in_one_scan(
+    region: Region, conn: psycopg.Connection[dict[str, Any]]
+) -> None:
+    """complete_many's next batch (no request of a class): one scan of the queue index
+    for the whole batch, not a pick for the first and a scan for the rest."""
+    from dispatcher.region import Outcome
+
+    region.define_transaction("T", "app:fn")
+    sep = int(region.register_sep("host", 1, ())["id"])
+    region.set(state="stopping")
+    region.enqueue_many([("T", i) for i in range(20)])
+    region.set(state="running")
+    batch = region.claim_batch(sep, 10)
+    assert len(batch) == 10
+    got: list[Any] = []
+
+    def work() -> None:
+        got.extend(region.complete_many(sep, [Outcome(t, True, 1) for t in batch], take=10))
+
+    traced = _traced(conn, work)
+    assert [t.request_id for t in got] == [t.request_id + 10 for t in batch]
+    assert (
+        traced.count("Index Name: request_queue_idx") + traced.count("using request_queue_idx") == 1
+    ), traced
+    assert "pick_request" not in traced
