@@ -1,13 +1,18 @@
 """A load generator for the listener that is not itself the bottleneck.
 
 ``python -m bench.loadgen --address HOST:PORT --token TOKEN [--sessions 64] [--procs 2]
-[--seconds 60] [--window 5] [--transid ECHO]``
+[--seconds 60] [--window 5] [--transid ECHO] [--accepted-frames]``
 
 SESSIONS client sessions (docs/protocol.md: one call at a time per session) spread over
-PROCS processes, each on uvloop with orjson and a bare frame reader: every session sends
-a call, reads ``accepted`` then the ``result``, and sends the next. At the end no new
-call is sent and the calls in flight are waited for, so every accepted call is answered
-(or counted as lost). It prints, per WINDOW seconds: calls accepted and completed per
+PROCS processes, each on uvloop with orjson and a bare protocol (frames parsed as they
+arrive: no stream reader, no task or timer per read; one watchdog per process ends a
+session whose call is unanswered for 30 s): every session sends a call, reads its
+reply, and sends the next. Its hello asks for no ``accepted`` frame (``"accepted":
+false``: the result is a call's only reply, as a client that only waits for outcomes
+would ask); ``--accepted-frames`` reads ``accepted`` then the result, and a listener
+that does not know the option sends ``accepted`` anyway (read and counted). At the end
+no new call is sent and the calls in flight are waited for, so every accepted call is
+answered (or counted as lost). It prints, per WINDOW seconds: calls completed per
 second and latency percentiles (send to result); then the totals and its own CPU
 seconds per 1,000 requests (its processes only), so that a reader sees how much of the
 machine the load itself took.
