@@ -24,6 +24,7 @@ from uuid import UUID
 
 import psycopg
 
+from dispatcher.channel import ChannelError, encode_frame
 from dispatcher.errors import CompletionRefused, DatabaseUnavailable, DispatcherError
 from dispatcher.gateway import Gateway, Op, Task, ops
 
@@ -172,21 +173,25 @@ class Completion(ABC):
     def _finished(self, rans: Sequence[Ran]) -> None:
         """Log the tasks whose outcomes are committed, and tell their listeners: the ends
         for one listener go in one write."""
-        ends: dict[str, list[tuple[Ran, Conversation]]] = {}
+        ends: dict[str, list[tuple[Ran, Conversation, bytes]]] = {}
         for ran in rans:
             self._log_finished(ran)
-            if ran.conversation is not None:
-                ends.setdefault(ran.conversation.address, []).append((ran, ran.conversation))
+            c = ran.conversation
+            if c is None:
+                continue
+            try:
+                frame = encode_frame(c.end_message(ran.ok, ran.result, ran.error, ran.next_transid))
+            except ChannelError as exc:  # a result over the channel's limit: the outcome
+                ran.log.warning("end_not_sent", error=str(exc))  # poll answers its client
+                continue
+            ends.setdefault(c.address, []).append((ran, c, frame))
         for address, group in ends.items():
             try:
-                group[0][1].links.send_many(
-                    address,
-                    [c.end_message(r.ok, r.result, r.error, r.next_transid) for r, c in group],
-                )
+                group[0][1].links.send_frames(address, b"".join(f for _, _, f in group))
             except ConversationError as exc:
                 # the session may have moved to another listener: forget it; the
                 # listener's outcome poll answers the client anyway
-                for r, c in group:
+                for r, c, _ in group:
                     self.host.forget_listener(c.session_id)
                     r.log.warning("listener_unreachable", error=str(exc))
 

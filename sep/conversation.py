@@ -5,7 +5,7 @@ from __future__ import annotations
 import queue
 import socket
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 from uuid import UUID
 
@@ -39,12 +39,11 @@ class ListenerLinks:
         self.secret = secret  # the region's channel secret (set once the SEP knows it)
 
     def send(self, address: str, message: dict[str, Any]) -> None:
-        self.send_many(address, [message])
+        self.send_frames(address, encode_frame(message))
 
-    def send_many(self, address: str, messages: Sequence[dict[str, Any]]) -> None:
-        """MESSAGES to the listener at ADDRESS in one write (the ends of a batch's tasks:
-        one system call, one wake-up of the listener, not one per task)."""
-        frame = b"".join(encode_frame(m) for m in messages)
+    def send_frames(self, address: str, frame: bytes) -> None:
+        """Encoded frames to the listener at ADDRESS in one write (the ends of a batch's
+        tasks: one system call, one wake-up of the listener, not one per task)."""
         with self._lock:
             for attempt in (1, 2):
                 sock = self._socks.get(address)

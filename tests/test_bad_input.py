@@ -7,6 +7,7 @@ client written from docs/protocol.md alone (tests/wire.py)."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import threading
 import time
@@ -399,3 +400,26 @@ def test_a_session_that_asks_for_no_accepted_frames_gets_only_the_outcome(
             refused = w.hello(token, accepted=bad, id=9)
             assert refused["code"] == "bad_hello" and refused["id"] == 9, bad
             assert w.closed()
+
+
+def test_a_result_over_the_channels_limit_is_answered_and_the_sep_goes_on(
+    live: tuple[str, str, Region],
+) -> None:
+    """A result larger than a channel frame (16 MiB) cannot go to the listener in the
+    SEP's end frame: the client still gets its one answer (result_too_large, from the
+    outcome poll), and the SEPs go on serving."""
+    address, token, region = live
+    before = {s["id"]: s["pid"] for s in region.seps() if s["state"] != "dead"}
+    with Wire(address, timeout=60) as w:
+        assert w.hello(token, accepted=False)["type"] == "welcome"
+        w.send({"type": "call", "id": "big", "transid": "BIG", "data": {"size": 17_000_000}})
+        reply = w.read()
+        assert reply["type"] == "error" and reply["code"] == "result_too_large", reply
+        assert reply["id"] == "big"
+        for n in range(6):
+            w.send({"type": "call", "id": n, "transid": "ECHO", "data": n})
+            assert w.read()["data"] == n
+    after = {s["id"]: s["pid"] for s in region.seps() if s["state"] != "dead"}
+    assert after == before  # the same SEP processes, none lost
+    for pid in before.values():
+        os.kill(pid, 0)  # (raises if the process is gone)
