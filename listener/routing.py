@@ -184,15 +184,16 @@ class Routing:
         if kind == "output":
             call.sep_id = msg.get("sep_id", call.sep_id)
             call.waiting = bool(msg.get("wants_input"))
-            s.push(
-                {
-                    "type": "output",
-                    "id": call.id,
-                    "request_id": rid,
-                    "data": msg.get("data"),
-                    "wants_input": call.waiting,
-                }
-            )
+            output = {
+                "type": "output",
+                "id": call.id,
+                "request_id": rid,
+                "data": msg.get("data"),
+                "wants_input": call.waiting,
+            }
+            if msg.get("dropped") == "too_large":  # (too large for the SEP's channel)
+                output["dropped"] = "too_large"
+            s.push(output)
         elif kind == "await_input":
             call.sep_id = msg.get("sep_id", call.sep_id)
             call.waiting = True

@@ -423,3 +423,24 @@ def test_a_result_over_the_channels_limit_is_answered_and_the_sep_goes_on(
     assert after == before  # the same SEP processes, none lost
     for pid in before.values():
         os.kill(pid, 0)  # (raises if the process is gone)
+
+
+@pytest.mark.parametrize("size", [2_000_000, 17_000_000])
+def test_an_output_too_large_to_send_arrives_dropped(
+    live: tuple[str, str, Region], size: int
+) -> None:
+    """An output over the client's frame (1 MiB) or over the SEP's channel (16 MiB)
+    arrives with data null and dropped too_large; the task goes on to its result."""
+    address, token, _ = live
+    with Wire(address, timeout=60) as w:
+        assert w.hello(token, accepted=False)["type"] == "welcome"
+        w.send({"type": "call", "id": 1, "transid": "BIGOUT", "data": {"size": size}})
+        out = w.read()
+        assert out["type"] == "output" and out["data"] is None, {**out, "data": "..."}
+        assert out["dropped"] == "too_large" and out["id"] == 1
+        assert w.read() == {
+            "type": "result",
+            "id": 1,
+            "request_id": out["request_id"],
+            "data": "sent",
+        }

@@ -92,6 +92,13 @@ def big(ctx: Any) -> Any:
     return {"blob": "x" * int((ctx.data or {}).get("size", 2_000_000))}
 
 
+@program("BIGOUT")
+def big_out(ctx: Any) -> Any:
+    """Output of about ``size`` bytes, then the result "sent"."""
+    ctx.send({"blob": "x" * int((ctx.data or {}).get("size", 2_000_000))})
+    return "sent"
+
+
 @program("NULOUT")
 def nul_out(ctx: Any) -> Any:
     """A result PostgreSQL cannot store (a NUL character, or a lone surrogate)."""
