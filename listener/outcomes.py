@@ -83,7 +83,9 @@ class Outcomes:
                     if s.call is None or s.call.request_id != row.id:
                         continue
                     nxt = None
-                    if row.state == "done":
+                    # a call answered from an earlier request with its key ran nothing:
+                    # the RETURN TRANSID of the session is not its own
+                    if row.state == "done" and s not in self._duplicates.get(row.id, ()):
                         found = await db.run(ops.listener.session_next(s.id))
                         nxt = found.next_transid if found else None
                     await self.finish(s, row.id, row.state == "done", row.result, row.error, nxt)
@@ -112,7 +114,8 @@ class Outcomes:
         """Answer the call of S with the outcome of REQUEST_ID (once: a call already
         answered, or another call of S, is left alone); S is free for its next call."""
         waiting = self._duplicates.get(request_id)
-        if waiting is not None and s in waiting:
+        duplicate = waiting is not None and s in waiting
+        if waiting is not None and duplicate:
             waiting.remove(s)
             if not waiting:
                 del self._duplicates[request_id]
@@ -139,6 +142,8 @@ class Outcomes:
                 request_id=request_id,
                 detail=detail,
             )
+        if duplicate:  # answered from the request its key found (as accepted said)
+            reply["duplicate"] = True
         if not s.push(reply):
             self.state.log.warning("client_dropped", session=str(s.id), request_id=request_id)
         self.state.log.info("request_answered", session=str(s.id), request_id=request_id, ok=ok)

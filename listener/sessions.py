@@ -202,7 +202,9 @@ class ClientSessions:
         asked = msg.get("accepted")  # (null: not asked, as for every optional field)
         accepted_frames = True if asked is None else asked
         if type(accepted_frames) is not bool:
-            await self._reply(writer, error("bad_hello", "accepted must be true or false", id=hid))
+            await self._reply(
+                writer, error("bad_hello", "accepted must be true, false or null", id=hid)
+            )
             return None
         token = msg.get("token")
         if not isinstance(token, str) or not token:

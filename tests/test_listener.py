@@ -461,3 +461,59 @@ def test_a_stranger_on_the_internal_channel_can_inject_nothing(
         client.send({"type": "input", "id": 2, "data": "Ada"})
         reply = client.read()
         assert reply["type"] == "result" and reply["data"] == {"greeting": "Hello, Ada!"}, reply
+
+
+@pytest.mark.parametrize("accepted", [True, False])
+def test_a_call_answered_by_its_key_clears_a_pending_return_transid(
+    live: tuple[str, str, Region], accepted: bool
+) -> None:
+    """A call sent again with its key runs nothing: its result carries duplicate and no
+    next_transid of another request, and, like any call, it clears the session's
+    pending RETURN TRANSID (the next input gets no_task_waiting)."""
+    address, token, _ = live
+    key = f"dup-{time.time_ns()}-{accepted}"
+
+    def final(w: Wire) -> dict[str, Any]:
+        reply = w.read()
+        while reply["type"] in ("accepted", "output"):
+            reply = w.read()
+        return reply
+
+    with Wire(address) as w:
+        assert w.hello(token, accepted=accepted)["type"] == "welcome"
+        w.send({"type": "call", "id": 1, "transid": "ECHO", "data": "e", "key": key})
+        first = final(w)
+        assert first["type"] == "result" and "duplicate" not in first
+        w.send({"type": "call", "id": 2, "transid": "ORDER", "data": {"item": "gear"}})
+        assert final(w)["next_transid"] == "ORDER2"
+        w.send({"type": "call", "id": 3, "transid": "ECHO", "data": "e", "key": key})
+        again = final(w)
+        assert again["type"] == "result" and again["request_id"] == first["request_id"]
+        assert again["duplicate"] is True and "next_transid" not in again, again
+        w.send({"type": "input", "id": 4, "data": 2})
+        assert w.read()["code"] == "no_task_waiting"
+
+
+def test_an_input_with_a_key_is_retried_from_a_new_session_as_a_call(
+    live: tuple[str, str, Region],
+) -> None:
+    """docs/protocol.md, Retrying safely: an input that became a request, sent again
+    from a new session as a call of its transaction with the same key, gets the first
+    outcome; sent again as an input there, no_task_waiting (nothing is pending)."""
+    address, token, _ = live
+    key = f"in-{time.time_ns()}"
+    with Wire(address) as w:
+        assert w.hello(token, accepted=False)["type"] == "welcome"
+        w.send({"type": "call", "id": 1, "transid": "ORDER", "data": {"item": "cog"}})
+        assert w.read()["next_transid"] == "ORDER2"
+        w.send({"type": "input", "id": 2, "data": 3, "key": key})
+        first = w.read()
+        assert first["data"] == {"ordered": {"item": "cog", "quantity": 3}}
+    with Wire(address) as w:
+        assert w.hello(token, accepted=False)["type"] == "welcome"
+        w.send({"type": "input", "id": 3, "data": 3, "key": key})
+        assert w.read()["code"] == "no_task_waiting"
+        w.send({"type": "call", "id": 4, "transid": "ORDER2", "data": 3, "key": key})
+        again = w.read()
+        assert again["request_id"] == first["request_id"] and again["duplicate"] is True
+        assert again["data"] == first["data"]
