@@ -2354,6 +2354,11 @@ BEGIN
     v_priority := least(255, tx.priority + v_session_priority + coalesce(p_user_priority, 0));
 
     IF p_idempotency_key IS NOT NULL THEN
+        -- one enqueue of a key at a time, until it commits: another one's request,
+        -- uncommitted, would be seen by neither look below, and it may finish and move
+        -- to the history before the INSERT's conflict check meets it (two requests
+        -- for one key, found by 12 sessions sending one key at once)
+        PERFORM pg_advisory_xact_lock(dispatcher_v2.key_lock(p_region, p_idempotency_key));
         SELECT id INTO v_id FROM dispatcher.request
         WHERE region = p_region AND idempotency_key = p_idempotency_key;
         IF NOT FOUND THEN
@@ -2432,6 +2437,10 @@ BEGIN
         RETURN;
     END IF;
     IF EXISTS (SELECT 1 FROM unnest(p_idempotency_keys) k WHERE k IS NOT NULL) THEN
+        -- every key's lock first, in one order (see key_lock), then request by request
+        PERFORM pg_advisory_xact_lock(l.id)
+        FROM (SELECT DISTINCT dispatcher_v2.key_lock(p_region, k) AS id
+              FROM unnest(p_idempotency_keys) k WHERE k IS NOT NULL ORDER BY 1) l;
         FOR i IN 1..v_n LOOP
             e := dispatcher_v2.enqueue(
                 p_region, p_transids[i], p_payloads[i], p_sessions[i],
@@ -2664,6 +2673,16 @@ CREATE FUNCTION dispatcher_v2.history_row(r dispatcher.request, p_state text, p_
                r.attempt, r.sep_id, r.class, r.idempotency_key, r.origin, p_result, p_error,
                r.enqueued_at, r.dispatched_at, p_started, p_finished
            )::dispatcher.request_history
+$$;
+
+--
+-- Name: key_lock(text, text); Type: FUNCTION; Schema: dispatcher_v2; Owner: -
+--
+
+CREATE FUNCTION dispatcher_v2.key_lock(p_region text, p_key text) RETURNS bigint
+    LANGUAGE sql IMMUTABLE
+    AS $$
+    SELECT hashtextextended('dispatcher.key:' || p_region || chr(31) || p_key, 0)
 $$;
 
 --

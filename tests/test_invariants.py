@@ -234,3 +234,86 @@ def test_no_lost_wakeup_when_sep_goes_idle_during_enqueue(db_url: str) -> None:
     assert not failures
     for c in (setup, sep_conn, enq_conn):
         c.close()
+
+
+def test_a_second_enqueue_of_one_key_waits_for_the_first_to_commit(
+    region: Region, db_url: str
+) -> None:
+    """Enqueues of one idempotency key go one at a time: the second waits (on the key's
+    advisory lock) until the first commits, then answers duplicate with its id."""
+    region.define_transaction("T", "app:fn")
+    first = connect(db_url, autocommit=False)
+    try:
+        e1 = Region(first, "test").enqueue("T", 1, idempotency_key="k")  # not committed
+        got: list[Any] = []
+        other = threading.Thread(
+            target=lambda: got.append(
+                Region(connect(db_url), "test").enqueue("T", 2, idempotency_key="k")
+            )
+        )
+        other.start()
+        deadline = time.monotonic() + 10
+        waiting = None
+        while time.monotonic() < deadline and waiting is None:
+            waiting = region.conn.execute(
+                "SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+            ).fetchone()
+            time.sleep(0.02)
+        assert waiting is not None, "the second enqueue did not wait on the key's lock"
+        assert not got
+        first.commit()
+        other.join(10)
+        assert got and got[0].duplicate and got[0].request_id == e1.request_id
+    finally:
+        first.close()
+
+
+def _enqueue_key(r: Region, key: str, go: threading.Barrier, ids: list[int]) -> None:
+    go.wait()
+    ids.append(r.enqueue("T", key, idempotency_key=key).request_id)
+
+
+def test_one_key_sent_at_once_by_many_makes_one_request_even_when_it_finishes_at_once(
+    region: Region, db_url: str
+) -> None:
+    """16 connections enqueue one new key at the same moment while a SEP claims and
+    completes whatever is queued as fast as it can, 25 rounds: every key ends as one
+    request (in the queue or the history), and every enqueue answered with its id."""
+    region.define_transaction("T", "app:fn")
+    sep = int(region.register_sep("host", 1, ())["id"])
+    conns = [Region(connect(db_url), "test") for _ in range(16)]
+    stop = threading.Event()
+
+    from dispatcher.region import Outcome
+
+    def work() -> None:
+        r = Region(connect(db_url), "test")
+        while not stop.is_set():
+            for t in r.claim_batch(sep, 10):
+                r.complete_many(sep, [Outcome(t, True, 1)])
+            time.sleep(0.0005)
+
+    worker = threading.Thread(target=work)
+    worker.start()
+    try:
+        for n in range(25):
+            key = f"race-{n}"
+            go = threading.Barrier(len(conns))
+            ids: list[int] = []
+
+            threads = [threading.Thread(target=_enqueue_key, args=(r, key, go, ids)) for r in conns]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(30)
+            assert len(ids) == len(conns) and len(set(ids)) == 1, (key, sorted(set(ids)))
+            rows = region.conn.execute(
+                "SELECT (SELECT count(*) FROM dispatcher.request WHERE idempotency_key = %(k)s)"
+                " + (SELECT count(*) FROM dispatcher.request_history"
+                "    WHERE idempotency_key = %(k)s) AS n",
+                {"k": key},
+            ).fetchone()
+            assert rows is not None and rows["n"] == 1, key
+    finally:
+        stop.set()
+        worker.join(10)

@@ -1,6 +1,7 @@
 """Throughput: fewer statements per request on the hot path (history_row inlined,
 tasks_of for a batch's tasks) and plans that stay on the indexes of a churning queue
-table (sql/schema/090_throughput.sql). Callers see no change.
+table (sql/schema/090_throughput.sql), and one enqueue of an idempotency key at a time
+(two requests for one key could be made by a race). Callers see no other change.
 
 Revision ID: 0006
 Revises: 0005

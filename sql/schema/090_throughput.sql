@@ -9,6 +9,11 @@
 -- * complete_many writes a session's row only when it changes (before: every finished
 --   call rewrote it, for a last_active that nothing reads) and counts the report's good
 --   outcomes in the statement that archives them (one statement less per report).
+-- * One enqueue of an idempotency key at a time (key_lock, an advisory lock held until
+--   the enqueue commits; a batch takes its keys' locks in one order). Before, two
+--   transactions enqueuing one new key could both miss the other's uncommitted request,
+--   and if the first finished and moved to the history before the second's INSERT met
+--   it, the key got two requests (seen with 12 sessions sending one key at once).
 -- * The procedures of the hot path plan with enable_seqscan off. The request table of a
 --   busy region holds few live rows and many dead ones between vacuums, so the planner
 --   took it for a small table and read all of it (a sequential scan over every dead
@@ -261,6 +266,236 @@ BEGIN
             WHERE q.region = s.region AND q.class = ANY (v_classes) AND q.state = 'queued')) THEN
         PERFORM dispatcher_v2.wake_idle_sep(s.region, p_sep);
     END IF;
+END $$;
+
+-- The advisory lock that serialises the enqueues of one idempotency key (taken for
+-- the rest of the enqueuing transaction; a batch takes its keys' locks in the order of
+-- these numbers, so that two batches never wait for each other in a cycle).
+CREATE FUNCTION dispatcher_v2.key_lock(p_region text, p_key text) RETURNS bigint
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT hashtextextended('dispatcher.key:' || p_region || chr(31) || p_key, 0)
+$$;
+REVOKE EXECUTE ON FUNCTION dispatcher_v2.key_lock(text, text) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION dispatcher_v2.enqueue(
+    p_region text,
+    p_transid text,
+    p_payload jsonb DEFAULT 'null',
+    p_session uuid DEFAULT NULL,
+    p_user_priority integer DEFAULT 0,
+    p_idempotency_key text DEFAULT NULL,
+    p_deadline timestamptz DEFAULT NULL,
+    p_commarea jsonb DEFAULT NULL,
+    p_origin text DEFAULT 'api',
+    p_notify boolean DEFAULT true,
+    p_routing_key text DEFAULT NULL
+) RETURNS dispatcher_v2.enqueued
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET enable_seqscan = off
+AS $$
+DECLARE
+    reg dispatcher.region;
+    tx dispatcher.transaction;
+    v_session_priority integer := 0;
+    v_priority integer;
+    v_id bigint;
+    v_sep bigint;
+    v_address text;
+BEGIN
+    SELECT * INTO reg FROM dispatcher.region WHERE name = p_region;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = 'DP001', MESSAGE = format('unknown region %L', p_region);
+    END IF;
+    SELECT * INTO tx FROM dispatcher.transaction WHERE region = p_region AND transid = p_transid;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = 'DP002',
+            MESSAGE = format('unknown transaction %L in region %L', p_transid, p_region),
+            HINT = 'define it with: dispatcher tx define, or dispatcher tx sync --app MODULE';
+    END IF;
+    IF coalesce(p_user_priority, 0) NOT BETWEEN 0 AND 255 THEN
+        RAISE EXCEPTION USING ERRCODE = 'DP003',
+            MESSAGE = format('priority must be between 0 and 255, not %s', p_user_priority);
+    END IF;
+    IF p_session IS NOT NULL THEN
+        SELECT priority INTO v_session_priority FROM dispatcher.session
+        WHERE id = p_session AND region = p_region;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION USING ERRCODE = 'DP007', MESSAGE = format('unknown session %s', p_session);
+        END IF;
+    END IF;
+    v_priority := least(255, tx.priority + v_session_priority + coalesce(p_user_priority, 0));
+
+    IF p_idempotency_key IS NOT NULL THEN
+        -- one enqueue of a key at a time, until it commits: another one's request,
+        -- uncommitted, would be seen by neither look below, and it may finish and move
+        -- to the history before the INSERT's conflict check meets it (two requests
+        -- for one key, found by 12 sessions sending one key at once)
+        PERFORM pg_advisory_xact_lock(dispatcher_v2.key_lock(p_region, p_idempotency_key));
+        SELECT id INTO v_id FROM dispatcher.request
+        WHERE region = p_region AND idempotency_key = p_idempotency_key;
+        IF NOT FOUND THEN
+            SELECT id INTO v_id FROM dispatcher.request_history
+            WHERE region = p_region AND idempotency_key = p_idempotency_key;
+        END IF;
+        IF v_id IS NOT NULL THEN
+            RETURN (v_id, NULL, 'duplicate', true, NULL, NULL)::dispatcher_v2.enqueued;
+        END IF;
+    END IF;
+
+    IF p_routing_key IS NOT NULL AND length(p_routing_key) NOT BETWEEN 1 AND 200 THEN
+        RAISE EXCEPTION USING ERRCODE = 'DP003',
+            MESSAGE = 'a routing key is 1 to 200 characters';
+    END IF;
+    INSERT INTO dispatcher.request
+        (region, transid, payload, session_id, priority, dispatch_key, max_attempts, class,
+         requires, idempotency_key, deadline, commarea, origin, routing_key)
+    VALUES
+        (p_region, p_transid, coalesce(p_payload, 'null'::jsonb), p_session, v_priority,
+         clock_timestamp() - make_interval(secs => v_priority * reg.aging_ms / 1000.0),
+         tx.max_attempts, tx.class, tx.requires, p_idempotency_key, p_deadline, p_commarea,
+         coalesce(p_origin, 'api'), p_routing_key)
+    ON CONFLICT (region, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+    RETURNING id INTO v_id;
+    IF v_id IS NULL THEN
+        SELECT id INTO v_id FROM dispatcher.request
+        WHERE region = p_region AND idempotency_key = p_idempotency_key;
+        RETURN (v_id, NULL, 'duplicate', true, NULL, NULL)::dispatcher_v2.enqueued;
+    END IF;
+
+    IF reg.state <> 'running' THEN
+        RETURN (v_id, NULL, 'region_stopping', false, NULL, NULL)::dispatcher_v2.enqueued;
+    END IF;
+    SELECT d.sep_id, d.sep_address INTO v_sep, v_address
+    FROM dispatcher_v2.dispatch_idle(p_region, ARRAY[v_id], ARRAY[tx.requires::text],
+                                     ARRAY[p_routing_key], p_notify) d
+    WHERE d.request_id = v_id;
+    IF v_sep IS NOT NULL THEN
+        RETURN (v_id, v_sep, 'dispatched', false, to_jsonb(dispatcher_v2.task_of(v_id)),
+                v_address)::dispatcher_v2.enqueued;
+    END IF;
+    RETURN (v_id, NULL,
+            CASE WHEN tx.class IS NOT NULL AND dispatcher_v2.class_room(p_region, tx.class) = 0
+                 THEN 'class_full' ELSE 'no_idle_sep' END,
+            false, NULL, NULL)::dispatcher_v2.enqueued;
+END $$;
+
+-- Many requests in one call and one commit (START --data-file, group commit): one
+-- INSERT for the batch, then dispatch_idle as for one (the reasons: dispatched,
+-- region_stopping or no_idle_sep). A batch with idempotency keys
+-- goes request by request through enqueue.
+CREATE OR REPLACE FUNCTION dispatcher_v2.enqueue_many(
+    p_region text,
+    p_transids text[],
+    p_payloads jsonb[],
+    p_sessions uuid[] DEFAULT NULL,
+    p_user_priorities integer[] DEFAULT NULL,
+    p_idempotency_keys text[] DEFAULT NULL,
+    p_origin text DEFAULT 'api',
+    p_notify boolean DEFAULT true,
+    p_routing_keys text[] DEFAULT NULL
+) RETURNS TABLE (ordinal integer, request_id bigint, sep_id bigint, reason text,
+                 duplicate boolean, task jsonb, sep_address text)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET enable_seqscan = off
+AS $$
+DECLARE
+    reg dispatcher.region;
+    e dispatcher_v2.enqueued;
+    v_n integer := coalesce(cardinality(p_transids), 0);
+    v_bad text;
+    v_ids bigint[];
+    v_order bigint[];
+    v_requires text[];
+    v_keys text[];
+    v_got bigint[];
+    v_seps bigint[];
+    v_addresses text[];
+BEGIN
+    IF v_n IS DISTINCT FROM coalesce(cardinality(p_payloads), 0) THEN
+        RAISE EXCEPTION USING ERRCODE = 'DP003',
+            MESSAGE = 'enqueue_many: transids and payloads differ in length';
+    END IF;
+    IF v_n = 0 THEN
+        RETURN;
+    END IF;
+    IF EXISTS (SELECT 1 FROM unnest(p_idempotency_keys) k WHERE k IS NOT NULL) THEN
+        -- every key's lock first, in one order (see key_lock), then request by request
+        PERFORM pg_advisory_xact_lock(l.id)
+        FROM (SELECT DISTINCT dispatcher_v2.key_lock(p_region, k) AS id
+              FROM unnest(p_idempotency_keys) k WHERE k IS NOT NULL ORDER BY 1) l;
+        FOR i IN 1..v_n LOOP
+            e := dispatcher_v2.enqueue(
+                p_region, p_transids[i], p_payloads[i], p_sessions[i],
+                coalesce(p_user_priorities[i], 0), p_idempotency_keys[i], NULL, NULL,
+                p_origin, p_notify, p_routing_keys[i]);
+            ordinal := i; request_id := e.request_id; sep_id := e.sep_id;
+            reason := e.reason; duplicate := e.duplicate; task := e.task;
+            sep_address := e.sep_address;
+            RETURN NEXT;
+        END LOOP;
+        RETURN;
+    END IF;
+
+    SELECT * INTO reg FROM dispatcher.region WHERE name = p_region;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = 'DP001', MESSAGE = format('unknown region %L', p_region);
+    END IF;
+    SELECT t INTO v_bad FROM unnest(p_transids) t
+    WHERE t IS NULL OR NOT EXISTS (
+        SELECT 1 FROM dispatcher.transaction x WHERE x.region = p_region AND x.transid = t)
+    LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = 'DP002',
+            MESSAGE = format('unknown transaction %L in region %L', v_bad, p_region),
+            HINT = 'define it with: dispatcher tx define, or dispatcher tx sync --app MODULE';
+    END IF;
+    IF EXISTS (SELECT 1 FROM unnest(p_user_priorities) u WHERE u NOT BETWEEN 0 AND 255) THEN
+        RAISE EXCEPTION USING ERRCODE = 'DP003', MESSAGE = 'priority must be between 0 and 255';
+    END IF;
+    IF EXISTS (SELECT 1 FROM unnest(p_sessions) sid
+               WHERE sid IS NOT NULL AND NOT EXISTS (
+                   SELECT 1 FROM dispatcher.session s WHERE s.id = sid AND s.region = p_region)) THEN
+        RAISE EXCEPTION USING ERRCODE = 'DP007', MESSAGE = 'unknown session in the batch';
+    END IF;
+    IF EXISTS (SELECT 1 FROM unnest(p_routing_keys) k WHERE length(k) NOT BETWEEN 1 AND 200) THEN
+        RAISE EXCEPTION USING ERRCODE = 'DP003', MESSAGE = 'a routing key is 1 to 200 characters';
+    END IF;
+
+    WITH ins AS (
+        INSERT INTO dispatcher.request
+            (region, transid, payload, session_id, priority, dispatch_key, max_attempts,
+             class, requires, origin, routing_key)
+        SELECT p_region, x.transid, coalesce(p_payloads[i], 'null'::jsonb), p_sessions[i],
+               pr.prio, clock_timestamp() - make_interval(secs => pr.prio * reg.aging_ms / 1000.0),
+               x.max_attempts, x.class, x.requires, coalesce(p_origin, 'api'), p_routing_keys[i]
+        FROM generate_subscripts(p_transids, 1) AS i
+        JOIN dispatcher.transaction x ON x.region = p_region AND x.transid = p_transids[i]
+        LEFT JOIN dispatcher.session s ON s.id = p_sessions[i]
+        CROSS JOIN LATERAL (SELECT least(255, x.priority + coalesce(s.priority, 0)
+                                              + coalesce(p_user_priorities[i], 0)) AS prio) pr
+        ORDER BY i
+        RETURNING id, dispatch_key, requires, routing_key
+    )
+    SELECT array_agg(id ORDER BY id),                          -- ids follow the batch order
+           array_agg(id ORDER BY dispatch_key, id),            -- and in dispatch order
+           array_agg(requires::text ORDER BY dispatch_key, id),
+           array_agg(routing_key ORDER BY dispatch_key, id)
+    INTO v_ids, v_order, v_requires, v_keys FROM ins;
+
+    IF reg.state = 'running' THEN
+        SELECT array_agg(d.request_id), array_agg(d.sep_id), array_agg(d.sep_address)
+        INTO v_got, v_seps, v_addresses
+        FROM dispatcher_v2.dispatch_idle(p_region, v_order, v_requires, v_keys, p_notify) d;
+    END IF;
+
+    RETURN QUERY
+    SELECT i, v_ids[i], a.sep, CASE WHEN a.sep IS NOT NULL THEN 'dispatched'
+                                    WHEN reg.state <> 'running' THEN 'region_stopping'
+                                    ELSE 'no_idle_sep' END,
+           false,
+           CASE WHEN a.sep IS NOT NULL THEN to_jsonb(dispatcher_v2.task_of(v_ids[i])) END,
+           a.address
+    FROM generate_subscripts(p_transids, 1) AS i
+    LEFT JOIN unnest(v_got, v_seps, v_addresses) AS a(request, sep, address)
+        ON a.request = v_ids[i];
 END $$;
 
 DO $$
