@@ -87,6 +87,25 @@ def test_pick_next_uses_queue_index_with_100k_queued(
     assert scan and scan[0]["Actual Rows"] <= 2
 
 
+def _traced(conn: psycopg.Connection[dict[str, Any]], work: Any) -> str:
+    """The plans of every statement WORK runs on CONN (auto_explain, nested statements
+    included, sent as notices)."""
+    plans: list[str] = []
+    conn.add_notice_handler(lambda diag: plans.append(diag.message_primary or ""))
+    for setting in (
+        "LOAD 'auto_explain'",
+        "SET auto_explain.log_min_duration = 0",
+        "SET auto_explain.log_nested_statements = on",
+        "SET auto_explain.log_level = notice",
+    ):
+        conn.execute(setting)
+    try:
+        work()
+    finally:
+        conn.execute("RESET auto_explain.log_level")
+    return "\n".join(plans)
+
+
 def test_every_statement_of_a_batch_uses_an_index_with_100k_queued(
     region: Region, conn: psycopg.Connection[dict[str, Any]]
 ) -> None:
@@ -107,41 +126,16 @@ def test_every_statement_of_a_batch_uses_an_index_with_100k_queued(
     conn.execute("ANALYZE dispatcher.request")
     region.set(state="running")
     sep = int(region.register_sep("host", 1, ())["id"])
-    plans: list[str] = []
-    conn.add_notice_handler(lambda diag: plans.append(diag.message_primary or ""))
-    for setting in (
-        "LOAD 'auto_explain'",
-        "SET auto_explain.log_min_duration = 0",
-        "SET auto_explain.log_nested_statements = on",
-        "SET auto_explain.log_level = notice",
-    ):
-        conn.execute(setting)
-    batch = region.claim_batch(sep, 10)
-    region.complete_many(sep, [Outcome(t, True, 1) for t in batch], take=10)
-    conn.execute("RESET auto_explain.log_level")
+    batch: list[Any] = []
+
+    def work() -> None:
+        batch.extend(region.claim_batch(sep, 10))
+        region.complete_many(sep, [Outcome(t, True, 1) for t in batch], take=10)
+
+    traced = _traced(conn, work)
     assert len(batch) == 10
-    traced = "\n".join(plans)
     assert "complete_many" in traced and "request_queue_idx" in traced
     assert "Seq Scan on request " not in traced, traced
-
-
-def _traced(conn: psycopg.Connection[dict[str, Any]], work: Any) -> str:
-    """The plans of every statement WORK runs on CONN (auto_explain, nested statements
-    included, sent as notices)."""
-    plans: list[str] = []
-    conn.add_notice_handler(lambda diag: plans.append(diag.message_primary or ""))
-    for setting in (
-        "LOAD 'auto_explain'",
-        "SET auto_explain.log_min_duration = 0",
-        "SET auto_explain.log_nested_statements = on",
-        "SET auto_explain.log_level = notice",
-    ):
-        conn.execute(setting)
-    try:
-        work()
-    finally:
-        conn.execute("RESET auto_explain.log_level")
-    return "\n".join(plans)
 
 
 def test_the_hot_path_reads_no_table_whole_when_it_looks_small(
