@@ -85,8 +85,8 @@ def test_an_output_that_is_not_strict_json_is_refused_to_the_program() -> None:
     sent: list[Any] = []
 
     class Links(ListenerLinks):
-        def send(self, address: str, message: dict[str, Any]) -> None:
-            sent.append(message)
+        def send_frames(self, address: str, frame: bytes) -> None:
+            sent.append(json.loads(frame[4:]))  # (one frame: its 4-byte length, then JSON)
 
     conv = Conversation(Links(), "unix:/nowhere", 1, uuid.uuid4(), 1, queue.Queue())
     for bad in (math.nan, [math.inf], {"x": -math.inf}, "a\x00b"):
