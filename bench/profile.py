@@ -89,6 +89,15 @@ def main() -> None:
                 print(f"  {k:32} {(after[k] - before[k]) / done * 1000:8.3f}")
             with psycopg.connect(url, autocommit=True) as conn:
                 rows = conn.execute(_TOP).fetchall()
+                cycle = conn.execute(_CYCLE).fetchone()
+            if cycle is not None and cycle[0]:
+                # what bounds a closed loop of sessions: how long requests wait for a SEP,
+                # and how long a SEP is away between two tasks (its report round trip)
+                print(
+                    f"SEPs: {cycle[1] / cycle[0]:.1f} tasks per report on average; wait in "
+                    f"the queue p50 {cycle[2]:.1f} ms, p90 {cycle[3]:.1f} ms; a SEP between "
+                    f"two runs of tasks (its report) p50 {cycle[4]:.1f} ms, p90 {cycle[5]:.1f} ms"
+                )
             print("PostgreSQL statements by total time (ms per 1,000 requests, calls per request):")
             for r in rows:
                 print(f"  {r[1] / done * 1000:8.1f} ms  {r[2] / done:6.2f}  {r[0]}")
@@ -97,6 +106,28 @@ def main() -> None:
     finally:
         server.close()
 
+
+# from the history of the run: per SEP, a gap of over 1 ms between a task's end and the
+# next one's start is a report (and the next batch's arrival); tasks between two gaps
+# are one batch
+_CYCLE = """
+WITH t AS (
+    SELECT sep_id, started_at, dispatched_at, enqueued_at,
+           started_at - lag(finished_at) OVER (PARTITION BY sep_id ORDER BY started_at) AS gap
+    FROM dispatcher.request_history WHERE state = 'done'
+)
+SELECT count(*) FILTER (WHERE gap > interval '1 ms'),
+       count(*),
+       percentile_cont(0.5) WITHIN GROUP (
+           ORDER BY extract(epoch FROM dispatched_at - enqueued_at) * 1000),
+       percentile_cont(0.9) WITHIN GROUP (
+           ORDER BY extract(epoch FROM dispatched_at - enqueued_at) * 1000),
+       percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM gap) * 1000)
+           FILTER (WHERE gap > interval '1 ms'),
+       percentile_cont(0.9) WITHIN GROUP (ORDER BY extract(epoch FROM gap) * 1000)
+           FILTER (WHERE gap > interval '1 ms')
+FROM t
+"""
 
 _TOP = """
 SELECT left(regexp_replace(query, '\\s+', ' ', 'g'), 110), total_exec_time, calls
