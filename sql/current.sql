@@ -2354,16 +2354,25 @@ BEGIN
     v_priority := least(255, tx.priority + v_session_priority + coalesce(p_user_priority, 0));
 
     IF p_idempotency_key IS NOT NULL THEN
-        -- one enqueue of a key at a time, until it commits: another one's request,
-        -- uncommitted, would be seen by neither look below, and it may finish and move
-        -- to the history before the INSERT's conflict check meets it (two requests
-        -- for one key, found by 12 sessions sending one key at once)
-        PERFORM pg_advisory_xact_lock(dispatcher_v2.key_lock(p_region, p_idempotency_key));
-        SELECT id INTO v_id FROM dispatcher.request
-        WHERE region = p_region AND idempotency_key = p_idempotency_key;
-        IF NOT FOUND THEN
-            SELECT id INTO v_id FROM dispatcher.request_history
-            WHERE region = p_region AND idempotency_key = p_idempotency_key;
+        -- a key already stored (queued, running or in the history) is answered at once
+        v_id := coalesce(
+            (SELECT id FROM dispatcher.request
+             WHERE region = p_region AND idempotency_key = p_idempotency_key),
+            (SELECT id FROM dispatcher.request_history
+             WHERE region = p_region AND idempotency_key = p_idempotency_key));
+        IF v_id IS NULL THEN
+            -- a new key: one enqueue of it at a time, until it commits. Another one's
+            -- request, uncommitted, is seen by neither look, and it may finish and move
+            -- to the history before the INSERT's conflict check meets it (two requests
+            -- for one key, found by 12 sessions sending one key at once). The lock
+            -- waits only for an enqueue of this same key still in flight, as the
+            -- INSERT's conflict check would.
+            PERFORM pg_advisory_xact_lock(dispatcher_v2.key_lock(p_region, p_idempotency_key));
+            v_id := coalesce(
+                (SELECT id FROM dispatcher.request
+                 WHERE region = p_region AND idempotency_key = p_idempotency_key),
+                (SELECT id FROM dispatcher.request_history
+                 WHERE region = p_region AND idempotency_key = p_idempotency_key));
         END IF;
         IF v_id IS NOT NULL THEN
             RETURN (v_id, NULL, 'duplicate', true, NULL, NULL)::dispatcher_v2.enqueued;
@@ -2437,10 +2446,17 @@ BEGIN
         RETURN;
     END IF;
     IF EXISTS (SELECT 1 FROM unnest(p_idempotency_keys) k WHERE k IS NOT NULL) THEN
-        -- every key's lock first, in one order (see key_lock), then request by request
+        -- the locks of its new keys first, in one order (see key_lock), then request
+        -- by request (enqueue answers a stored key at once, without its lock)
         PERFORM pg_advisory_xact_lock(l.id)
         FROM (SELECT DISTINCT dispatcher_v2.key_lock(p_region, k) AS id
-              FROM unnest(p_idempotency_keys) k WHERE k IS NOT NULL ORDER BY 1) l;
+              FROM unnest(p_idempotency_keys) k
+              WHERE k IS NOT NULL
+                AND NOT EXISTS (SELECT 1 FROM dispatcher.request q
+                                WHERE q.region = p_region AND q.idempotency_key = k)
+                AND NOT EXISTS (SELECT 1 FROM dispatcher.request_history h
+                                WHERE h.region = p_region AND h.idempotency_key = k)
+              ORDER BY 1) l;
         FOR i IN 1..v_n LOOP
             e := dispatcher_v2.enqueue(
                 p_region, p_transids[i], p_payloads[i], p_sessions[i],

@@ -317,3 +317,29 @@ def test_one_key_sent_at_once_by_many_makes_one_request_even_when_it_finishes_at
     finally:
         stop.set()
         worker.join(10)
+
+
+def test_a_stored_key_is_answered_at_once_while_its_lock_is_held(
+    region: Region, db_url: str
+) -> None:
+    """A key whose request is stored (queued, running or finished) is answered as a
+    duplicate without waiting for the key's lock: a long transaction that holds it (a
+    task that STARTs with that reqid, say) stalls nobody who sends a known key."""
+    region.define_transaction("T", "app:fn")
+    first = region.enqueue("T", 1, idempotency_key="known")
+    holder = connect(db_url, autocommit=False)
+    try:
+        holder.execute("SELECT pg_advisory_xact_lock(dispatcher_v2.key_lock('test', 'known'))")
+        got: list[Any] = []
+        other = threading.Thread(
+            target=lambda: got.append(
+                Region(connect(db_url), "test").enqueue("T", 2, idempotency_key="known")
+            )
+        )
+        other.start()
+        other.join(5)
+        assert got, "an enqueue of a stored key waited for the key's lock"
+        assert got[0].duplicate and got[0].request_id == first.request_id
+    finally:
+        holder.rollback()
+        holder.close()
