@@ -26,10 +26,20 @@ from typing import Any
 
 from .errors import InvalidValue
 
-__all__ = ["MAX_DATA", "MAX_DEPTH", "check_data", "check_text", "row_json_default", "scrub"]
+__all__ = [
+    "MAX_DATA",
+    "MAX_DEPTH",
+    "MAX_REQID",
+    "check_data",
+    "check_reqid",
+    "check_text",
+    "row_json_default",
+    "scrub",
+]
 
 MAX_DEPTH = 100
 MAX_DATA = 1024 * 1024
+MAX_REQID = 200
 
 _MAX_INT_BITS = 14280  # below this, an integer surely has at most 4,300 digits
 _BAD_CHAR = re.compile("[\x00\ud800-\udfff]")
@@ -60,6 +70,21 @@ def check_text(text: str, what: str) -> None:
         bad = _bad_char(text, what, f"character {found.start()}")
         assert bad is not None
         raise bad
+
+
+def check_reqid(reqid: str) -> None:
+    """Raise InvalidValue unless REQID can name a START's request: 1-200 characters
+    that PostgreSQL can store, without "/". The idempotency keys of client sessions
+    (socket and HTTP) are stored as NAME/KEY, scoped by the token's name: a START's
+    reqid never has the shape of one, so the two never meet."""
+    if not 0 < len(reqid) <= MAX_REQID:
+        raise InvalidValue(f"a reqid is 1-{MAX_REQID} characters, not {len(reqid)}")
+    if "/" in reqid:
+        raise InvalidValue(
+            "a reqid may not contain '/' (clients' idempotency keys are NAME/KEY, "
+            "and a START's reqid must not be mistaken for one)"
+        )
+    check_text(reqid, "the reqid")
 
 
 def check_data(value: Any, what: str = "data") -> None:

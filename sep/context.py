@@ -11,6 +11,7 @@ from uuid import UUID
 import psycopg
 
 from dispatcher.gateway import Gateway, Task, ops
+from dispatcher.values import check_reqid
 
 if TYPE_CHECKING:
     from .conversation import Conversation
@@ -105,7 +106,10 @@ class TaskContext:
     ) -> int | str:
         """START ``transid`` with ``data``, protected: it takes effect only if this task
         commits. Without ``after``/``at`` the request is queued at once (its id is
-        returned); with one, a timer is set (its REQID is returned)."""
+        returned); with one, a timer is set (its REQID is returned). A ``reqid`` is 1-200
+        characters without "/" (InvalidValue otherwise)."""
+        if reqid is not None:
+            check_reqid(reqid)
         if after is not None or at is not None:
             import importlib
 

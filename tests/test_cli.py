@@ -111,12 +111,23 @@ def test_request_show_by_start_reqid(run, db_url: str) -> None:  # type: ignore[
         code, _, err = run("request", "show", bad)
         assert code == 2 and "error" in err.lower(), (bad, err)
     # any text is a key (`start --reqid 'a b'`, the HTTP front's user/key); digits too
-    for key in ("a b", "bob/order-17", "12345"):
+    from dispatcher.database import connect
+    from dispatcher.region import Region
+
+    with connect(db_url) as conn:  # a key as a client session's call stores it
+        e = Region(conn, "clitest").enqueue("ECHO", 3, idempotency_key="bob/order-17")
+    code, out2, err = run("request", "show", "bob/order-17", "--json")
+    assert code == 0 and json.loads(out2)["id"] == e.request_id, err
+    for key in ("a b", "12345"):
         code, out, _ = run("start", "ECHO", "--reqid", key, "--data", "2")
         code, out2, err = run("request", "show", key, "--json")
         assert code == 0 and json.loads(out2)["id"] == int(out.strip()), (key, err)
-    code, _, err = run("start", "ECHO", "--reqid", "")
-    assert code == 2 and "--reqid" in err
+    # a START's reqid never has the shape of a client's key (NAME/KEY): they never meet
+    for bad in ("", "bob/order-17", "x" * 201, "nul\x00"):
+        code, _, err = run("start", "ECHO", "--reqid", bad, "--data", "4")
+        assert code == 2 and "--reqid" in err, (bad, err)
+    code, out, _ = run("start", "ECHO", "--reqid", "x" * 200, "--data", "5")
+    assert code == 0 and out.strip().isdigit()
 
 
 def test_start_from_data_file(run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -115,3 +115,19 @@ def test_nesting_beyond_about_a_thousand_levels_is_refused_whoever_reads() -> No
         body = b"[" * 3000 + tail + b"]" * 3000
         with pytest.raises(ChannelError, match="nested too deeply"):
             parse_json(body)
+
+
+def test_ctx_start_refuses_a_reqid_shaped_like_a_clients_key() -> None:
+    """ctx.start(reqid=...) takes 1-200 characters without "/" (a client's key is
+    NAME/KEY: a START must never answer for one); InvalidValue before any database work."""
+    import datetime as dt
+
+    from dispatcher.errors import InvalidValue
+    from dispatcher.gateway import Task
+    from sep.context import TaskContext
+
+    task = Task(1, 1, "T", None, None, None, None, None, dt.datetime.now(dt.UTC))
+    ctx = TaskContext(task, "r", None, None, None, lambda: None)  # type: ignore[arg-type]
+    for bad in ("alice/k", "", "x" * 201, "a\x00b"):
+        with pytest.raises(InvalidValue):
+            ctx.start("ECHO", 1, reqid=bad)

@@ -9,9 +9,10 @@ from typing import Any
 
 import click
 
-from ..errors import DispatcherError
+from ..errors import DispatcherError, InvalidValue
 from ..gateway import Gateway, ops
 from ..seconds import Seconds
+from ..values import check_reqid
 from ._app import App, echo_json, pass_app
 from ._data import DATA_HELP, parse_data, read_data
 from .stats import parse_since
@@ -54,8 +55,10 @@ def wait_for(app: App, request_id: int, timeout: float) -> dict[str, Any]:
 @click.option("--priority", type=click.IntRange(0, 255), default=0, help="User priority added.")
 @click.option(
     "--reqid",
-    help="A name for the request (a timer's name for CANCEL); a second "
-    "START with the same REQID starts nothing.",
+    help="A name for the request (1-200 characters, no '/'; a timer's name for CANCEL). "
+    "A second START with the REQID of a kept request (queued, running or in the "
+    "history) starts nothing and prints its id; a timer with the REQID of a pending "
+    "timer is refused.",
 )
 @click.option("--after", help="Start after a delay: 30s, 5m, 2h, 1d.")
 @click.option("--at", "at", help="Start at a time: ISO 8601 with a zone, e.g. 2026-12-01T09:00Z.")
@@ -98,6 +101,11 @@ def start(
     """
     if reqid is not None and not reqid.strip():
         raise click.UsageError("--reqid: empty (give a name, or leave the option out)")
+    if reqid is not None:
+        try:
+            check_reqid(reqid)
+        except InvalidValue as exc:
+            raise click.UsageError(f"--reqid: {exc.message}") from None
     if after is not None or at is not None or cron_expr is not None or tz is not None:
         if wait or data_file is not None or transid is None or routing_key is not None:
             raise click.UsageError(
