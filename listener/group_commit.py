@@ -83,11 +83,22 @@ class GroupCommit:
 
     async def _flush(self, batch: list[_Item]) -> None:
         try:
-            plain = [b for b in batch if b[0][3] is None]
-            for item in [b for b in batch if b[0][3] is not None]:
-                await self._many([item])  # a commarea goes through enqueue_v1 itself
-            if plain:
-                await self._many(plain)
+            # three parts at once, at most three connections: calls with a commarea (one
+            # by one through enqueue), calls with a key, the rest. A new key waits for an
+            # enqueue of that key still in flight (its lock); calls without one must not
+            # wait with it (and go by the set-based path, which a key would turn off)
+            commareas = [b for b in batch if b[0][3] is not None]
+            keyed = [b for b in batch if b[0][3] is None and b[0][4] is not None]
+            unkeyed = [b for b in batch if b[0][3] is None and b[0][4] is None]
+
+            async def one_by_one(items: list[_Item]) -> None:
+                for item in items:
+                    await self._many([item])
+
+            await asyncio.gather(
+                *([one_by_one(commareas)] if commareas else []),
+                *(self._many(p) for p in (unkeyed, keyed) if p),
+            )
         finally:
             self.slots.release()
 

@@ -120,3 +120,60 @@ def test_a_value_refused_by_the_database_itself_is_invalid_value(region: Region)
         with pytest.raises(psycopg.Error) as caught, region.conn.transaction():
             region.conn.execute(sql)
         assert isinstance(translate(caught.value), InvalidValue), sql
+
+
+def test_calls_without_a_key_never_wait_for_a_key_in_flight(region: Region, db_url: str) -> None:
+    """A new key whose enqueue is still in flight elsewhere (its lock held: a task that
+    STARTs with it, say) holds up the calls of that key only: calls without a key that
+    arrive with it are committed at once."""
+    import threading
+    import time
+
+    from dispatcher.database import connect
+
+    region.define_transaction("ECHO", "app:echo")
+    holder = connect(db_url, autocommit=False)
+    holder.execute("SELECT pg_advisory_xact_lock(dispatcher_v2.key_lock('test', 'busy'))")
+    release = threading.Timer(4.0, holder.rollback)
+    release.start()
+    took: dict[str, float] = {}
+
+    async def main() -> None:
+        pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+            db_url,
+            min_size=2,
+            max_size=8,
+            open=False,
+            kwargs={"autocommit": True, "row_factory": dict_row},
+        )
+        await pool.open()
+        gc = GroupCommit(pool, "test", max_batch=100, parallel=1)
+        runner = asyncio.create_task(gc.run())
+        t0 = time.monotonic()
+
+        async def timed(name: str, key: str | None) -> None:
+            await gc.submit("ECHO", name, None, None, key)
+            took[name] = time.monotonic() - t0
+
+        try:
+            # a first call holds the one slot a moment, so that the rest queue up and
+            # go together in one batch: the keyed call and twenty without a key
+            first = asyncio.create_task(timed("first", None))
+            await asyncio.sleep(0)
+            await asyncio.gather(
+                first,
+                timed("keyed", "busy"),
+                *(timed(f"plain-{i}", None) for i in range(20)),
+            )
+        finally:
+            runner.cancel()
+            await pool.close()
+
+    try:
+        asyncio.run(main())
+    finally:
+        release.cancel()
+        holder.close()
+    assert took["keyed"] >= 3.5, took  # it waited for the key's enqueue in flight
+    slowest_plain = max(v for k, v in took.items() if k.startswith("plain"))
+    assert slowest_plain < 2.0, took
