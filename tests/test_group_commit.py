@@ -14,6 +14,19 @@ from dispatcher.region import Region
 from listener.server import GroupCommit
 
 
+async def _open_pool(db_url: str, max_size: int) -> AsyncConnectionPool[Any]:
+    """An open pool of autocommit connections (dict rows), as the listener's."""
+    pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+        db_url,
+        min_size=1,
+        max_size=max_size,
+        open=False,
+        kwargs={"autocommit": True, "row_factory": dict_row},
+    )
+    await pool.open()
+    return pool
+
+
 def _submit_together(
     db_url: str, items: list[tuple[str, Any, Any]], max_batch: int, parallel: int
 ) -> list[Any]:
@@ -21,14 +34,7 @@ def _submit_together(
     Enqueued, or the exception it got."""
 
     async def main() -> list[Any]:
-        pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
-            db_url,
-            min_size=2,
-            max_size=4,
-            open=False,
-            kwargs={"autocommit": True, "row_factory": dict_row},
-        )
-        await pool.open()
+        pool = await _open_pool(db_url, 4)
         gc = GroupCommit(pool, "test", max_batch=max_batch, parallel=parallel)
         runner = asyncio.create_task(gc.run())
         try:
@@ -67,14 +73,7 @@ def test_a_lone_request_is_not_delayed(region: Region, db_url: str, n: int) -> N
     sid = region.register_session()
 
     async def main() -> Any:
-        pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
-            db_url,
-            min_size=1,
-            max_size=2,
-            open=False,
-            kwargs={"autocommit": True, "row_factory": dict_row},
-        )
-        await pool.open()
+        pool = await _open_pool(db_url, 2)
         gc = GroupCommit(pool, "test")
         runner = asyncio.create_task(gc.run())
         try:
@@ -139,14 +138,7 @@ def test_calls_without_a_key_never_wait_for_a_key_in_flight(region: Region, db_u
     took: dict[str, float] = {}
 
     async def main() -> None:
-        pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
-            db_url,
-            min_size=2,
-            max_size=8,
-            open=False,
-            kwargs={"autocommit": True, "row_factory": dict_row},
-        )
-        await pool.open()
+        pool = await _open_pool(db_url, 8)
         gc = GroupCommit(pool, "test", max_batch=100, parallel=1)
         runner = asyncio.create_task(gc.run())
         t0 = time.monotonic()
