@@ -2355,11 +2355,7 @@ BEGIN
 
     IF p_idempotency_key IS NOT NULL THEN
         -- a key already stored (queued, running or in the history) is answered at once
-        v_id := coalesce(
-            (SELECT id FROM dispatcher.request
-             WHERE region = p_region AND idempotency_key = p_idempotency_key),
-            (SELECT id FROM dispatcher.request_history
-             WHERE region = p_region AND idempotency_key = p_idempotency_key));
+        v_id := dispatcher_v2.key_request(p_region, p_idempotency_key);
         IF v_id IS NULL THEN
             -- a new key: one enqueue of it at a time, until it commits. Another one's
             -- request, uncommitted, is seen by neither look, and it may finish and move
@@ -2368,11 +2364,7 @@ BEGIN
             -- waits only for an enqueue of this same key still in flight, as the
             -- INSERT's conflict check would.
             PERFORM pg_advisory_xact_lock(dispatcher_v2.key_lock(p_region, p_idempotency_key));
-            v_id := coalesce(
-                (SELECT id FROM dispatcher.request
-                 WHERE region = p_region AND idempotency_key = p_idempotency_key),
-                (SELECT id FROM dispatcher.request_history
-                 WHERE region = p_region AND idempotency_key = p_idempotency_key));
+            v_id := dispatcher_v2.key_request(p_region, p_idempotency_key);
         END IF;
         IF v_id IS NOT NULL THEN
             RETURN (v_id, NULL, 'duplicate', true, NULL, NULL)::dispatcher_v2.enqueued;
@@ -2451,11 +2443,7 @@ BEGIN
         PERFORM pg_advisory_xact_lock(l.id)
         FROM (SELECT DISTINCT dispatcher_v2.key_lock(p_region, k) AS id
               FROM unnest(p_idempotency_keys) k
-              WHERE k IS NOT NULL
-                AND NOT EXISTS (SELECT 1 FROM dispatcher.request q
-                                WHERE q.region = p_region AND q.idempotency_key = k)
-                AND NOT EXISTS (SELECT 1 FROM dispatcher.request_history h
-                                WHERE h.region = p_region AND h.idempotency_key = k)
+              WHERE k IS NOT NULL AND dispatcher_v2.key_request(p_region, k) IS NULL
               ORDER BY 1) l;
         FOR i IN 1..v_n LOOP
             e := dispatcher_v2.enqueue(
@@ -2713,6 +2701,20 @@ CREATE FUNCTION dispatcher_v2.key_owner(p_region text, p_key text, p_requires te
       AND s.capabilities @> p_requires
     ORDER BY hashtextextended(p_key, s.id) DESC, s.id
     LIMIT 1
+$$;
+
+--
+-- Name: key_request(text, text); Type: FUNCTION; Schema: dispatcher_v2; Owner: -
+--
+
+CREATE FUNCTION dispatcher_v2.key_request(p_region text, p_key text) RETURNS bigint
+    LANGUAGE sql STABLE
+    AS $$
+    SELECT coalesce(
+        (SELECT id FROM dispatcher.request
+         WHERE region = p_region AND idempotency_key = p_key),
+        (SELECT id FROM dispatcher.request_history
+         WHERE region = p_region AND idempotency_key = p_key))
 $$;
 
 --

@@ -278,6 +278,18 @@ LANGUAGE sql IMMUTABLE AS $$
 $$;
 REVOKE EXECUTE ON FUNCTION dispatcher_v2.key_lock(text, text) FROM PUBLIC;
 
+-- The request that idempotency key p_key of region p_region names, queued, running or
+-- finished (the history); NULL when the key is new.
+CREATE FUNCTION dispatcher_v2.key_request(p_region text, p_key text) RETURNS bigint
+LANGUAGE sql STABLE AS $$
+    SELECT coalesce(
+        (SELECT id FROM dispatcher.request
+         WHERE region = p_region AND idempotency_key = p_key),
+        (SELECT id FROM dispatcher.request_history
+         WHERE region = p_region AND idempotency_key = p_key))
+$$;
+REVOKE EXECUTE ON FUNCTION dispatcher_v2.key_request(text, text) FROM PUBLIC;
+
 CREATE OR REPLACE FUNCTION dispatcher_v2.enqueue(
     p_region text,
     p_transid text,
@@ -327,11 +339,7 @@ BEGIN
 
     IF p_idempotency_key IS NOT NULL THEN
         -- a key already stored (queued, running or in the history) is answered at once
-        v_id := coalesce(
-            (SELECT id FROM dispatcher.request
-             WHERE region = p_region AND idempotency_key = p_idempotency_key),
-            (SELECT id FROM dispatcher.request_history
-             WHERE region = p_region AND idempotency_key = p_idempotency_key));
+        v_id := dispatcher_v2.key_request(p_region, p_idempotency_key);
         IF v_id IS NULL THEN
             -- a new key: one enqueue of it at a time, until it commits. Another one's
             -- request, uncommitted, is seen by neither look, and it may finish and move
@@ -340,11 +348,7 @@ BEGIN
             -- waits only for an enqueue of this same key still in flight, as the
             -- INSERT's conflict check would.
             PERFORM pg_advisory_xact_lock(dispatcher_v2.key_lock(p_region, p_idempotency_key));
-            v_id := coalesce(
-                (SELECT id FROM dispatcher.request
-                 WHERE region = p_region AND idempotency_key = p_idempotency_key),
-                (SELECT id FROM dispatcher.request_history
-                 WHERE region = p_region AND idempotency_key = p_idempotency_key));
+            v_id := dispatcher_v2.key_request(p_region, p_idempotency_key);
         END IF;
         IF v_id IS NOT NULL THEN
             RETURN (v_id, NULL, 'duplicate', true, NULL, NULL)::dispatcher_v2.enqueued;
@@ -432,11 +436,7 @@ BEGIN
         PERFORM pg_advisory_xact_lock(l.id)
         FROM (SELECT DISTINCT dispatcher_v2.key_lock(p_region, k) AS id
               FROM unnest(p_idempotency_keys) k
-              WHERE k IS NOT NULL
-                AND NOT EXISTS (SELECT 1 FROM dispatcher.request q
-                                WHERE q.region = p_region AND q.idempotency_key = k)
-                AND NOT EXISTS (SELECT 1 FROM dispatcher.request_history h
-                                WHERE h.region = p_region AND h.idempotency_key = k)
+              WHERE k IS NOT NULL AND dispatcher_v2.key_request(p_region, k) IS NULL
               ORDER BY 1) l;
         FOR i IN 1..v_n LOOP
             e := dispatcher_v2.enqueue(

@@ -427,3 +427,4 @@ END $$;
 
 DROP FUNCTION dispatcher_v2.tasks_of(bigint[]);
 DROP FUNCTION dispatcher_v2.key_lock(text, text);
+DROP FUNCTION dispatcher_v2.key_request(text, text);
