@@ -29,7 +29,7 @@ from .errors import InvalidValue
 __all__ = [
     "MAX_DATA",
     "MAX_DEPTH",
-    "MAX_REQID",
+    "MAX_KEY",
     "check_data",
     "check_reqid",
     "check_text",
@@ -39,7 +39,7 @@ __all__ = [
 
 MAX_DEPTH = 100
 MAX_DATA = 1024 * 1024
-MAX_REQID = 200
+MAX_KEY = 200  # an idempotency key, a routing key or a START reqid: 1-200 characters
 
 _MAX_INT_BITS = 14280  # below this, an integer surely has at most 4,300 digits
 _BAD_CHAR = re.compile("[\x00\ud800-\udfff]")
@@ -77,8 +77,8 @@ def check_reqid(reqid: str) -> None:
     that PostgreSQL can store, without "/". The idempotency keys of client sessions
     (socket and HTTP) are stored as NAME/KEY, scoped by the token's name: a START's
     reqid never has the shape of one, so the two never meet."""
-    if not 0 < len(reqid) <= MAX_REQID:
-        raise InvalidValue(f"a reqid is 1-{MAX_REQID} characters, not {len(reqid)}")
+    if not 0 < len(reqid) <= MAX_KEY:
+        raise InvalidValue(f"a reqid is 1-{MAX_KEY} characters, not {len(reqid)}")
     if "/" in reqid:
         raise InvalidValue(
             "a reqid may not contain '/' (clients' idempotency keys are NAME/KEY, "

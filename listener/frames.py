@@ -9,9 +9,7 @@ from dispatcher.channel import ChannelError, encode_frame
 from dispatcher.errors import DispatcherError, InvalidValue
 from dispatcher.protocol import MAX_FRAME, ProtocolError, encode, error
 from dispatcher.tokens import hash_token
-from dispatcher.values import check_data, check_text
-
-MAX_KEY = 200
+from dispatcher.values import MAX_KEY, check_data, check_text
 
 
 def failure_code(detail: dict[str, Any]) -> str:

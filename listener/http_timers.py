@@ -14,9 +14,8 @@ from dispatcher import cron
 from dispatcher.errors import InvalidValue
 from dispatcher.gateway import ops
 from dispatcher.timers import aware, delay_of, new_reqid
-from dispatcher.values import check_data, check_text
+from dispatcher.values import MAX_KEY, check_data, check_text
 
-from .frames import MAX_KEY
 from .http_problems import Problem, from_error
 
 if TYPE_CHECKING:

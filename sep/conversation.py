@@ -160,7 +160,7 @@ class Conversation:
         self, ok: bool, result: Any, error: Any, next_transid: str | None
     ) -> dict[str, Any]:
         """The frame that tells the listener the task ended (sent once its outcome is
-        committed: ListenerLinks.send_many)."""
+        committed: ListenerLinks.send_frames, one write for a report's ends)."""
         return {
             "type": "end",
             "request_id": self.request_id,
