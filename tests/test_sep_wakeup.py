@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import signal
+import threading
 import time
 from typing import Any
 
@@ -31,6 +32,46 @@ def test_no_lost_wakeup_with_real_seps(region: Region, db_url: str) -> None:
             if took > 2.0:  # the safety poll is 30 s: only a wake-up is this fast
                 slow.append((i, took))
             time.sleep(rnd.choice((0, 0, 0.0005, 0.001, 0.002)))
+    assert not slow, slow
+
+
+def test_requests_enqueued_while_seps_go_idle_never_wait_for_the_poll(
+    region: Region, db_url: str
+) -> None:
+    """Two producers enqueue 300 requests at irregular short intervals while 2 SEPs
+    (batching and not) run them and go idle between them: each finishes well within the
+    30 s safety poll, so every race of a rest with an enqueue was settled by one of the
+    two looks after commit (the SEP's work_waiting, the enqueuer's dispatch_queued)."""
+    sync_app(region, "tests.apps.basic")
+    ids: list[int] = []
+    lock = threading.Lock()
+
+    def produce(seed: int) -> None:
+        rnd = random.Random(seed)
+        with psycopg.connect(db_url, autocommit=True) as c:
+            mine = Region(c, "test")
+            for i in range(150):
+                e = mine.enqueue("ECHO", i)
+                with lock:
+                    ids.append(e.request_id)
+                time.sleep(rnd.choice((0, 0.0002, 0.0005, 0.001, 0.003)))
+
+    with (
+        running_seps(db_url, "test", 1, "--poll", "30"),
+        running_seps(db_url, "test", 1, "--poll", "30", "--batch", "4"),
+    ):
+        producers = [threading.Thread(target=produce, args=(s,)) for s in (1, 2)]
+        for t in producers:
+            t.start()
+        for t in producers:
+            t.join()
+        slow = []
+        for request_id in ids:
+            row = wait_final(region, request_id, timeout=40)
+            finished = row["finished_at"].timestamp() - row["enqueued_at"].timestamp()
+            if finished > 3.0:  # the safety poll is 30 s: only a look is this fast
+                slow.append((request_id, round(finished, 2)))
+    assert len(ids) == 300
     assert not slow, slow
 
 

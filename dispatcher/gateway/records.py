@@ -160,6 +160,13 @@ class Enqueued:
             None if address is None else str(address),
         )
 
+    @property
+    def left_queued(self) -> bool:
+        """Queued because no SEP able to run it was idle (or its class was full): once
+        the enqueue has committed, the enqueuer looks again with
+        ``ops.request.dispatch_queued`` (docs/dispatch.md, "No lost wake-up")."""
+        return self.reason in ("no_idle_sep", "class_full")
+
 
 @dataclass(frozen=True)
 class Token:
