@@ -56,11 +56,13 @@ ERRORS: dict[str, bool] = {
 class ProtocolError(Exception):
     """A frame the peer sent that breaks the protocol (``id``: the frame's, if it had one)."""
 
-    def __init__(self, code: str, message: str, id: Any = None) -> None:
+    def __init__(self, code: str, message: str, id: Any = None, readable: bool = False) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.id = id
+        # the frame was strict JSON, only not a message (no object, no type)
+        self.readable = readable
 
 
 def encode(message: dict[str, Any]) -> bytes:
@@ -78,9 +80,11 @@ def decode(body: bytes) -> dict[str, Any]:
     except ChannelError as exc:
         raise ProtocolError("bad_frame", str(exc)) from exc
     if not isinstance(message, dict):
-        raise ProtocolError("bad_frame", "a frame must be a JSON object with a type")
+        raise ProtocolError("bad_frame", "a frame must be a JSON object with a type", readable=True)
     if not isinstance(message.get("type"), str):
-        raise ProtocolError("bad_frame", 'a frame needs a "type" (a string)', id=message.get("id"))
+        raise ProtocolError(
+            "bad_frame", 'a frame needs a "type" (a string)', id=message.get("id"), readable=True
+        )
     return message
 
 

@@ -33,6 +33,7 @@ __all__ = [
     "check_data",
     "check_reqid",
     "check_text",
+    "check_timer_reqid",
     "row_json_default",
     "scrub",
 ]
@@ -85,6 +86,16 @@ def check_reqid(reqid: str) -> None:
             "and a START's reqid must not be mistaken for one)"
         )
     check_text(reqid, "the reqid")
+
+
+_TIMER_REQID = re.compile(r"[A-Za-z0-9_.:@-]{1,64}")
+
+
+def check_timer_reqid(reqid: str) -> None:
+    """Raise InvalidValue unless REQID can name a timer: 1-64 letters, digits or _.:@-
+    (the rule of dispatcher_xr.set_timer_v1, checked before the database is asked)."""
+    if _TIMER_REQID.fullmatch(reqid) is None:
+        raise InvalidValue(f"invalid REQID {reqid!r}: 1-64 letters, digits or _.:@-")
 
 
 def check_data(value: Any, what: str = "data") -> None:

@@ -181,7 +181,12 @@ class ClientSessions:
         try:
             msg = decode(body)
         except ProtocolError as exc:
-            await self._reply(writer, error(exc.code, exc.message, id=exc.id))
+            # strict JSON that is no message at all is still not a hello (protocol.md)
+            code = "bad_hello" if exc.readable else exc.code
+            message = (
+                f"the first frame must be a hello: {exc.message}" if exc.readable else exc.message
+            )
+            await self._reply(writer, error(code, message, id=exc.id))
             return None
         hid = msg.get("id")
         if msg["type"] != "hello":

@@ -171,6 +171,8 @@ class Worker:
         self.sep_id = 0
         self.stopping = False
         self.dead = False
+        # the SEP has left the region (it beats until then: a stop lets its task finish)
+        self.left = False
         self.conn: psycopg.Connection[Any] | None = None
         self.loop = asyncio.new_event_loop()
         # named by pid: a supervisor removes the folder of a child that died (sockdir_glob)
@@ -379,8 +381,17 @@ class Worker:
         """Operator actions take effect at once, even while a task runs: `sep stop`
         lets the task in hand finish and takes no more (a batch hands back the rest);
         `sep stop --force` ends the process now (the database already re-queued the
-        task)."""
-        if payload == "stop" and not self.stopping:
+        task). So does the end of a session whose listener was reaped: the task's wait
+        for input ends (SessionEnded)."""
+        if payload.startswith("session_ended "):
+            # the listener of a session this SEP converses with is gone (reaped)
+            try:
+                request_id = int(payload.split()[1])
+            except ValueError:
+                return
+            self.log.info("session_ended", request_id=request_id, by="database")
+            self._session_ended(request_id, "the client's session ended (its listener is gone)")
+        elif payload == "stop" and not self.stopping:
             self.stopping = True
             self.log.info("sep_stopping", by="operator")
         elif payload == "kill":
@@ -390,7 +401,9 @@ class Worker:
     def _heartbeat(self) -> None:
         beats = 0
         conn: psycopg.Connection[Any] | None = None
-        while not self.stopping and not self.dead:
+        # beats go on while a stopping SEP finishes its task (sep stop, SIGTERM): a
+        # silent SEP is declared dead and its task run again elsewhere
+        while not self.left and not self.dead:
             try:
                 if conn is None or conn.closed:
                     conn = connect(self.config.url, application_name="dispatcher-sep-heartbeat")
@@ -400,6 +413,9 @@ class Worker:
                     self.log.error("sep_declared_dead")
                     self.dead = True
                     self.events.put(("dead", None))
+                    # a task waiting for input would keep the process (and its slot) until
+                    # its timeout: the conversation is over (its request already failed)
+                    self._end_conversations("the SEP was declared dead")
                     return
                 if row["stop_requested"]:
                     self.events.put(("notify", "stop"))
@@ -498,6 +514,8 @@ class Worker:
             self.log.warning("dispatch_queued_failed", error=str(exc).strip())
 
     def _on_notify(self, payload: str) -> list[Task]:
+        if payload.startswith("session_ended "):
+            return []  # (acted on by the listening thread: _on_operator)
         if payload.startswith("dispatch "):
             try:
                 task = self.db(ops.sep.begin_task(self.sep_id, int(payload.split()[1])))
@@ -733,6 +751,7 @@ class Worker:
 
     def _leave(self) -> None:
         self.stopping = True
+        self.left = True
         self.links.close()
         if self._server is not None:
             self._server.close()

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from dispatcher.gateway import ops
 from dispatcher.region import Region
 from dispatcher.tokens import create_token
 from sep.program import sync_app
@@ -81,6 +82,26 @@ def test_a_stopping_listener_ends_its_conversations(region: Region, db_url: str)
         assert proc.wait(timeout=30) == 0
         assert time.monotonic() - stopped < 5
         _ended(region, request_id, within=5)
+        wire.sock.close()
+
+
+def test_a_reaped_listener_ends_its_conversations(region: Region, db_url: str) -> None:
+    """The listener dies (kill -9) while a conversation waits for input; once it is
+    reaped, the SEP is told at once (NOTIFY session_ended): the conversation ends with
+    SessionEnded and is never run again, though its receive timeout is minutes away."""
+    sync_app(region, APP)
+    token = create_token(region, "tester")
+    with (
+        running_seps(db_url, "test", 1, app=APP),
+        listener_process(db_url, "test") as (address, proc),
+    ):
+        wire, request_id = _chat_waiting(address, token)
+        proc.kill()
+        proc.wait(timeout=30)
+        time.sleep(0.3)
+        assert region.run(ops.listener.reap_listeners("test", 0.1)) == 1
+        row = _ended(region, request_id, within=5)
+        assert row["attempt"] == 1
         wire.sock.close()
 
 

@@ -191,6 +191,15 @@ def test_every_reply_to_a_hello_carries_its_id(live: tuple[str, str, Region]) ->
         w.send({"type": "call", "id": 4})
         refused = w.read()
         assert refused["code"] == "bad_hello" and refused["id"] == 4
+    with Wire(address) as w:  # strict JSON, but no message: still not a hello
+        w.send({"id": "h15"})
+        refused = w.read()
+        assert refused["code"] == "bad_hello" and refused["id"] == "h15", refused
+    for body in (b"[1]", b'"hello"', b'{"type": 1}'):
+        with Wire(address) as w:
+            w.send_body(body)
+            refused = w.read()
+            assert refused["code"] == "bad_hello", (body, refused)
     with Wire(address) as w:
         w.send({"type": "hello", "version": 99, "token": token, "id": 5})
         refused = w.read()

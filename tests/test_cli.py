@@ -83,6 +83,26 @@ def test_start_and_request_show(run) -> None:  # type: ignore[no-untyped-def]
     assert row["state"] == "queued" and row["payload"] == {"a": 1}
 
 
+def test_bad_timer_options_are_usage_errors(run) -> None:  # type: ignore[no-untyped-def]
+    """A timer's malformed REQID, cron expression or time zone, and SEP ids given with
+    --all, are usage errors (exit 2, the message names what is wrong), as every bad
+    option value is; nothing is scheduled."""
+    run("region", "set")
+    run("tx", "define", "ECHO", "--program", "app:echo")
+    cases = [
+        (("start", "ECHO", "--after", "1h", "--reqid", "bad reqid"), "invalid REQID"),
+        (("start", "ECHO", "--after", "1h", "--reqid", "r" * 65), "invalid REQID"),
+        (("start", "ECHO", "--cron", "61 * * * *"), "invalid cron expression"),
+        (("start", "ECHO", "--cron", "* * * * *", "--tz", "Mars/Olympus"), "unknown time zone"),
+        (("sep", "stop", "1", "--all"), "not both"),
+    ]
+    for argv, message in cases:
+        code, _, err = run(*argv)
+        assert code == 2 and message in err, (argv, code, err)
+    code, out, _ = run("timers")
+    assert code == 0 and "ECHO" not in out
+
+
 def test_request_show_by_start_reqid(run, db_url: str) -> None:  # type: ignore[no-untyped-def]
     """request show takes a START reqid as well as an id: the request started with that
     --reqid, or the one the timer of that reqid queued when it fired; a timer not fired

@@ -12,6 +12,7 @@ from typing import Any
 from click.testing import CliRunner
 
 from dispatcher.cli import cli
+from dispatcher.gateway import ops
 from dispatcher.region import Region
 from sep.program import sync_app
 
@@ -128,6 +129,37 @@ def test_sep_stop_force_ends_a_long_task_at_once(region: Region, db_url: str) ->
         assert proc.wait(timeout=10) == 4
         row = region.request(e.request_id)
         assert row["state"] == "queued" and row["error"]["type"] == "SEPLost"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_sep_stop_of_a_busy_sep_lets_a_long_task_finish_once(region: Region, db_url: str) -> None:
+    """`sep stop ID` on a SEP in a task longer than the region's dead-after limit: it
+    keeps beating while it finishes, so it is never declared dead, the task runs once,
+    and its supervisor does not start a SEP in its place."""
+    sync_app(region, "tests.apps.basic")
+    region.set(sep_dead_after_s=1.5)
+    proc = sep_start(db_url, 1, "tests.apps.basic", "--heartbeat", "0.3")
+    try:
+        wait_registered(db_url, "test", 1)
+        e = region.enqueue("HOLD", {"seconds": 4.0})
+        deadline = time.monotonic() + 10
+        while region.request(e.request_id)["state"] != "running":
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        victim = region.request(e.request_id)["sep_id"]
+        assert _run(db_url, "sep", "stop", str(victim)).exit_code == 0
+        deadline = time.monotonic() + 30
+        while region.request(e.request_id)["state"] not in ("done", "failed"):
+            assert time.monotonic() < deadline
+            region.run(ops.region.reap("test"))  # as the region's other SEPs do
+            time.sleep(0.2)
+        row = region.request(e.request_id)
+        assert (row["state"], row["attempt"], row["sep_id"]) == ("done", 1, victim)
+        assert proc.wait(timeout=30) == 0  # the supervisor's only SEP was stopped: it ends
+        states = {s["id"]: s["state"] for s in region.seps()}
+        assert states.get(victim) != "dead" and len(states) <= 1, states
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -55,7 +55,8 @@ def wait_for(app: App, request_id: int, timeout: float) -> dict[str, Any]:
 @click.option("--priority", type=click.IntRange(0, 255), default=0, help="User priority added.")
 @click.option(
     "--reqid",
-    help="A name for the request (1-200 characters, no '/'; a timer's name for CANCEL). "
+    help="A name for the request (1-200 characters, no '/'); with --after, --at or "
+    "--cron, the timer's name for CANCEL (1-64 letters, digits or _.:@-). "
     "A second START with the REQID of a kept request (queued, running or in the "
     "history) starts nothing and prints its id; a timer with the REQID of a pending "
     "timer is refused.",

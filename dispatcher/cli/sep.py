@@ -104,6 +104,8 @@ def _request_cell(row: dict[str, Any]) -> str:
 
 
 def _control(app: App, action: str, sep_ids: tuple[int, ...], all_: bool) -> None:
+    if all_ and sep_ids:
+        raise click.UsageError("name SEP ids or --all, not both")
     db = app.db()
     if all_:
         seps = db.run(ops.sep.list_seps(db.name))

@@ -10,11 +10,13 @@ from typing import Any
 import click
 import psycopg
 
+from .. import cron
 from .. import timers as timer_api
 from ..database import connect
-from ..errors import DatabaseUnavailable
+from ..errors import DatabaseUnavailable, InvalidValue
 from ..gateway import Gateway, ops
 from ..monitor import Monitor
+from ..values import check_timer_reqid
 from ._app import App, echo_json, pass_app
 from .status import SECTIONS
 
@@ -68,6 +70,13 @@ def schedule(
         raise click.UsageError("give one of --after, --at, --cron")
     if tz and not cron_expr:
         raise click.UsageError("--tz goes with --cron")
+    try:  # a bad value of an option is a usage error (exit 2), found before the database
+        if reqid is not None:
+            check_timer_reqid(reqid)
+        if cron_expr is not None:
+            cron.validate(cron_expr, tz)
+    except InvalidValue as exc:
+        raise click.UsageError(exc.message) from None
     db = app.db()
     known = {t["transid"] for t in db.run(ops.transaction.list_transactions(db.name))}
     if transid not in known:

@@ -194,6 +194,27 @@ SET enable_seqscan = off AS $$
 $$;
 REVOKE EXECUTE ON FUNCTION dispatcher_v2.work_waiting(bigint) FROM PUBLIC;
 
+-- A listener that leaves or is reaped ends its sessions. A SEP in a conversation with one
+-- of them (its row says bound_sep) is told at once on its channel ('session_ended ID'),
+-- so that the task's wait for input ends with SessionEnded (failed, not run again)
+-- instead of lasting until its timeout, and so that a SEP lost later does not see a
+-- request without a session and run the conversation again from its start.
+CREATE OR REPLACE FUNCTION dispatcher.leave_listener_v1(p_listener uuid) RETURNS integer
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    n integer;
+BEGIN
+    PERFORM pg_notify(dispatcher.sep_channel(r.sep_id), 'session_ended ' || r.id)
+    FROM dispatcher.session x
+    JOIN dispatcher.request r ON r.session_id = x.id AND r.sep_id = x.bound_sep
+    WHERE x.listener_id = p_listener AND x.bound_sep IS NOT NULL
+      AND r.state IN ('dispatched', 'running');
+    DELETE FROM dispatcher.session WHERE listener_id = p_listener;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    DELETE FROM dispatcher.listener WHERE id = p_listener;
+    RETURN n;
+END $$;
+
 -- Who may call the two new procedures: every enqueuer (dispatch_queued) and the SEP.
 CREATE OR REPLACE FUNCTION dispatcher_v2.process_procedures()
 RETURNS TABLE (role text, proc text)

@@ -172,4 +172,15 @@ LANGUAGE sql IMMUTABLE AS $$
     ) AS t (r, p)
 $$;
 
+CREATE OR REPLACE FUNCTION dispatcher.leave_listener_v1(p_listener uuid) RETURNS integer
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    n integer;
+BEGIN
+    DELETE FROM dispatcher.session WHERE listener_id = p_listener;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    DELETE FROM dispatcher.listener WHERE id = p_listener;
+    RETURN n;
+END $$;
+
 SELECT dispatcher_v2.grant_roles();
