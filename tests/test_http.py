@@ -333,6 +333,7 @@ class Proxy:
         self.port = 0
         self.server: socket.socket | None = None
         self.conns: list[socket.socket] = []
+        self.lock = threading.Lock()
 
     def start(self) -> None:
         s = socket.socket()
@@ -350,7 +351,12 @@ class Proxy:
             except OSError:
                 return
             upstream = self._upstream()
-            self.conns += [client, upstream]
+            with self.lock:  # a connection accepted as the proxy is cut goes with it
+                if self.server is not server:
+                    for c in (client, upstream):
+                        c.close()
+                    return
+                self.conns += [client, upstream]
             for a, b in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
 
@@ -376,14 +382,16 @@ class Proxy:
 
     def cut(self) -> None:
         assert self.server is not None
-        self.server.close()
-        for c in self.conns:
+        with self.lock:
+            self.server.close()
+            self.server = None
+            conns, self.conns = self.conns, []
+        for c in conns:
             try:
                 c.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
             c.close()
-        self.conns = []
 
 
 def test_database_unavailable_and_back(region: Region, db_url: str) -> None:

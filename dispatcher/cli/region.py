@@ -28,7 +28,8 @@ def region() -> None:
 @click.option(
     "--history-retention",
     type=Seconds(0, 315_360_000),
-    help="Seconds to keep outcomes (at most 10 years).",
+    help="Seconds to keep outcomes (at most 10 years; 0 forgets a finished request, "
+    "its result and its idempotency key at the next reap).",
 )
 @pass_app
 def set_(
