@@ -1171,6 +1171,11 @@ CREATE FUNCTION dispatcher.leave_listener_v1(p_listener uuid) RETURNS integer
 DECLARE
     n integer;
 BEGIN
+    PERFORM pg_notify(dispatcher.sep_channel(r.sep_id), 'session_ended ' || r.id)
+    FROM dispatcher.session x
+    JOIN dispatcher.request r ON r.session_id = x.id AND r.sep_id = x.bound_sep
+    WHERE x.listener_id = p_listener AND x.bound_sep IS NOT NULL
+      AND r.state IN ('dispatched', 'running');
     DELETE FROM dispatcher.session WHERE listener_id = p_listener;
     GET DIAGNOSTICS n = ROW_COUNT;
     DELETE FROM dispatcher.listener WHERE id = p_listener;
@@ -2272,17 +2277,10 @@ BEGIN
             i := i + 1;
             CONTINUE;
         END IF;
-        PERFORM dispatcher_v2.assign(ARRAY[p.request_id], s.id);
-        UPDATE dispatcher.sep SET state = 'busy', current_request = p.request_id,
-            current_attempt = (SELECT attempt FROM dispatcher.request WHERE id = p.request_id)
-        WHERE id = s.id;
+        -- a request of this call the caller may hand over; an older one is announced
+        PERFORM dispatcher_v2.hand_to(s, p.request_id, p_notify OR p.request_id <> ALL (p_new));
         IF p.request_id = ANY (p_new) THEN
             v_taken := v_taken || p.request_id;
-            IF p_notify THEN
-                PERFORM pg_notify(dispatcher.sep_channel(s.id), 'dispatch ' || p.request_id);
-            END IF;
-        ELSE
-            PERFORM pg_notify(dispatcher.sep_channel(s.id), 'dispatch ' || p.request_id);
         END IF;
         request_id := p.request_id;
         sep_id := s.id;
@@ -2329,11 +2327,7 @@ BEGIN
             END IF;
             CONTINUE;
         END IF;
-        PERFORM dispatcher_v2.assign(ARRAY[p.request_id], s.id);
-        UPDATE dispatcher.sep SET state = 'busy', current_request = p.request_id,
-            current_attempt = (SELECT attempt FROM dispatcher.request WHERE id = p.request_id)
-        WHERE id = s.id;
-        PERFORM pg_notify(dispatcher.sep_channel(s.id), 'dispatch ' || p.request_id);
+        PERFORM dispatcher_v2.hand_to(s, p.request_id, true);
         v_n := v_n + 1;
     END LOOP;
     RETURN v_n;
@@ -2648,6 +2642,23 @@ BEGIN
         EXECUTE 'GRANT SELECT, INSERT, UPDATE, DELETE ON dispatcher_xr.timer, '
                 'dispatcher_xr.firing TO dispatcher_monitor';
         EXECUTE 'GRANT USAGE ON ALL SEQUENCES IN SCHEMA dispatcher_xr TO dispatcher_monitor';
+    END IF;
+END $$;
+
+--
+-- Name: hand_to(dispatcher.sep, bigint, boolean); Type: FUNCTION; Schema: dispatcher_v2; Owner: -
+--
+
+CREATE FUNCTION dispatcher_v2.hand_to(s dispatcher.sep, p_request bigint, p_notify boolean) RETURNS void
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    PERFORM dispatcher_v2.assign(ARRAY[p_request], s.id);
+    UPDATE dispatcher.sep SET state = 'busy', current_request = p_request,
+        current_attempt = (SELECT attempt FROM dispatcher.request WHERE id = p_request)
+    WHERE id = s.id;
+    IF p_notify THEN
+        PERFORM pg_notify(dispatcher.sep_channel(s.id), 'dispatch ' || p_request);
     END IF;
 END $$;
 

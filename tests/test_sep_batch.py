@@ -85,16 +85,20 @@ def test_graceful_stop_hands_back_what_never_started(region: Region, db_url: str
         "SELECT count(*) AS n FROM dispatcher.request WHERE state = 'dispatched'"
     ).fetchone()
     assert held is not None and held["n"] == 5  # prefetched by the batch
+    time.sleep(0.2)  # (the claim marks the first running; let its program begin)
     if how == "SIGTERM":
         proc.send_signal(signal.SIGTERM)
     else:
         region.control_sep(region.request(ids[0])["sep_id"], "stop")
     assert proc.wait(timeout=30) == 0
-    assert region.request(ids[0])["state"] == "done"
+    first = region.request(ids[0])
+    # the task in hand finished (a stop that came before its program began, on a slow
+    # machine, hands it back unstarted with the rest)
+    assert first["state"] == "done" or (first["state"], first["attempt"]) == ("queued", 0)
     rest = [region.request(rid) for rid in ids[1:]]
     assert all(r["state"] == "queued" and r["attempt"] == 0 for r in rest), rest
     with running_seps(db_url, "test", 2, *BATCH):
-        assert all(wait_final(region, rid)["attempt"] == 1 for rid in ids[1:])
+        assert all(wait_final(region, rid)["attempt"] == 1 for rid in ids)
 
 
 def test_sessions_and_conversations_through_batching_seps(region: Region, db_url: str) -> None:

@@ -129,7 +129,7 @@ def test_cli_start_with_timers_cancel_and_list(tregion: Region, db_url: str) -> 
     bad = run(cli, ["start", "ECHO", "--at", "2030-01-01T00:00:00"], env=env)
     assert bad.exit_code == 2 and "no time zone" in bad.stderr
     bad = run(cli, ["start", "ECHO", "--cron", "* * *"], env=env)
-    assert bad.exit_code == 1 and "invalid cron" in bad.stderr
+    assert bad.exit_code == 2 and "invalid cron" in bad.stderr
     bad = run(cli, ["start", "NOPE", "--after", "1s"], env=env)
     assert bad.exit_code == 1 and "unknown transaction" in bad.stderr
     status = json.loads(run(cli, ["status", "--json"], env=env).stdout)

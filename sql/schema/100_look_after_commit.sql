@@ -50,6 +50,23 @@ BEGIN
     RETURN NULL;
 END $$;
 
+-- Idle SEP s (its row locked by the caller) takes request p_request now: the request is
+-- dispatched to it and the SEP busy with it; announced on the SEP's channel ('dispatch
+-- ID') when p_notify (else the caller hands the task over itself).
+CREATE FUNCTION dispatcher_v2.hand_to(s dispatcher.sep, p_request bigint, p_notify boolean)
+RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM dispatcher_v2.assign(ARRAY[p_request], s.id);
+    UPDATE dispatcher.sep SET state = 'busy', current_request = p_request,
+        current_attempt = (SELECT attempt FROM dispatcher.request WHERE id = p_request)
+    WHERE id = s.id;
+    IF p_notify THEN
+        PERFORM pg_notify(dispatcher.sep_channel(s.id), 'dispatch ' || p_request);
+    END IF;
+END $$;
+REVOKE EXECUTE ON FUNCTION dispatcher_v2.hand_to(dispatcher.sep, bigint, boolean) FROM PUBLIC;
+
 -- New requests meet the idle SEPs of the region. p_new: the new requests in dispatch
 -- order, p_requires: what each requires (text of the array). For each new request still
 -- queued, an idle SEP able to run it (idle the longest) takes the request pick_request
@@ -107,17 +124,10 @@ BEGIN
             i := i + 1;
             CONTINUE;
         END IF;
-        PERFORM dispatcher_v2.assign(ARRAY[p.request_id], s.id);
-        UPDATE dispatcher.sep SET state = 'busy', current_request = p.request_id,
-            current_attempt = (SELECT attempt FROM dispatcher.request WHERE id = p.request_id)
-        WHERE id = s.id;
+        -- a request of this call the caller may hand over; an older one is announced
+        PERFORM dispatcher_v2.hand_to(s, p.request_id, p_notify OR p.request_id <> ALL (p_new));
         IF p.request_id = ANY (p_new) THEN
             v_taken := v_taken || p.request_id;
-            IF p_notify THEN
-                PERFORM pg_notify(dispatcher.sep_channel(s.id), 'dispatch ' || p.request_id);
-            END IF;
-        ELSE
-            PERFORM pg_notify(dispatcher.sep_channel(s.id), 'dispatch ' || p.request_id);
         END IF;
         request_id := p.request_id;
         sep_id := s.id;
@@ -163,16 +173,11 @@ BEGIN
             END IF;
             CONTINUE;
         END IF;
-        PERFORM dispatcher_v2.assign(ARRAY[p.request_id], s.id);
-        UPDATE dispatcher.sep SET state = 'busy', current_request = p.request_id,
-            current_attempt = (SELECT attempt FROM dispatcher.request WHERE id = p.request_id)
-        WHERE id = s.id;
-        PERFORM pg_notify(dispatcher.sep_channel(s.id), 'dispatch ' || p.request_id);
+        PERFORM dispatcher_v2.hand_to(s, p.request_id, true);
         v_n := v_n + 1;
     END LOOP;
     RETURN v_n;
 END $$;
-REVOKE EXECUTE ON FUNCTION dispatcher_v2.dispatch_queued(text) FROM PUBLIC;
 
 -- The SEP's look after its rest has committed (see the top): is a request queued that
 -- SEP p_sep may run now? Read-only and without locks (a yes is followed by a claim,
@@ -192,7 +197,6 @@ SET enable_seqscan = off AS $$
           AND (r.routing_key IS NULL
                OR dispatcher_v2.key_owner(r.region, r.routing_key, r.requires) = s.id))
 $$;
-REVOKE EXECUTE ON FUNCTION dispatcher_v2.work_waiting(bigint) FROM PUBLIC;
 
 -- A listener that leaves or is reaped ends its sessions. A SEP in a conversation with one
 -- of them (its row says bound_sep) is told at once on its channel ('session_ended ID'),
@@ -266,4 +270,6 @@ LANGUAGE sql IMMUTABLE AS $$
     ) AS t (r, p)
 $$;
 
+-- (the two entry points: callable by the processes' roles only, when the roles exist;
+-- by every login, as the other procedures, when they do not)
 SELECT dispatcher_v2.grant_roles();

@@ -183,4 +183,6 @@ BEGIN
     RETURN n;
 END $$;
 
+DROP FUNCTION dispatcher_v2.hand_to(dispatcher.sep, bigint, boolean);
+
 SELECT dispatcher_v2.grant_roles();
