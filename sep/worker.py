@@ -501,7 +501,13 @@ class Worker:
         a request enqueued while it was going idle is not left waiting beside it (the
         enqueuer's own look after its commit covers the other order; docs/dispatch.md,
         "No lost wake-up")."""
-        if not self.db(ops.sep.work_waiting(self.sep_id)):
+        try:
+            if not self.db(ops.sep.work_waiting(self.sep_id)):
+                return []
+        except psycopg.errors.UndefinedFunction as exc:
+            # the database was taken back to an older revision under this SEP: it goes
+            # on serving (its safety poll finds what the look would have)
+            self.log.warning("look_after_rest_failed", error=str(exc).strip())
             return []
         return self._completion.claim()
 

@@ -3341,13 +3341,22 @@ $$;
 --
 
 CREATE FUNCTION dispatcher_v2.wake_idle_sep(p_region text, p_except bigint) RETURNS void
-    LANGUAGE sql
+    LANGUAGE plpgsql
     AS $$
-    SELECT pg_notify(dispatcher.sep_channel(w.id), 'wake')
-    FROM (SELECT id FROM dispatcher.sep
-          WHERE region = p_region AND state = 'idle' AND id <> p_except
-          ORDER BY idle_since LIMIT 1) w
-$$;
+BEGIN
+    -- (PERFORM: every row; an SQL function would stop at its first)
+    PERFORM pg_notify(dispatcher.sep_channel(w.id), 'wake')
+    FROM (SELECT DISTINCT h.requires
+          FROM (SELECT q.requires FROM dispatcher.request q
+                WHERE q.region = p_region AND q.state = 'queued'
+                ORDER BY q.dispatch_key, q.id LIMIT 50) h) need
+    CROSS JOIN LATERAL (
+        SELECT s.id FROM dispatcher.sep s
+        WHERE s.region = p_region AND s.state = 'idle' AND s.id <> p_except
+          AND NOT s.paused AND NOT s.stop_requested AND s.capabilities @> need.requires
+        ORDER BY s.idle_since LIMIT 1) w
+    GROUP BY w.id;
+END $$;
 
 --
 -- Name: work_waiting(bigint); Type: FUNCTION; Schema: dispatcher_v2; Owner: -

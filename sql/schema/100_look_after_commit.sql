@@ -219,6 +219,30 @@ BEGIN
     RETURN n;
 END $$;
 
+-- Wake idle SEPs of the region (other than p_except) to look for work, after a class slot
+-- came free, requests were released or requeued: for each kind of request at the head of
+-- the queue (what it requires, among the next 50 in dispatch order), the SEP idle the
+-- longest that is able to run it. Before, the SEP idle the longest was woken whatever it
+-- could run, and a request of a class could wait beside an idle SEP able to run it
+-- until that SEP's safety poll.
+CREATE OR REPLACE FUNCTION dispatcher_v2.wake_idle_sep(p_region text, p_except bigint)
+RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    -- (PERFORM: every row; an SQL function would stop at its first)
+    PERFORM pg_notify(dispatcher.sep_channel(w.id), 'wake')
+    FROM (SELECT DISTINCT h.requires
+          FROM (SELECT q.requires FROM dispatcher.request q
+                WHERE q.region = p_region AND q.state = 'queued'
+                ORDER BY q.dispatch_key, q.id LIMIT 50) h) need
+    CROSS JOIN LATERAL (
+        SELECT s.id FROM dispatcher.sep s
+        WHERE s.region = p_region AND s.state = 'idle' AND s.id <> p_except
+          AND NOT s.paused AND NOT s.stop_requested AND s.capabilities @> need.requires
+        ORDER BY s.idle_since LIMIT 1) w
+    GROUP BY w.id;
+END $$;
+
 -- Who may call the two new procedures: every enqueuer (dispatch_queued) and the SEP.
 CREATE OR REPLACE FUNCTION dispatcher_v2.process_procedures()
 RETURNS TABLE (role text, proc text)

@@ -185,4 +185,13 @@ END $$;
 
 DROP FUNCTION dispatcher_v2.hand_to(dispatcher.sep, bigint, boolean);
 
+CREATE OR REPLACE FUNCTION dispatcher_v2.wake_idle_sep(p_region text, p_except bigint)
+RETURNS void
+LANGUAGE sql AS $$
+    SELECT pg_notify(dispatcher.sep_channel(w.id), 'wake')
+    FROM (SELECT id FROM dispatcher.sep
+          WHERE region = p_region AND state = 'idle' AND id <> p_except
+          ORDER BY idle_since LIMIT 1) w
+$$;
+
 SELECT dispatcher_v2.grant_roles();
