@@ -57,7 +57,6 @@ class Monitor:
         self.region_url = region_url
         self.xr_url = xr_url or region_url
         self.same_db = xr_url is None or xr_url == region_url
-        self._left_queued = False  # a timer fired in this batch was left queued
         self.region = region
         self.batch = batch
         self.max_sleep = max_sleep
@@ -140,7 +139,6 @@ class Monitor:
     ) -> int:
         """Fire the due timers of the region (one batch); returns how many fired."""
         db = Gateway(xr)
-        self._left_queued = False
         with xr.transaction():
             timers = db.run(ops.timer.claim_due_timers(self.region, self.batch))
             if not timers:
@@ -171,10 +169,6 @@ class Monitor:
                     # the slot that fired, so that a slot fires once
                     nxt = cron.next_after(t.cron, max(t.now, t.due_at), t.tz)
                     db.run(ops.timer.timer_fired_schedule(t.id, nxt))
-        if self._left_queued:  # committed: the look after the commit (docs/dispatch.md)
-            conn = region_conn or xr
-            with conn.transaction():
-                Gateway(conn).run(ops.request.dispatch_queued(self.region))
         queued_ms = (time.monotonic() - claimed) * 1000
         lags = sorted(t.lag_ms + queued_ms for t in timers)
         self.log.info(
@@ -205,7 +199,6 @@ class Monitor:
             return None
         for t, e in zip(timers, out, strict=True):
             self.log.debug("timer_fired", reqid=t.reqid, transid=t.transid, request_id=e.request_id)
-        self._left_queued = self._left_queued or any(e.left_queued for e in out)
         return [e.request_id for e in out]
 
     def _enqueue(self, conn: psycopg.Connection[Any], t: DueTimer, fid: str) -> int | None:
@@ -235,7 +228,6 @@ class Monitor:
             lag_ms=round(lag_ms, 1),
             duplicate=e.duplicate,
         )
-        self._left_queued = self._left_queued or e.left_queued
         return e.request_id
 
 

@@ -142,34 +142,10 @@ class Region:
 
     # requests
     def enqueue(self, transid: str, payload: Any = None, **kw: Any) -> Enqueued:
-        e = self.run(ops.request.enqueue(self.name, transid, payload, **kw))
-        self._look_after_commit([e])
-        return e
+        return self.run(ops.request.enqueue(self.name, transid, payload, **kw))
 
     def enqueue_many(self, items: Sequence[tuple[str, Any]], **kw: Any) -> list[Enqueued]:
-        out = self.run(ops.request.enqueue_many(self.name, items, **kw))
-        self._look_after_commit(out)
-        return out
-
-    def _look_after_commit(self, out: Sequence[Enqueued]) -> None:
-        """On a connection outside a transaction the enqueue has committed: look for SEPs
-        gone idle meanwhile (docs/dispatch.md, "No lost wake-up"). Inside a transaction
-        that is the caller's to do after its commit (``dispatch_queued``)."""
-        if (
-            any(e.left_queued for e in out)
-            and self.conn.autocommit
-            and self.conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
-        ):
-            self.dispatch_queued()
-
-    def work_waiting(self, sep_id: int) -> bool:
-        """The SEP's look after its rest committed: is work queued that it may run?"""
-        return self.run(ops.sep.work_waiting(sep_id))
-
-    def dispatch_queued(self) -> int:
-        """Hand queued requests to the SEPs idle now (the enqueuer's look after its
-        commit); returns how many."""
-        return self.run(ops.request.dispatch_queued(self.name))
+        return self.run(ops.request.enqueue_many(self.name, items, **kw))
 
     def request(self, request_id: int) -> Row:
         return self.run(ops.request.show_request(self.name, request_id))

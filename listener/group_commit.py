@@ -10,9 +10,7 @@ from uuid import UUID
 from psycopg_pool import AsyncConnectionPool
 
 from dispatcher.gateway import AsyncGateway, Enqueued, ops
-from dispatcher.logs import get_logger
 
-from .after_commit import LookAfterCommit
 from .health import DB_ERRORS
 
 __all__ = ["GroupCommit"]
@@ -38,11 +36,9 @@ class GroupCommit:
         region: str,
         max_batch: int = 200,
         parallel: int = 4,
-        log: Any = None,
     ) -> None:
         self.pool = pool
         self.region = region
-        self.look = LookAfterCommit(pool, region, log or get_logger("listener", region=region))
         self.max_batch = max_batch
         self.slots = asyncio.Semaphore(parallel)
         self._flushing: set[asyncio.Task[None]] = set()
@@ -159,5 +155,3 @@ class GroupCommit:
         for (_, fut), e in zip(batch, out, strict=True):
             if not fut.done():
                 fut.set_result(e)
-        if any(e.left_queued for e in out):
-            self.look.ask()  # committed: look for SEPs gone idle meanwhile

@@ -36,7 +36,6 @@ from dispatcher.gateway import AsyncGateway, Token, ops
 from dispatcher.logs import get_logger
 from dispatcher.values import MAX_DATA
 
-from .after_commit import LookAfterCommit
 from .frames import check_call, failure_code, token_hash
 from .health import DB_ERRORS, Answered, Health
 from .http_openapi import openapi
@@ -161,7 +160,6 @@ class HttpFront:
                 xr_url, min_size=1, max_size=4, open=False, timeout=db_timeout, kwargs=kwargs
             )
         self.state = ListenerState(region, self.pool, self.log, self.stopping, port)
-        self.look = LookAfterCommit(self.pool, region, self.log)
         self.health = Health(self.state, heartbeat_interval=2.0, dead_after=10.0)
         self.waiters = Waiters(self)
         self.app = self.make_app()
@@ -213,7 +211,6 @@ class HttpFront:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        await self.look.close()
         await self.pool.close()
         if self.xr_pool is not None:
             await self.xr_pool.close()
@@ -327,8 +324,6 @@ class HttpFront:
             )
             if e.duplicate:
                 row = await db.run(ops.request.show_request(self.region, e.request_id))
-        if e.left_queued:
-            self.look.ask()  # committed: look for SEPs gone idle meanwhile
         rid = e.request_id
         state = row["state"] if row is not None else ("dispatched" if e.sep_id else "queued")
         self.log.info("http_request_accepted", request_id=rid, transid=transid, reason=e.reason)

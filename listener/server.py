@@ -89,7 +89,7 @@ class Listener:
         self._client_server: asyncio.Server | None = None
         self.state = ListenerState(region, self.pool, self.log, self.stopping, port)
         self.state.max_sessions = max_sessions
-        self.enqueuer = GroupCommit(self.pool, region, log=self.log)
+        self.enqueuer = GroupCommit(self.pool, region)
         self.health = Health(self.state, heartbeat_interval, dead_after)
         self.outcomes = Outcomes(self.state, self.health, poll_interval)
         self.routing = Routing(self.state, self.outcomes)
@@ -178,7 +178,6 @@ class Listener:
             t.cancel()
         await self.health.leave()
         self.routing.close()
-        await self.enqueuer.look.close()
         await self.pool.close()
         shutil.rmtree(self._sockdir, ignore_errors=True)
         self.log.info("listener_stopped")

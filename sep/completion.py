@@ -81,11 +81,6 @@ class Host(Protocol):
         """The listener of SESSION could not be reached: look it up afresh next time."""
         ...
 
-    def dispatch_queued(self) -> None:
-        """After a commit that left a STARTed request queued: hand queued requests to
-        the SEPs idle by now."""
-        ...
-
 
 class Fault(enum.Enum):
     """How a completion call went wrong (``Completion._settle``)."""
@@ -199,8 +194,6 @@ class Completion(ABC):
                 for r, c, _ in group:
                     self.host.forget_listener(c.session_id)
                     r.log.warning("listener_unreachable", error=str(exc))
-        if any(r.left_queued for r in rans):  # (after the clients heard)
-            self.host.dispatch_queued()
 
     def _log_finished(self, ran: Ran) -> None:
         elapsed_ms = round((ran.ended - ran.started) * 1000, 3)

@@ -61,9 +61,6 @@ class TaskContext:
         self._conversation = conversation
         self._begin = begin
         self.db_used = False
-        # a request this task STARTed was left queued for want of an idle SEP: the SEP
-        # looks for idle SEPs again once the task has committed (dispatch_queued)
-        self.left_queued = False
 
     @property
     def data(self) -> Any:
@@ -137,7 +134,6 @@ class TaskContext:
                 origin="start",
             )
         )
-        self.left_queued = self.left_queued or e.left_queued
         return e.request_id
 
     def send(self, data: Any) -> None:

@@ -33,8 +33,6 @@ class Ran:
     started: float = 0.0  # time.monotonic()
     ended: float = 0.0
     encoded: str = ""  # the outcome as a batch report carries it (sep/batch.py)
-    # a request it STARTed was left queued (no idle SEP): look again after the commit
-    left_queued: bool = False
 
     def outcome(self) -> Outcome:
         return Outcome(

@@ -437,7 +437,7 @@ class Worker:
             self.gateway().run(ops.sep.async_commit())
 
     # What a completion sees of the worker (sep/completion.py, Host): sep_id, log,
-    # stopping, dead, gateway, reconnect, db, run_task, forget_listener, dispatch_queued.
+    # stopping, dead, gateway, reconnect, db, run_task, forget_listener.
     def gateway(self) -> Gateway:
         assert self.conn is not None
         return Gateway(self.conn)
@@ -475,8 +475,6 @@ class Worker:
         while not self.stopping and not self.dead:
             if todo:
                 todo = self._completion.step(todo.popleft(), todo)
-                if not todo and not self.stopping and not self.dead:
-                    todo.extend(self._look_again())
                 continue
             try:
                 kind, value = self.events.get(timeout=self.config.poll_interval)
@@ -495,29 +493,6 @@ class Worker:
                 break
         if not self.dead:
             self._completion.hand_back(todo)
-
-    def _look_again(self) -> list[Task]:
-        """The SEP ran out of work and its rest has committed: look once more, so that
-        a request enqueued while it was going idle is not left waiting beside it (the
-        enqueuer's own look after its commit covers the other order; docs/dispatch.md,
-        "No lost wake-up")."""
-        try:
-            if not self.db(ops.sep.work_waiting(self.sep_id)):
-                return []
-        except psycopg.errors.UndefinedFunction as exc:
-            # the database was taken back to an older revision under this SEP: it goes
-            # on serving (its safety poll finds what the look would have)
-            self.log.warning("look_after_rest_failed", error=str(exc).strip())
-            return []
-        return self._completion.claim()
-
-    def dispatch_queued(self) -> None:
-        """A task STARTed a request that was left queued and has committed: hand queued
-        requests to the SEPs idle by now (the enqueuer's look after its commit)."""
-        try:
-            self.db(ops.request.dispatch_queued(self.config.region))
-        except (psycopg.Error, DispatcherError) as exc:  # the SEPs' polls still find it
-            self.log.warning("dispatch_queued_failed", error=str(exc).strip())
 
     def _on_notify(self, payload: str) -> list[Task]:
         if payload.startswith("session_ended "):
@@ -646,7 +621,6 @@ class Worker:
             ran.abend(TaskTimeout(f"task ran longer than its timeout of {task.timeout_s} s"), "")
             ran.rollback()
         ran.ended = time.monotonic()
-        ran.left_queued = ctx.left_queued
         self._drop_inputs(task)
         return ran
 

@@ -2240,6 +2240,7 @@ DECLARE
     v_n integer := coalesce(cardinality(p_new), 0);
     v_none text[] := '{}';      -- what no idle SEP can run: requires, or 'sep:' || owner
     v_taken bigint[] := '{}';   -- new requests handed to a SEP in this call
+    v_fenced boolean := false;
     v_owner bigint;
     v_need text;
     s dispatcher.sep;
@@ -2262,6 +2263,12 @@ BEGIN
             CONTINUE;
         END IF;
         s := dispatcher_v2.find_idle_sep(p_region, p_requires[i]::text[], v_owner);
+        IF s.id IS NULL AND NOT v_fenced THEN
+            -- the last look, fenced against SEPs going idle (see the top)
+            PERFORM pg_advisory_xact_lock_shared(dispatcher.region_lock_key(p_region));
+            v_fenced := true;
+            s := dispatcher_v2.find_idle_sep(p_region, p_requires[i]::text[], v_owner);
+        END IF;
         IF s.id IS NULL THEN
             v_none := v_none || v_need;
             i := i + 1;
@@ -2277,60 +2284,23 @@ BEGIN
             i := i + 1;
             CONTINUE;
         END IF;
-        -- a request of this call the caller may hand over; an older one is announced
-        PERFORM dispatcher_v2.hand_to(s, p.request_id, p_notify OR p.request_id <> ALL (p_new));
+        PERFORM dispatcher_v2.assign(ARRAY[p.request_id], s.id);
+        UPDATE dispatcher.sep SET state = 'busy', current_request = p.request_id,
+            current_attempt = (SELECT attempt FROM dispatcher.request WHERE id = p.request_id)
+        WHERE id = s.id;
         IF p.request_id = ANY (p_new) THEN
             v_taken := v_taken || p.request_id;
+            IF p_notify THEN
+                PERFORM pg_notify(dispatcher.sep_channel(s.id), 'dispatch ' || p.request_id);
+            END IF;
+        ELSE
+            PERFORM pg_notify(dispatcher.sep_channel(s.id), 'dispatch ' || p.request_id);
         END IF;
         request_id := p.request_id;
         sep_id := s.id;
         sep_address := s.address;
         RETURN NEXT;
     END LOOP;
-END $$;
-
---
--- Name: dispatch_queued(text); Type: FUNCTION; Schema: dispatcher_v2; Owner: -
---
-
-CREATE FUNCTION dispatcher_v2.dispatch_queued(p_region text) RETURNS integer
-    LANGUAGE plpgsql SECURITY DEFINER
-    SET search_path TO 'pg_catalog', 'pg_temp'
-    SET enable_seqscan TO 'off'
-    AS $$
-DECLARE
-    v_id bigint;
-    v_n integer := 0;
-    s dispatcher.sep;
-    p record;
-BEGIN
-    IF (SELECT r.state FROM dispatcher.region r WHERE r.name = p_region)
-       IS DISTINCT FROM 'running' THEN
-        RETURN 0;
-    END IF;
-    FOR v_id IN SELECT x.id FROM dispatcher.sep x
-                WHERE x.region = p_region AND x.state = 'idle' AND NOT x.standby
-                  AND NOT x.paused AND NOT x.stop_requested
-                ORDER BY x.idle_since, x.id LOOP
-        SELECT * INTO s FROM dispatcher.sep x
-        WHERE x.id = v_id AND x.state = 'idle' AND NOT x.standby AND NOT x.paused
-          AND NOT x.stop_requested
-        FOR UPDATE SKIP LOCKED;
-        IF NOT FOUND THEN
-            PERFORM pg_notify(dispatcher.sep_channel(v_id), 'wake');
-            CONTINUE;
-        END IF;
-        p := dispatcher_v2.pick_request(p_region, s.capabilities, s.id);
-        IF p.request_id IS NULL THEN
-            IF p.contended THEN
-                PERFORM pg_notify(dispatcher.sep_channel(s.id), 'wake');
-            END IF;
-            CONTINUE;
-        END IF;
-        PERFORM dispatcher_v2.hand_to(s, p.request_id, true);
-        v_n := v_n + 1;
-    END LOOP;
-    RETURN v_n;
 END $$;
 
 --
@@ -2646,23 +2616,6 @@ BEGIN
 END $$;
 
 --
--- Name: hand_to(dispatcher.sep, bigint, boolean); Type: FUNCTION; Schema: dispatcher_v2; Owner: -
---
-
-CREATE FUNCTION dispatcher_v2.hand_to(s dispatcher.sep, p_request bigint, p_notify boolean) RETURNS void
-    LANGUAGE plpgsql
-    AS $$
-BEGIN
-    PERFORM dispatcher_v2.assign(ARRAY[p_request], s.id);
-    UPDATE dispatcher.sep SET state = 'busy', current_request = p_request,
-        current_attempt = (SELECT attempt FROM dispatcher.request WHERE id = p_request)
-    WHERE id = s.id;
-    IF p_notify THEN
-        PERFORM pg_notify(dispatcher.sep_channel(s.id), 'dispatch ' || p_request);
-    END IF;
-END $$;
-
---
 -- Name: heartbeat_sep(bigint); Type: FUNCTION; Schema: dispatcher_v2; Owner: -
 --
 
@@ -2897,6 +2850,7 @@ DECLARE
     reg dispatcher.region;
     p record;
     v_contended boolean := false;
+    v_fenced boolean := false;
 BEGIN
     SELECT * INTO reg FROM dispatcher.region WHERE name = s.region;
     IF s.standby THEN
@@ -2909,15 +2863,31 @@ BEGIN
     END IF;
     IF NOT s.standby AND NOT s.paused AND NOT s.stop_requested AND reg.state = 'running' THEN
         p := dispatcher_v2.pick_request(s.region, s.capabilities, s.id);
+        v_contended := p.contended;
+        IF p.request_id IS NULL THEN
+            -- the last look, fenced against concurrent enqueues (see the top). The lock
+            -- is only tried, never waited for, so that a SEP holding rows never waits in
+            -- a cycle; after ~50 ms of tries it rests and wakes itself to look again
+            -- once this transaction has committed.
+            FOR i IN 1..100 LOOP
+                v_fenced := pg_try_advisory_xact_lock(dispatcher.region_lock_key(s.region));
+                EXIT WHEN v_fenced;
+                PERFORM pg_sleep(0.0005);
+            END LOOP;
+            IF v_fenced THEN
+                p := dispatcher_v2.pick_request(s.region, s.capabilities, s.id);
+                v_contended := v_contended OR p.contended;
+            ELSE
+                v_contended := true;
+            END IF;
+        END IF;
         IF p.request_id IS NOT NULL THEN
             RETURN dispatcher_v2.start_task(s, p.request_id, p_done);
         END IF;
-        v_contended := p.contended;
     END IF;
-    -- (the SEP looks again once this has committed: work_waiting, see the top)
     PERFORM dispatcher_v2.rest_sep(s, p_done);
     IF v_contended THEN
-        PERFORM pg_notify(dispatcher.sep_channel(s.id), 'wake');   -- a class row was busy
+        PERFORM pg_notify(dispatcher.sep_channel(s.id), 'wake');   -- look again soon
     END IF;
     RETURN NULL;
 END $$;
@@ -3010,7 +2980,6 @@ CREATE FUNCTION dispatcher_v2.process_procedures() RETURNS TABLE(role text, proc
         ('dispatcher_listener', 'dispatcher.end_session_v1'),
         ('dispatcher_listener', 'dispatcher_v2.enqueue'),
         ('dispatcher_listener', 'dispatcher_v2.enqueue_many'),
-        ('dispatcher_listener', 'dispatcher_v2.dispatch_queued'),
         ('dispatcher_listener', 'dispatcher_v2.cancel_request'),
         ('dispatcher_listener', 'dispatcher.get_region_v1'),
         ('dispatcher_listener', 'dispatcher_xr.set_timer_v1'),
@@ -3021,7 +2990,6 @@ CREATE FUNCTION dispatcher_v2.process_procedures() RETURNS TABLE(role text, proc
         ('dispatcher_sep', 'dispatcher_v2.begin'),
         ('dispatcher_sep', 'dispatcher_v2.complete'),
         ('dispatcher_sep', 'dispatcher_v2.complete_many'),
-        ('dispatcher_sep', 'dispatcher_v2.work_waiting'),
         ('dispatcher_sep', 'dispatcher_v2.heartbeat_sep'),
         ('dispatcher_sep', 'dispatcher_v2.leave_sep'),
         ('dispatcher_sep', 'dispatcher_v2.control_sep'),
@@ -3032,12 +3000,10 @@ CREATE FUNCTION dispatcher_v2.process_procedures() RETURNS TABLE(role text, proc
         ('dispatcher_sep', 'dispatcher.get_region_v1'),
         ('dispatcher_sep', 'dispatcher_v2.enqueue'),
         ('dispatcher_sep', 'dispatcher_v2.enqueue_many'),
-        ('dispatcher_sep', 'dispatcher_v2.dispatch_queued'),
         ('dispatcher_sep', 'dispatcher_xr.set_timer_v1'),
         ('dispatcher_sep', 'dispatcher_xr.cancel_timer_v1'),
         ('dispatcher_monitor', 'dispatcher_v2.enqueue'),
         ('dispatcher_monitor', 'dispatcher_v2.enqueue_many'),
-        ('dispatcher_monitor', 'dispatcher_v2.dispatch_queued'),
         ('dispatcher_monitor', 'dispatcher.get_region_v1'),
         ('dispatcher_monitor', 'dispatcher_xr.set_timer_v1'),
         ('dispatcher_monitor', 'dispatcher_xr.cancel_timer_v1'),
@@ -3357,27 +3323,6 @@ BEGIN
         ORDER BY s.idle_since LIMIT 1) w
     GROUP BY w.id;
 END $$;
-
---
--- Name: work_waiting(bigint); Type: FUNCTION; Schema: dispatcher_v2; Owner: -
---
-
-CREATE FUNCTION dispatcher_v2.work_waiting(p_sep bigint) RETURNS boolean
-    LANGUAGE sql STABLE SECURITY DEFINER
-    SET search_path TO 'pg_catalog', 'pg_temp'
-    SET enable_seqscan TO 'off'
-    AS $$
-    SELECT EXISTS (
-        SELECT 1 FROM dispatcher.sep s
-        JOIN dispatcher.region g ON g.name = s.region AND g.state = 'running'
-        JOIN dispatcher.request r ON r.region = s.region AND r.state = 'queued'
-        WHERE s.id = p_sep AND s.state = 'idle' AND NOT s.paused AND NOT s.stop_requested
-          AND r.requires <@ s.capabilities
-          AND (r.not_before IS NULL OR r.not_before <= clock_timestamp())
-          AND (r.deadline IS NULL OR r.deadline > clock_timestamp())
-          AND (r.routing_key IS NULL
-               OR dispatcher_v2.key_owner(r.region, r.routing_key, r.requires) = s.id))
-$$;
 
 --
 -- Name: cancel_timer_v1(text, text); Type: FUNCTION; Schema: dispatcher_xr; Owner: -

@@ -40,8 +40,8 @@ def test_requests_enqueued_while_seps_go_idle_never_wait_for_the_poll(
 ) -> None:
     """Two producers enqueue 300 requests at irregular short intervals while 2 SEPs
     (batching and not) run them and go idle between them: each finishes well within the
-    30 s safety poll, so every race of a rest with an enqueue was settled by one of the
-    two looks after commit (the SEP's work_waiting, the enqueuer's dispatch_queued)."""
+    30 s safety poll, so every race of a rest with an enqueue was settled at once
+    (docs/dispatch.md, "No lost wake-up")."""
     sync_app(region, "tests.apps.basic")
     ids: list[int] = []
     lock = threading.Lock()

@@ -159,8 +159,6 @@ def start(
                 db.name, items, user_priorities=[priority] * len(items), routing_keys=routes
             )
         )
-        if any(r.left_queued for r in results):  # committed: the look after the commit
-            db.run(ops.request.dispatch_queued(db.name))
         for r in results:
             click.echo(r.request_id)
         return
@@ -176,8 +174,6 @@ def start(
         routing_key=routing_key,
     )
     e = db.run(op)
-    if e.left_queued:  # committed: the look after the commit (docs/dispatch.md)
-        db.run(ops.request.dispatch_queued(db.name))
     if not wait:
         click.echo(e.request_id)
         return
@@ -336,8 +332,6 @@ def rerun(app: App, request_id: int) -> None:
             f"request {request_id} is {row['state']}: only a failed or cancelled one runs again"
         )
     e = db.run(ops.request.enqueue(db.name, row["transid"], row["payload"], origin="rerun"))
-    if e.left_queued:  # committed: the look after the commit (docs/dispatch.md)
-        db.run(ops.request.dispatch_queued(db.name))
     click.echo(e.request_id)
 
 

@@ -160,14 +160,6 @@ class Enqueued:
             None if address is None else str(address),
         )
 
-    @property
-    def left_queued(self) -> bool:
-        """Queued because no SEP able to run it was idle, its class was full or the region
-        was stopping: once the enqueue has committed, the enqueuer looks again with
-        ``ops.request.dispatch_queued`` (docs/dispatch.md, "No lost wake-up"); a region
-        set running meanwhile may have woken its SEPs before this request committed."""
-        return self.reason in ("no_idle_sep", "class_full", "region_stopping")
-
 
 @dataclass(frozen=True)
 class Token:

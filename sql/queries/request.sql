@@ -7,11 +7,6 @@ SELECT * FROM dispatcher_v2.enqueue(%(region)s, %(transid)s, %(payload)s, %(sess
 SELECT * FROM dispatcher_v2.enqueue_many(%(region)s, %(transids)s, %(payloads)s, %(sessions)s,
     %(user_priorities)s, %(idempotency_keys)s, %(origin)s, %(notify)s, %(routing_keys)s);
 
--- name: dispatch_queued
--- An enqueuer's look after its commit, when it left a request queued for want of an idle
--- SEP: the SEPs idle by now take queued requests (docs/dispatch.md, "No lost wake-up").
-SELECT dispatcher_v2.dispatch_queued(%(region)s) AS dispatched;
-
 -- name: show_request
 SELECT id, region, transid, state, attempt, sep_id, payload, NULL::jsonb AS result, error,
     priority, session_id, origin, enqueued_at, dispatched_at, started_at,

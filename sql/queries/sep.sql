@@ -84,7 +84,3 @@ SELECT set_config('lock_timeout', %(ms)s, false) AS lock_timeout,
 -- A SEP whose task overran: end the backend of its task's connection (its transaction
 -- rolls back and its locks go at once, even while a statement runs).
 SELECT dispatcher_v2.end_sep_backend(%(pid)s) AS ended;
-
--- name: work_waiting
--- The SEP's look after its rest committed: a request it may run is queued (then claim).
-SELECT dispatcher_v2.work_waiting(%(sep)s) AS waiting;

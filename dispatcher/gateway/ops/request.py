@@ -15,7 +15,6 @@ from ..op import Op, Result, Row, all_rows, each, one, scalar
 from ..records import Enqueued
 
 __all__ = [
-    "dispatch_queued",
     "enqueue",
     "enqueue_many",
     "enqueue_many_params",
@@ -160,14 +159,6 @@ def enqueue_many(
         routing_keys=routing_keys,
     )
     return Op("enqueue_many", params, each(Enqueued.from_row))
-
-
-def dispatch_queued(region: str) -> Op[int]:
-    """The look an enqueuer makes after its commit when a request it queued was left
-    queued (``Enqueued.left_queued``): the SEPs of REGION idle by now take queued
-    requests; returns how many were handed out. Run it after the commit, never inside
-    the enqueuing transaction (it would not see SEPs that went idle meanwhile)."""
-    return Op("dispatch_queued", {"region": region}, scalar("dispatch_queued", "dispatched", int))
 
 
 def show_request(region: str, request_id: int) -> Op[Row]:

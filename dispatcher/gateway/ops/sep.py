@@ -35,7 +35,6 @@ __all__ = [
     "sep_of_process",
     "sep_state",
     "session_listener_address",
-    "work_waiting",
 ]
 
 
@@ -117,12 +116,6 @@ def complete(
         "commarea": None if commarea is None else Jsonb(commarea),
     }
     return Op("complete", params, optional(Task.from_row))
-
-
-def work_waiting(sep: int) -> Op[bool]:
-    """The look a SEP makes after its rest has committed: is a request queued that it
-    may run now? (Yes: claim.) Read-only, takes no lock."""
-    return Op("work_waiting", {"sep": sep}, scalar("work_waiting", "waiting", bool))
 
 
 def claim_batch(sep: int, take: int) -> Op[list[Task]]:

@@ -1,7 +1,6 @@
-"""No lost wake-up without a lock: a SEP that rests commits, then looks for work
-(work_waiting); an enqueue that left a request queued commits, then hands queued
-requests to the SEPs idle by then (dispatch_queued). The region's advisory lock, its
-spin in the SEP and its waits in enqueues are gone (sql/schema/100_look_after_commit.sql).
+"""Two wake-ups that could miss: a reaped listener's conversations end at once (its
+SEPs are told on their channels), and wake_idle_sep wakes a SEP able to run what waits
+(sql/schema/100_wakes.sql).
 
 Revision ID: 0007
 Revises: 0006
@@ -17,7 +16,7 @@ down_revision = "0006"
 branch_labels = None
 depends_on = None
 
-FILES = ["100_look_after_commit.sql"]
+FILES = ["100_wakes.sql"]
 
 
 def upgrade() -> None:
