@@ -8,6 +8,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -67,9 +69,12 @@ def test_an_abandoned_conversation_frees_its_sep(region: Region, db_url: str, ho
         assert replies[-1]["type"] == "result" and replies[-1]["data"] == "next", replies
 
 
-def test_a_stopping_listener_ends_its_conversations(region: Region, db_url: str) -> None:
-    """SIGTERM to the listener while a conversation waits: the listener stops at once,
-    and the conversation ends with SessionEnded."""
+@contextmanager
+def _conversation_at_a_listener(
+    region: Region, db_url: str
+) -> Iterator[tuple[Wire, int, subprocess.Popen[bytes]]]:
+    """A SEP, a listener process and a client whose T_CHAT call waits for its input:
+    (the client's wire, the request, the listener process)."""
     sync_app(region, APP)
     token = create_token(region, "tester")
     with (
@@ -77,6 +82,13 @@ def test_a_stopping_listener_ends_its_conversations(region: Region, db_url: str)
         listener_process(db_url, "test") as (address, proc),
     ):
         wire, request_id = _chat_waiting(address, token)
+        yield wire, request_id, proc
+
+
+def test_a_stopping_listener_ends_its_conversations(region: Region, db_url: str) -> None:
+    """SIGTERM to the listener while a conversation waits: the listener stops at once,
+    and the conversation ends with SessionEnded."""
+    with _conversation_at_a_listener(region, db_url) as (wire, request_id, proc):
         stopped = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
@@ -89,13 +101,7 @@ def test_a_reaped_listener_ends_its_conversations(region: Region, db_url: str) -
     """The listener dies (kill -9) while a conversation waits for input; once it is
     reaped, the SEP is told at once (NOTIFY session_ended): the conversation ends with
     SessionEnded and is never run again, though its receive timeout is minutes away."""
-    sync_app(region, APP)
-    token = create_token(region, "tester")
-    with (
-        running_seps(db_url, "test", 1, app=APP),
-        listener_process(db_url, "test") as (address, proc),
-    ):
-        wire, request_id = _chat_waiting(address, token)
+    with _conversation_at_a_listener(region, db_url) as (wire, request_id, proc):
         proc.kill()
         proc.wait(timeout=30)
         time.sleep(0.3)
