@@ -409,6 +409,8 @@ class Worker:
                     conn = connect(self.config.url, application_name="dispatcher-sep-heartbeat")
                 db = Gateway(conn)
                 row = db.run(ops.sep.heartbeat_sep(self.sep_id))
+                if self.left:
+                    return  # it left meanwhile (its row is gone): not declared dead
                 if row is None or row["state"] == "dead":
                     self.log.error("sep_declared_dead")
                     self.dead = True
