@@ -21,7 +21,7 @@ from __future__ import annotations
 import datetime as dt
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import CroniterBadDateError, croniter
+from croniter import CroniterBadCronError, CroniterBadDateError, croniter
 
 from .errors import InvalidValue
 
@@ -42,10 +42,20 @@ def _zone(tz: str | None) -> ZoneInfo:
 def validate(expr: str, tz: str | None = None) -> None:
     """Raise InvalidValue unless EXPR is a valid five-field cron expression."""
     _zone(tz)
-    if len(expr.split()) != 5 or not croniter.is_valid(expr):
+    if len(expr.split()) != 5:
         raise InvalidValue(
             f"invalid cron expression {expr!r}: five fields, minute hour day month weekday"
         )
+    try:
+        croniter(expr)
+    except (CroniterBadCronError, ValueError, KeyError) as exc:
+        why = str(exc).replace(f"[{expr}] ", "")  # croniter's words, without the echo
+        if "out of range" in why:
+            why = (
+                "a value is out of range "
+                "(minute 0-59, hour 0-23, day 1-31, month 1-12, weekday 0-7)"
+            )
+        raise InvalidValue(f"invalid cron expression {expr!r}: {why}") from None
     try:
         croniter(expr, dt.datetime(2000, 1, 1)).get_next(dt.datetime)
     except CroniterBadDateError:

@@ -92,7 +92,9 @@ def test_bad_timer_options_are_usage_errors(run) -> None:  # type: ignore[no-unt
     cases = [
         (("start", "ECHO", "--after", "1h", "--reqid", "bad reqid"), "invalid REQID"),
         (("start", "ECHO", "--after", "1h", "--reqid", "r" * 65), "invalid REQID"),
-        (("start", "ECHO", "--cron", "61 * * * *"), "invalid cron expression"),
+        (("start", "ECHO", "--cron", "61 * * * *"), "a value is out of range (minute 0-59"),
+        (("start", "ECHO", "--cron", "*/0 * * * *"), "invalid cron expression"),
+        (("start", "ECHO", "--cron", "* * * * *", "--tz", ""), "--tz: empty"),
         (("start", "ECHO", "--cron", "* * * * *", "--tz", "Mars/Olympus"), "unknown time zone"),
         (("sep", "stop", "1", "--all"), "not both"),
     ]

@@ -68,6 +68,8 @@ def schedule(
 ) -> str:
     if sum(x is not None for x in (after, at, cron_expr)) > 1:
         raise click.UsageError("give one of --after, --at, --cron")
+    if tz is not None and not tz.strip():
+        raise click.UsageError("--tz: empty (give a zone such as Europe/Paris, or leave it out)")
     if tz and not cron_expr:
         raise click.UsageError("--tz goes with --cron")
     try:  # a bad value of an option is a usage error (exit 2), found before the database
