@@ -14,7 +14,7 @@ from dispatcher import cron
 from dispatcher.errors import InvalidValue
 from dispatcher.gateway import ops
 from dispatcher.timers import aware, delay_of, new_reqid
-from dispatcher.values import MAX_KEY, check_data, check_text
+from dispatcher.values import check_data, check_text, check_timer_reqid
 
 from .http_problems import Problem, from_error
 
@@ -83,8 +83,11 @@ async def create_timer(front: HttpFront, request: web.Request) -> web.StreamResp
     except InvalidValue as exc:
         raise Problem("invalid_value", exc.message) from None
     reqid = _text(body, "reqid")
-    if reqid is not None and not 0 < len(reqid) <= MAX_KEY:
-        raise Problem("invalid_value", f"reqid must be 1-{MAX_KEY} characters")
+    try:  # the timer rule, before the database is asked (as the CLI checks it)
+        if reqid is not None:
+            check_timer_reqid(reqid)
+    except InvalidValue as exc:
+        raise Problem("invalid_value", exc.message) from None
     whens = [k for k in ("after", "at", "cron") if body.get(k) is not None]
     if len(whens) != 1:
         raise Problem("bad_frame", "give exactly one of 'after', 'at', 'cron'")

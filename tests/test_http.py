@@ -289,6 +289,8 @@ def test_timers_create_and_cancel(front: Front) -> None:
         ({"transid": "ECHO", "after": "soon"}, 400, "bad_frame"),
         ({"transid": "ECHO", "at": "2099-01-01T00:00:00"}, 400, "invalid_value"),
         ({"transid": "ECHO", "cron": "61 * * * *"}, 400, "invalid_value"),
+        ({"transid": "ECHO", "after": 1, "reqid": "bad reqid"}, 400, "invalid_value"),
+        ({"transid": "ECHO", "after": 1, "reqid": "r" * 65}, 400, "invalid_value"),
         ({"transid": "ECHO", "after": 1, "tz": "UTC"}, 400, "bad_frame"),
         ({"transid": "NOSUCH", "after": 1}, 404, "unknown_transaction"),
         ([1], 400, "bad_frame"),

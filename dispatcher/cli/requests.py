@@ -102,11 +102,6 @@ def start(
     """
     if reqid is not None and not reqid.strip():
         raise click.UsageError("--reqid: empty (give a name, or leave the option out)")
-    if reqid is not None:
-        try:
-            check_reqid(reqid)
-        except InvalidValue as exc:
-            raise click.UsageError(f"--reqid: {exc.message}") from None
     if after is not None or at is not None or cron_expr is not None or tz is not None:
         if wait or data_file is not None or transid is None or routing_key is not None:
             raise click.UsageError(
@@ -129,6 +124,11 @@ def start(
             )
         )
         return
+    if reqid is not None:  # (a timer's REQID has its own rule: schedule checks it)
+        try:
+            check_reqid(reqid)
+        except InvalidValue as exc:
+            raise click.UsageError(f"--reqid: {exc.message}") from None
     db = app.db()
     if data_file is not None:
         if data is not None:
