@@ -27,7 +27,12 @@ from dispatcher.gateway import AsyncGateway, Task, ops
 
 from .health import DB_ERRORS
 from .outcomes import Outcomes
+from .sessions import Session
 from .state import ListenerState
+
+# a session's SEP messages kept while its call is being enqueued (a conversation's
+# output and input waits; more is a SEP gone wrong)
+MAX_EARLY = 1000
 
 
 class Routing:
@@ -37,6 +42,7 @@ class Routing:
         self._sep_links: dict[int, tuple[asyncio.StreamWriter, str]] = {}
         self._channel_writers: set[asyncio.StreamWriter] = set()
         self._channel_server: asyncio.Server | None = None
+        self._telling: set[asyncio.Task[bool]] = set()  # session_ended to SEPs, in flight
 
     # ------------------------------------------------------ the channel socket
     async def start(self, channel_host: str | None, path: Path) -> None:
@@ -160,18 +166,57 @@ class Routing:
         )
 
     async def _from_sep(self, msg: dict[str, Any]) -> None:
-        """Route MSG (output, await_input or end) to the session whose call it is about;
-        a message about no current call is dropped."""
-        st = self.state
+        """Route MSG (output, await_input or end) to the session whose call it is about.
+        While the session's call is being enqueued, MSG waits in the session's early
+        list (a SEP may take the request from the queue and speak before the enqueue's
+        answer is back: sessions.py replays the list once the call is known)."""
         try:
-            s = st.sessions.get(UUID(str(msg.get("session_id"))))
+            s = self.state.sessions.get(UUID(str(msg.get("session_id"))))
         except ValueError:
             return
         if s is None:
+            self._no_client(msg)  # the session ended
             return
+        if s.early is not None:
+            if len(s.early) < MAX_EARLY:
+                s.early.append(msg)
+            return
+        await self.route(s, msg)
+
+    def _no_client(self, msg: dict[str, Any]) -> None:
+        """MSG is about a request that no call of this listener waits for (its session
+        ended, or its call was answered): a task that waits for input is told now that
+        none will come (SessionEnded), instead of waiting out its receive timeout.
+        Output is dropped."""
+        if msg.get("type") != "await_input" and not (
+            msg.get("type") == "output" and msg.get("wants_input")
+        ):
+            return
+        sep, rid = msg.get("sep_id"), msg.get("request_id")
+        if not isinstance(sep, int) or not isinstance(rid, int):
+            return
+        message = {
+            "type": "session_ended",
+            "request_id": rid,
+            "session_id": str(msg.get("session_id")),
+        }
+        task = asyncio.create_task(asyncio.wait_for(self.hand_over(sep, message), 2.0))
+        self._telling.add(task)
+        task.add_done_callback(self._told)
+
+    def _told(self, task: asyncio.Task[bool]) -> None:
+        self._telling.discard(task)
+        if not task.cancelled():
+            task.exception()  # (retrieved: a SEP that cannot be told times out its wait)
+
+    async def route(self, s: Session, msg: dict[str, Any]) -> None:
+        """MSG for the call of S; a message about another request than S's call is not
+        for any client (_no_client)."""
+        st = self.state
         rid = msg.get("request_id")
         call = s.call
         if call is None or call.request_id != rid:
+            self._no_client(msg)
             return
         kind = msg["type"]
         if kind in ("output", "await_input") and not call.bound:

@@ -58,6 +58,9 @@ class Session:
     call: Call | None = None
     next_transid: str | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # while a call is being enqueued: what SEPs sent meanwhile (routing.py), replayed
+    # once the call's request id is known
+    early: list[dict[str, Any]] | None = None
 
     async def send(self, message: dict[str, Any]) -> None:
         """Send and wait for the socket to take it (backpressure on this client only)."""
@@ -310,12 +313,19 @@ class ClientSessions:
             return
         # keys are scoped by the token's name: one user cannot see another's outcome
         scoped = None if key is None else f"{s.user}/{key}"
+        # a SEP may take the request from the queue once the enqueue commits and send its
+        # output before the answer below is back: kept in s.early until the call is known
+        s.early = []
         try:
             async with self.health.guard(s.send, cid):
                 e = await self.enqueuer.submit(transid, data, s.id, commarea, scoped, routing_key)
         except DispatcherError as exc:  # (DatabaseUnavailable is one too: the guard's)
+            s.early = None
             await s.send(error(error_code(exc), exc.message, id=cid))
             return
+        except BaseException:
+            s.early = None
+            raise
         s.call = Call(cid, e.request_id, transid, asyncio.get_running_loop().time(), e.sep_id)
         s.next_transid = None
         if s.accepted_frames:
@@ -336,6 +346,7 @@ class ClientSessions:
             transid=transid,
             reason=e.reason,
         )
+        await self._replay_early(s)
         if e.duplicate:
             # the same key was sent before: answered from the first call's outcome
             await self.outcomes.duplicate(s, e.request_id)
@@ -343,6 +354,16 @@ class ClientSessions:
         if e.sep_id is not None and e.task is not None:
             # enqueue answered with the task and the SEP's channel address: hand it over
             await self.routing.dispatch(e.sep_id, e.task, e.sep_address)
+
+    async def _replay_early(self, s: Session) -> None:
+        """Route what SEPs sent while the call of S was being enqueued, in order (what
+        comes meanwhile joins the end of the list)."""
+        early = s.early
+        try:
+            while early:
+                await self.routing.route(s, early.pop(0))
+        finally:
+            s.early = None
 
     async def _input(self, s: Session, cid: Any, data: Any, key: str | None = None) -> None:
         call = s.call

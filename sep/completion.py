@@ -177,7 +177,7 @@ class Completion(ABC):
         for ran in rans:
             self._log_finished(ran)
             c = ran.conversation
-            if c is None:
+            if c is None or not c.address:  # (no listener: the session ended before)
                 continue
             try:
                 frame = encode_frame(c.end_message(ran.ok, ran.result, ran.error, ran.next_transid))

@@ -540,15 +540,17 @@ class Worker:
             address = self._listeners.get(task.session_id)
         if address is None:
             address = self.gateway().run(ops.sep.session_listener_address(task.session_id))
-            if address is None:
-                return None
-            self._remember_listener(task.session_id, address)
+            if address is not None:
+                self._remember_listener(task.session_id, address)
         conversation = Conversation(
-            self.links, address, task.request_id, task.session_id, self.sep_id, queue.Queue()
+            self.links, address or "", task.request_id, task.session_id, self.sep_id, queue.Queue()
         )
         with self.inputs_lock:
             self.inputs[task.request_id] = conversation
             why = self._ended.pop(task.request_id, None)
+        if address is None:
+            # the session ended before its task began: no client to converse with
+            why = "the client's session ended before the task began"
         if why is not None:
             conversation.end_session(why)
         return conversation

@@ -32,6 +32,7 @@ from dispatcher.region import Region
 from dispatcher.status_page import BANDS, StatusPage
 from sep.program import sync_app
 
+from .dbproxy import Proxy, through
 from .listeners import free_port
 from .seps import ROOT, running_seps, wait_final
 
@@ -114,86 +115,6 @@ def serving(url: str, region: str = "test", **kwargs: Any) -> Iterator[StatusPag
     finally:
         box["loop"].call_soon_threadsafe(page.stopping.set)
         thread.join(30)
-
-
-class Proxy:
-    """A TCP forwarder to the test's PostgreSQL on a port of its own: ``stop()`` is the
-    database going away (every connection cut, nothing listening), ``start()`` its
-    return on the same port."""
-
-    def __init__(self, db_url: str) -> None:
-        info = psycopg.conninfo.conninfo_to_dict(db_url)
-        host, port = str(info.get("host") or "localhost"), int(info.get("port") or 5432)
-        self.unix = host.startswith("/")
-        self.target: Any = f"{host}/.s.PGSQL.{port}" if self.unix else (host, port)
-        self.port = free_port()
-        self.server: socket.socket | None = None
-        self.conns: list[socket.socket] = []
-        self.lock = threading.Lock()
-
-    def start(self) -> None:
-        server = socket.socket()
-        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        server.bind(("127.0.0.1", self.port))
-        server.listen(16)
-        self.server = server
-        threading.Thread(target=self._accept, args=(server,), daemon=True).start()
-
-    def _accept(self, server: socket.socket) -> None:
-        while True:
-            try:
-                client, _ = server.accept()
-            except OSError:
-                return
-            try:
-                if self.unix:
-                    upstream = socket.socket(socket.AF_UNIX)
-                    upstream.connect(self.target)
-                else:
-                    upstream = socket.create_connection(self.target, timeout=5)
-            except OSError:
-                client.close()
-                continue
-            with self.lock:
-                self.conns += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pump(a: socket.socket, b: socket.socket) -> None:
-        try:
-            while data := a.recv(65536):
-                b.sendall(data)
-        except OSError:
-            pass
-        for s in (a, b):
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-    def stop(self) -> None:
-        if self.server is not None:
-            try:
-                self.server.shutdown(socket.SHUT_RDWR)  # wakes the thread in accept()
-            except OSError:
-                pass
-            self.server.close()
-            self.server = None
-        with self.lock:
-            conns, self.conns = self.conns, []
-        for s in conns:
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            s.close()
-
-
-def through(proxy: Proxy, db_url: str) -> str:
-    params = psycopg.conninfo.conninfo_to_dict(db_url)
-    params.update(host="127.0.0.1", port=str(proxy.port))
-    return psycopg.conninfo.make_conninfo(**params)  # type: ignore[arg-type]
 
 
 def fail_one(region: Region, message: str) -> int:
@@ -313,7 +234,6 @@ def test_a_stuck_database_answers_503_in_time_and_once_a_second(
     """A database that hangs (a lock held on the region's table) is unavailable within
     seconds, not after it frees; meanwhile and for a broken region (unknown: 404) the
     viewers' requests do not each reach the database (once a second at most)."""
-    import psycopg
 
     with serving(db_url, sample_every=60) as page, psycopg.connect(db_url) as locker:
         base = f"http://127.0.0.1:{page.port}/api/status"

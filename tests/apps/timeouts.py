@@ -81,3 +81,10 @@ def gil(ctx: Any) -> Any:
 def chat(ctx: Any) -> Any:
     """Waits long for its client (as the sample's conversation does)."""
     return {"hello": ctx.converse({"prompt": "name?"}, timeout=120)}
+
+
+@program("T_NAP")
+def nap(ctx: Any) -> Any:
+    """Sleeps DATA seconds (keeps its SEP busy while a test queues work behind it)."""
+    time.sleep(float(ctx.data))
+    return "rested"
