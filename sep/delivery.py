@@ -11,13 +11,15 @@ caller hears ``accepted`` (202 over HTTP), so the call survives any crash
 (at-least-once: the target may see it more than once; it gets the ``UUID`` as an
 ``Idempotency-Key`` header to tell).
 
-- 2xx: done; the result is ``{"status", "headers", "body"}`` (the body's first 64 KiB).
+- 2xx: done; the result is ``{"status", "headers", "body"}`` (the body's first 64 KiB,
+  as text: bytes that are not text in its charset and NULs become U+FFFD).
 - 5xx, 408, 429, a connection error or a timeout: run again after the transaction's
   backoff (2, 4, 8, 16 s ... capped at ``max_backoff``), or after the target's
   ``Retry-After`` when that is later; after the last attempt the request is failed: a
   dead letter (``dispatcher request list --state failed --transid DELIVER``, then
   ``dispatcher request rerun ID``).
-- Any other 4xx, or a description that is not a valid call: failed at once.
+- Any other 4xx, a 3xx (redirects are not followed), or a description that is not a
+  valid call (a bad URL or header): failed at once.
 
 Run it on a SEP with ``--app sep.delivery`` (the sample app of ``dispatcher up`` has it
 too). ``tx define DELIVER --max-attempts N --retry-backoff S`` changes the schedule.
@@ -29,6 +31,7 @@ import datetime as dt
 import email.utils
 import json
 import math
+import re
 from typing import Any
 
 import httpx
@@ -41,6 +44,22 @@ MAX_ATTEMPTS = 10
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 MAX_BODY_BACK = 64 * 1024
 RETRY = {408, 429}
+
+
+# RFC 9110 header names (tokens); values must not hold CR, LF, NUL or other controls
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 200 else text[:200] + "..."
+
+
+def _text(value: str) -> str:
+    """VALUE as text that the result can hold: a NUL (which JSON in PostgreSQL cannot
+    store) becomes U+FFFD, like bytes that were not text in the response's charset."""
+    return value.replace("\x00", "\ufffd")
 
 
 def _field(data: dict[str, Any], *names: str) -> Any:
@@ -57,7 +76,12 @@ def describe(data: Any) -> dict[str, Any]:
         raise GiveUp("a DELIVER request is a JSON object with at least Url")
     url = _field(data, "Url", "url")
     if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-        raise GiveUp(f"Url must be an http:// or https:// URL, not {url!r}")
+        raise GiveUp(f"Url must be an http:// or https:// URL, not {_short(url)}")
+    try:
+        if not httpx.URL(url).host:
+            raise httpx.InvalidURL("no host")
+    except (httpx.InvalidURL, ValueError) as exc:  # (it would never succeed)
+        raise GiveUp(f"Url {_short(url)} is not a valid URL: {exc}") from None
     method = _field(data, "Method", "method") or "POST"
     if not isinstance(method, str) or method.upper() not in METHODS:
         raise GiveUp(f"Method must be one of {', '.join(METHODS)}, not {method!r}")
@@ -66,6 +90,13 @@ def describe(data: Any) -> dict[str, Any]:
         isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
     ):
         raise GiveUp("Header must be an object of strings")
+    for name, value in headers.items():
+        if not _TOKEN.fullmatch(name):
+            raise GiveUp(f"Header name {_short(name)} is not a valid HTTP header name")
+        if _BAD_VALUE.search(value):
+            raise GiveUp(
+                f"Header {name} holds a line break or control character (not allowed in HTTP)"
+            )
     body = _field(data, "Body", "body")
     content = body.encode("utf-8") if isinstance(body, str) else None
     if body is not None and content is None:
@@ -136,14 +167,19 @@ def deliver(ctx: Any) -> Any:
         )
     except httpx.TimeoutException as exc:
         raise RetryLater(f"{call['method']} {call['url']}: timed out ({exc})") from None
+    except (httpx.LocalProtocolError, httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
+        # the call itself is malformed: it would fail the same way every time
+        raise GiveUp(f"{call['method']} {call['url']}: not a valid call ({exc})") from None
     except httpx.TransportError as exc:
         raise RetryLater(f"{call['method']} {call['url']}: cannot connect ({exc})") from None
     status = response.status_code
     if 200 <= status < 300:
+        # delivered: the result must be storable whatever the target sent (a NUL, or
+        # bytes that are not text), or the delivery would be made again
         return {
             "status": status,
-            "headers": dict(response.headers),
-            "body": response.text[:MAX_BODY_BACK],
+            "headers": {_text(k): _text(v) for k, v in response.headers.items()},
+            "body": _text(response.text[:MAX_BODY_BACK]),
         }
     what = f"{call['method']} {call['url']}: HTTP {status} {response.text[:200]!r}"
     if status >= 500 or status in RETRY:

@@ -31,9 +31,12 @@ class Target:
     """A local HTTP server that answers each call with the next of STATUSES (then 200)
     and records every call (time, path, headers, body)."""
 
-    def __init__(self, statuses: list[int], *, retry_after: str | None = None) -> None:
+    def __init__(
+        self, statuses: list[int], *, retry_after: str | None = None, body: bytes | None = None
+    ) -> None:
         self.statuses = list(statuses)
         self.retry_after = retry_after
+        self.body = body
         self.calls: list[dict[str, Any]] = []
         target = self
 
@@ -56,8 +59,11 @@ class Target:
                 self.send_response(status)
                 if status == 429 and target.retry_after:
                     self.send_header("Retry-After", target.retry_after)
+                if 300 <= status < 400:
+                    self.send_header("Location", "/elsewhere")
                 self.end_headers()
-                self.wfile.write(b'{"ok": true}' if status == 200 else b"no")
+                ok = target.body if target.body is not None else b'{"ok": true}'
+                self.wfile.write(ok if status == 200 else b"no")
 
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
@@ -118,10 +124,43 @@ def test_describe_reads_the_seed_form_and_refuses_what_can_never_succeed() -> No
         {"Url": "http://x", "Header": {"a": 1}},
         {"Url": "http://x", "Timeout": 0},
         {"Url": "http://x", "Timeout": True},
+        {"Url": "http://[::1"},
+        {"Url": "http://"},
+        {"Url": "http://x", "Header": {"X": "a\r\nInjected: 1"}},
+        {"Url": "http://x", "Header": {"Bad\nName": "v"}},
+        {"Url": "http://x", "Header": {"": "v"}},
+        {"Url": "http://x", "Header": {"X": "nul\u0000"}},
         [1],
     ):
         with pytest.raises(GiveUp):
             describe(bad)
+
+
+def test_a_delivered_call_is_done_whatever_the_target_answers(
+    delivery: Region, db_url: str
+) -> None:
+    """A 2xx whose body holds NULs and bytes that are not text is done at its first
+    attempt (its result keeps U+FFFD for them: it used to be refused and the call made
+    again); a redirect fails at once (GiveUp), followed nowhere."""
+    binary = Target([200], body=b'{"x": "\x00"}\x00\xff\xfe end')
+    moved = Target([302])
+    try:
+        with running_seps(db_url, "test", 1, app=APP):
+            ok = _deliver(delivery, binary.url, "u-bin")
+            redirect = _deliver(delivery, moved.url, "u-302")
+            row = wait_final(delivery, ok)
+            assert row["state"] == "done" and row["attempt"] == 1, row
+            assert row["result"]["status"] == 200
+            assert row["result"]["body"].startswith('{"x": "\ufffd"}\ufffd')
+            assert row["result"]["body"].endswith(" end")
+            assert len(binary.calls) == 1
+            row = wait_final(delivery, redirect)
+            assert row["state"] == "failed" and row["attempt"] == 1, row
+            assert row["error"]["type"] == "GiveUp" and "302" in row["error"]["message"]
+            assert len(moved.calls) == 1
+    finally:
+        binary.close()
+        moved.close()
 
 
 def test_retry_after_reads_seconds_and_http_dates() -> None:
