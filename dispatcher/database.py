@@ -13,6 +13,7 @@ import os
 import time
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -54,6 +55,7 @@ def database_url(settings: Settings) -> str:
         # after its server died: forget it, so that the server is started again
         instances = getattr(getattr(ep, "PostgresServer", None), "_instances", {})
         instances.pop(settings.pgdata.expanduser().resolve(), None)
+        clear_stale_pid_file(settings.pgdata)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
@@ -77,6 +79,41 @@ def embedded_running(settings: Settings) -> bool:
     except (ValueError, ProcessLookupError, PermissionError):
         return False
     return True
+
+
+def clear_stale_pid_file(pgdata: Path) -> bool:
+    """Remove the postmaster.pid of a server that is not running when it is cut short
+    (a server killed while starting writes it in steps): the package cannot read such a
+    file and would never start the server again. A whole file is left for PostgreSQL to
+    judge, and so is one that names shared memory still attached (backends of the dead
+    server that have not ended yet: starting then could harm the data). True if
+    removed."""
+    pid_file = pgdata / "postmaster.pid"
+    try:
+        lines = pid_file.read_text().splitlines()
+    except (OSError, UnicodeDecodeError):
+        return False
+    if len(lines) >= 8:
+        return False
+    if len(lines) >= 7 and _shared_memory_attached(lines[6]):
+        return False
+    pid_file.unlink(missing_ok=True)
+    return True
+
+
+def _shared_memory_attached(info: str) -> bool:
+    """Is the System V segment of the pid file's line INFO ("key shmid") still attached
+    by some process? True when it cannot be told."""
+    try:
+        shmid = int(info.split()[1])
+        rows = Path("/proc/sysvipc/shm").read_text().splitlines()[1:]
+    except (OSError, ValueError, IndexError):
+        return True
+    for row in rows:
+        fields = row.split()
+        if len(fields) > 6 and fields[1] == str(shmid):
+            return int(fields[6]) > 0
+    return False  # the segment is gone
 
 
 def stop_embedded(settings: Settings) -> bool:

@@ -9,9 +9,9 @@ from uuid import UUID
 
 from psycopg_pool import AsyncConnectionPool
 
-from dispatcher.gateway import AsyncGateway, Enqueued, ops
+from dispatcher.gateway import Enqueued, ops
 
-from .health import DB_ERRORS
+from .health import DB_ERRORS, gateway
 
 __all__ = ["GroupCommit"]
 
@@ -107,7 +107,7 @@ class GroupCommit:
         that an error reaches only its own caller."""
         try:
             async with self.pool.connection() as conn:
-                db = AsyncGateway(conn)
+                db = gateway(conn)
                 if len(batch) == 1:
                     (transid, data, sid, commarea, key, route), _ = batch[0]
                     one = ops.request.enqueue(

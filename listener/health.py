@@ -27,6 +27,15 @@ from .state import ListenerState
 
 # the errors that mean the database cannot be reached (or no connection is free)
 DB_ERRORS = (psycopg.OperationalError, PoolTimeout, DatabaseUnavailable)
+# a database that hangs (stopped, swapping, packets dropped) is given this long to answer
+# a statement; then the work is answered database_unavailable (AsyncGateway)
+ANSWER_WITHIN = 5.0
+
+
+def gateway(conn: psycopg.AsyncConnection[Any]) -> AsyncGateway:
+    """A gateway whose statements answer within ANSWER_WITHIN, else DatabaseUnavailable."""
+    return AsyncGateway(conn, ANSWER_WITHIN)
+
 
 # how a reply reaches the client: Session.send, or a write before the session exists
 Answer = Callable[[dict[str, Any]], Awaitable[None]]
@@ -61,7 +70,7 @@ class Health:
                     st.region, socket.gethostname(), st.port, os.getpid(), st.address
                 )
                 async with st.pool.connection() as conn:
-                    db = AsyncGateway(conn)
+                    db = gateway(conn)
                     if not st.channel_secret:
                         st.channel_secret = await db.run(ops.region.channel_secret(st.region))
                     st.listener_id = await db.run(op)
@@ -81,7 +90,7 @@ class Health:
         if st.listener_id is not None:
             with contextlib.suppress(Exception):
                 async with st.pool.connection(timeout=2) as conn:
-                    await AsyncGateway(conn).run(ops.listener.leave_listener(st.listener_id))
+                    await gateway(conn).run(ops.listener.leave_listener(st.listener_id))
 
     async def heartbeat(self) -> None:
         """Beat every heartbeat_interval; register again (with the open sessions) when
@@ -92,7 +101,7 @@ class Health:
             await asyncio.sleep(self.heartbeat_interval)
             try:
                 async with st.pool.connection() as conn:
-                    db = AsyncGateway(conn)
+                    db = gateway(conn)
                     if st.listener_id is None or not await db.run(
                         ops.listener.heartbeat_listener(st.listener_id)
                     ):
@@ -137,7 +146,7 @@ class Health:
             try:
                 await st.pool.check()  # drop the connections the restart broke
                 async with st.pool.connection(timeout=2.0) as conn:
-                    await AsyncGateway(conn).run(ops.listener.listener_ping())
+                    await gateway(conn).run(ops.listener.listener_ping())
             except Exception as exc:
                 st.log.info(
                     "database_still_unavailable", error=str(exc).strip(), attempt=backoff.attempt

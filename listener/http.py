@@ -143,6 +143,7 @@ class HttpFront:
         self.url = url
         self.region = region
         self.host = host
+        self.db_timeout = db_timeout  # for a connection, and for an answer to a statement
         self.log = get_logger("http", region=region, pid=os.getpid())
         self.stopping = asyncio.Event()
         kwargs = {
@@ -231,10 +232,10 @@ class HttpFront:
         try:
             if pool is self.pool:
                 async with self.health.guard(note, None), pool.connection() as conn:
-                    yield AsyncGateway(conn)
+                    yield AsyncGateway(conn, self.db_timeout)
             else:
                 async with pool.connection() as conn:
-                    yield AsyncGateway(conn)
+                    yield AsyncGateway(conn, self.db_timeout)
         except Answered:
             message = notes[0]["message"] if notes else "the database is unavailable"
             raise Problem("database_unavailable", message, headers={"Retry-After": "1"}) from None

@@ -6,9 +6,9 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
-from dispatcher.gateway import AsyncGateway, RequestOutcome, ops
+from dispatcher.gateway import RequestOutcome, ops
 
-from .health import DB_ERRORS
+from .health import DB_ERRORS, gateway
 
 if TYPE_CHECKING:
     from .http import HttpFront
@@ -70,7 +70,7 @@ class Waiters:
             return
         try:
             async with front.pool.connection() as conn:
-                rows = await AsyncGateway(conn).run(ops.listener.outcomes(ids))
+                rows = await gateway(conn).run(ops.listener.outcomes(ids))
         except DB_ERRORS as exc:
             front.health.lost(exc)
             return

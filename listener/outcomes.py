@@ -11,11 +11,11 @@ import asyncio
 import contextlib
 from typing import Any
 
-from dispatcher.gateway import AsyncGateway, ops
+from dispatcher.gateway import ops
 from dispatcher.protocol import error
 
 from .frames import failure_code
-from .health import DB_ERRORS, Health
+from .health import DB_ERRORS, Health, gateway
 from .sessions import Session
 from .state import ListenerState
 
@@ -77,7 +77,7 @@ class Outcomes:
         request has finished."""
         st = self.state
         async with st.pool.connection() as conn:
-            db = AsyncGateway(conn)
+            db = gateway(conn)
             for row in await db.run(ops.listener.outcomes(list(calls))):
                 for s in calls[row.id]:
                     if s.call is None or s.call.request_id != row.id:
@@ -96,7 +96,7 @@ class Outcomes:
         st = self.state
         try:
             async with st.pool.connection() as conn:
-                rows = await AsyncGateway(conn).run(ops.listener.outcomes([request_id]))
+                rows = await gateway(conn).run(ops.listener.outcomes([request_id]))
         except DB_ERRORS as exc:
             self.health.lost(exc)
             return False

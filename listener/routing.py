@@ -23,9 +23,9 @@ from dispatcher.channel import (
     read_frame,
     task_to_dict,
 )
-from dispatcher.gateway import AsyncGateway, Task, ops
+from dispatcher.gateway import Task, ops
 
-from .health import DB_ERRORS
+from .health import DB_ERRORS, gateway
 from .outcomes import Outcomes
 from .sessions import Session
 from .state import ListenerState
@@ -83,7 +83,7 @@ class Routing:
             return link[0]
         if address is None:
             async with self.state.pool.connection() as conn:
-                address = await AsyncGateway(conn).run(ops.listener.sep_address(sep_id))
+                address = await gateway(conn).run(ops.listener.sep_address(sep_id))
         if not address:
             raise ChannelError(f"SEP {sep_id} has no channel address")
         _, writer = await open_connection(address, secret=self.state.channel_secret)
@@ -115,9 +115,7 @@ class Routing:
             request_id = message["task"]["request_id"]
             try:
                 async with st.pool.connection() as conn:
-                    await AsyncGateway(conn).run(
-                        ops.listener.notify_sep_dispatch(sep_id, request_id)
-                    )
+                    await gateway(conn).run(ops.listener.notify_sep_dispatch(sep_id, request_id))
                 st.log.info("dispatch_by_notify", sep=sep_id, request_id=request_id)
             except Exception as exc:  # the SEP's slow poll still finds it
                 st.log.warning("notify_failed", sep=sep_id, error=str(exc).strip())
@@ -225,7 +223,7 @@ class Routing:
                 async with st.pool.connection() as conn:
                     sep = msg.get("sep_id", call.sep_id)
                     if isinstance(sep, int):
-                        await AsyncGateway(conn).run(ops.listener.bind_session(s.id, sep))
+                        await gateway(conn).run(ops.listener.bind_session(s.id, sep))
         if kind == "output":
             call.sep_id = msg.get("sep_id", call.sep_id)
             call.waiting = bool(msg.get("wants_input"))

@@ -17,11 +17,11 @@ from uuid import UUID
 
 from dispatcher.channel import ChannelError, FrameTooLarge, read_body
 from dispatcher.errors import DispatcherError, TooManySessions, UnknownToken
-from dispatcher.gateway import AsyncGateway, ops
+from dispatcher.gateway import ops
 from dispatcher.protocol import MAX_FRAME, PROTOCOL_VERSION, ProtocolError, decode, error
 
 from .frames import check_call, error_code, failure_code, frame, token_hash
-from .health import Answered
+from .health import Answered, gateway
 
 if TYPE_CHECKING:
     from .group_commit import GroupCommit
@@ -144,7 +144,7 @@ class ClientSessions:
                 # (also when the listener is closing and cancels this task meanwhile)
                 with contextlib.suppress(Exception, asyncio.CancelledError):
                     async with st.pool.connection(timeout=2) as conn:
-                        await AsyncGateway(conn).run(ops.session.end_session(session.id))
+                        await gateway(conn).run(ops.session.end_session(session.id))
             writer.close()
 
     async def end_conversation(self, s: Session) -> None:
@@ -234,7 +234,7 @@ class ClientSessions:
         try:
             async with self.health.guard(partial(self._reply, writer), hid):
                 async with st.pool.connection() as conn:
-                    sid, tok = await AsyncGateway(conn).run(
+                    sid, tok = await gateway(conn).run(
                         ops.session.open_session(st.region, st.listener_id, token_hash(token))
                     )
         except Answered:
@@ -389,7 +389,7 @@ class ClientSessions:
         if call is None and s.next_transid:
             async with self.health.guard(s.send, cid):
                 async with self.state.pool.connection() as conn:
-                    nxt = await AsyncGateway(conn).run(ops.listener.session_next(s.id))
+                    nxt = await gateway(conn).run(ops.listener.session_next(s.id))
             if nxt is not None and nxt.next_transid:
                 await self._start_call(s, cid, nxt.next_transid, data, nxt.commarea, key)
                 return
@@ -413,7 +413,7 @@ class ClientSessions:
         try:
             async with self.health.guard(s.send, cid):
                 async with self.state.pool.connection() as conn:
-                    row = await AsyncGateway(conn).run(
+                    row = await gateway(conn).run(
                         ops.request.show_request(self.state.region, request_id)
                     )
         except DispatcherError as exc:  # (DatabaseUnavailable is one too: the guard's)

@@ -61,8 +61,9 @@ class Proxy:
     def _pump(self, a: socket.socket, b: socket.socket, late: bool) -> None:
         try:
             while data := a.recv(65536):
-                if late and self.delay:
-                    time.sleep(self.delay)
+                until = time.monotonic() + self.delay
+                while late and self.delay and time.monotonic() < until:
+                    time.sleep(0.02)  # (held back until the delay ends or is set to 0)
                 b.sendall(data)
         except OSError:
             pass

@@ -144,3 +144,23 @@ def test_up_outlives_crashes_of_its_parts_and_leaves_nothing_when_killed(tmp_pat
             proc.wait(10)
         _dispatcher(env, "db", "stop")
         log.close()
+
+
+def test_a_server_killed_while_it_started_is_started_again(tmp_path: Path) -> None:
+    """A postmaster.pid cut short (the server killed while it wrote it, as a kill loop
+    does) does not keep the embedded PostgreSQL down: the next command starts it (the
+    package could not read such a file, and up retried for ever)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DISPATCHER_")}
+    env["DISPATCHER_HOME"] = str(tmp_path / "home")
+    assert _dispatcher(env, "db", "url").returncode == 0  # starts the server
+    pid_file = tmp_path / "home" / "pgdata" / "postmaster.pid"
+    whole = pid_file.read_text().splitlines()
+    assert len(whole) == 8, whole
+    assert _dispatcher(env, "db", "stop").returncode == 0
+    for cut in (7, 6, 3):
+        # a dead server's file, as far as it got: its pid names no process
+        pid_file.write_text("\n".join(["999999999", *whole[1:cut]]) + "\n")
+        out = _dispatcher(env, "db", "url")
+        assert out.returncode == 0, out.stderr
+        assert len(pid_file.read_text().splitlines()) == 8
+        assert _dispatcher(env, "db", "stop").returncode == 0

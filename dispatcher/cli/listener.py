@@ -227,8 +227,13 @@ def call(
         return None
 
     session = None
+    # the hello: the listener answers it within 10 s even when its database hangs (5 s
+    # for a connection, 5 s for the token's statement)
+    hello_within = min(timeout, 15.0)
     try:
-        with connect(address, _token(app, token), tls=tls, cafile=cafile) as session:
+        with connect(
+            address, _token(app, token), tls=tls, cafile=cafile, timeout=hello_within
+        ) as session:
             result = session.call(
                 transid,
                 payload,
@@ -255,7 +260,9 @@ def call(
         rid = None if session is None else session.request_id
         if rid is None:
             click.echo(
-                f"error: no answer from the listener at {address} in {timeout:g} s", err=True
+                f"error: no answer from the listener at {address} to the hello in "
+                f"{hello_within:g} s",
+                err=True,
             )
         else:
             click.echo(

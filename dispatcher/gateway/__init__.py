@@ -29,7 +29,7 @@ from .records import (
     Task,
     Token,
 )
-from .runner import AsyncGateway, Gateway, InRegion, RegionGateway, translated
+from .runner import AsyncGateway, Gateway, InRegion, RegionGateway, answered_within, translated
 
 __all__ = [
     "AsyncGateway",
@@ -48,6 +48,7 @@ __all__ = [
     "SessionNext",
     "Task",
     "Token",
+    "answered_within",
     "ops",
     "translated",
 ]

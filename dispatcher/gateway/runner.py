@@ -10,18 +10,26 @@ and nowhere else.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager
 from typing import Any, Protocol, TypeVar
 
 import psycopg
 from psycopg.rows import dict_row
 
-from ..errors import translate
+from ..errors import DatabaseUnavailable, translate
 from ..queries import QUERIES
 from .op import Op, Result
 
-__all__ = ["AsyncGateway", "Gateway", "InRegion", "RegionGateway", "translated"]
+__all__ = [
+    "AsyncGateway",
+    "Gateway",
+    "InRegion",
+    "RegionGateway",
+    "answered_within",
+    "translated",
+]
 
 T = TypeVar("T")
 
@@ -66,12 +74,26 @@ class RegionGateway(Gateway):
 
 
 class AsyncGateway:
-    """Runs operations on an asyncio connection (any row factory)."""
+    """Runs operations on an asyncio connection (any row factory).
 
-    def __init__(self, conn: psycopg.AsyncConnection[Any]) -> None:
+    ANSWER_WITHIN (seconds): a database that does not answer in that time (a server
+    that hangs: stopped, swapping, a network that drops packets) raises
+    DatabaseUnavailable then, instead of waiting as long as it hangs. The statement
+    goes on unwinding in the background (psycopg cancels it, or the connection is
+    closed: the pool closes a connection returned while a statement still runs)."""
+
+    def __init__(
+        self, conn: psycopg.AsyncConnection[Any], answer_within: float | None = None
+    ) -> None:
         self.conn = conn
+        self.answer_within = answer_within
 
     async def run(self, op: Op[T]) -> T:
+        if self.answer_within is None:
+            return await self._run(op)
+        return await answered_within(self._run(op), self.answer_within)
+
+    async def _run(self, op: Op[T]) -> T:
         sql = QUERIES[op.query]
         with translated():
             async with self.conn.cursor(row_factory=dict_row) as cur:
@@ -79,6 +101,38 @@ class AsyncGateway:
                 rows = await cur.fetchall() if cur.description else []
                 result = Result(rows, cur.rowcount)
         return op.decode(result)
+
+
+# database work given up on (answered_within), still unwinding
+_unwinding: set[asyncio.Future[Any]] = set()
+
+
+async def answered_within(work: Coroutine[Any, Any, T], seconds: float) -> T:
+    """The value of WORK (database work) if it comes within SECONDS, else
+    DatabaseUnavailable then. WORK is interrupted twice: psycopg answers the first
+    interruption by asking the server to cancel the statement (up to 10 s when the
+    server hangs, holding the connection), and the second by closing the connection,
+    so that the caller's connection is released at once (the pool drops it)."""
+    task = asyncio.ensure_future(work)
+    try:
+        return await asyncio.wait_for(asyncio.shield(task), seconds)
+    except TimeoutError:
+        _unwinding.add(task)
+        task.add_done_callback(_unwound)
+        task.cancel()
+        await asyncio.sleep(0)  # (the first interruption reaches it)
+        task.cancel()
+        await asyncio.wait({task}, timeout=1.0)
+        raise DatabaseUnavailable(f"the database did not answer within {seconds:g} s") from None
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+
+
+def _unwound(work: asyncio.Future[Any]) -> None:
+    _unwinding.discard(work)
+    if not work.cancelled():
+        work.exception()  # (retrieved: its caller was answered already)
 
 
 class InRegion(Protocol):
