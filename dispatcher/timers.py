@@ -69,10 +69,29 @@ def _set_timer(
 
 
 def aware(when: dt.datetime) -> dt.datetime:
-    """WHEN, a time a timer can be due at: it names its zone (else InvalidValue)."""
-    if when.tzinfo is None:
+    """WHEN, a time a timer can be due at: a datetime that names its zone, at most
+    MAX_DELAY ahead (else InvalidValue). The bound is a sanity check on this host's
+    clock; when a timer fires is the database's clock (docs/timers.md)."""
+    if not isinstance(when, dt.datetime):
+        raise InvalidValue(
+            f"a time is a datetime with a time zone, not {type(when).__name__} {_short(when)}"
+        )
+    if when.tzinfo is None or when.utcoffset() is None:
         raise InvalidValue(f"time {when.isoformat()} has no time zone (add Z or +HH:MM)")
+    try:
+        ahead = when.astimezone(dt.UTC) - dt.datetime.now(dt.UTC)
+    except (OverflowError, ValueError):
+        ahead = None
+    if ahead is None or ahead > MAX_DELAY:
+        raise InvalidValue(
+            f"time {when.isoformat()} is more than {MAX_DELAY.days:,} days (100 years) ahead"
+        )
     return when
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:40] + "..."
 
 
 def delay_of(after: float | dt.timedelta) -> dt.timedelta:
@@ -80,8 +99,8 @@ def delay_of(after: float | dt.timedelta) -> dt.timedelta:
     at most MAX_DELAY (else InvalidValue)."""
     try:
         delay = after if isinstance(after, dt.timedelta) else dt.timedelta(seconds=float(after))
-    except (OverflowError, ValueError):
-        raise InvalidValue(f"{after!r} is not a delay this program can hold") from None
+    except (OverflowError, ValueError, TypeError):
+        raise InvalidValue(f"{_short(after)} is not a delay this program can hold") from None
     if delay < dt.timedelta(0):
         raise InvalidValue("a delay cannot be negative")
     if delay > MAX_DELAY:
@@ -168,6 +187,8 @@ def start_in_transaction(
 ) -> str:
     """``ctx.start`` with a timer: set on the task's own connection, so it takes effect
     only if the task commits (timers in the region database, the default)."""
+    if at is not None and after is not None:
+        raise InvalidValue("give one of after and at, not both")
     if at is not None:
         return start_at(conn, region, transid, data, at=at, priority=priority, reqid=reqid)
     assert after is not None

@@ -62,10 +62,12 @@ def _delay(after: Any) -> dt.timedelta:
 
 def _time(text: str) -> dt.datetime:
     try:
-        return aware(dt.datetime.fromisoformat(text.replace("Z", "+00:00")))
+        when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
         raise Problem("invalid_value", f"{text[:80]!r} is not an ISO 8601 time") from None
-    except InvalidValue as exc:
+    try:
+        return aware(when)
+    except InvalidValue as exc:  # (no time zone, or too far ahead)
         raise from_error(exc) from None
 
 

@@ -84,9 +84,9 @@ def test_start_and_request_show(run) -> None:  # type: ignore[no-untyped-def]
 
 
 def test_bad_timer_options_are_usage_errors(run) -> None:  # type: ignore[no-untyped-def]
-    """A timer's malformed REQID, cron expression or time zone, and SEP ids given with
-    --all, are usage errors (exit 2, the message names what is wrong), as every bad
-    option value is; nothing is scheduled."""
+    """A timer's malformed REQID (to start or cancel), cron expression or time zone, and
+    SEP ids given with --all, are usage errors (exit 2, the message names what is
+    wrong), as every bad option value is; nothing is scheduled."""
     run("region", "set")
     run("tx", "define", "ECHO", "--program", "app:echo")
     cases = [
@@ -97,6 +97,9 @@ def test_bad_timer_options_are_usage_errors(run) -> None:  # type: ignore[no-unt
         (("start", "ECHO", "--cron", "* * * * *", "--tz", ""), "--tz: empty"),
         (("start", "ECHO", "--cron", "* * * * *", "--tz", "Mars/Olympus"), "unknown time zone"),
         (("sep", "stop", "1", "--all"), "not both"),
+        (("cancel", "bad/reqid"), "invalid REQID"),
+        (("cancel", ""), "invalid REQID"),
+        (("cancel", "r" * 300), "invalid REQID"),
     ]
     for argv, message in cases:
         code, _, err = run(*argv)

@@ -128,9 +128,14 @@ def test_call_past_its_timeout_names_the_request_not_the_listener(
         ["--cron", "0 0 31 2 *"],
         ["--cron", "* * * * *", "--tz", "Mars/Base"],
         ["--at", "tomorrow"],
+        ["--at", "9999-12-31T23:59:59-01:00"],
+        ["--at", "2300-01-01T00:00:00Z"],
         ["--after", "1s", "--data", '"\\u0000"'],
     ],
-    ids=["huge delay", "over 100 years", "negative", "no such date", "no such zone", "at", "nul"],
+    ids=[
+        *("huge delay", "over 100 years", "negative", "no such date", "no such zone", "at"),
+        *("at past year 9999 in UTC", "at over 100 years", "nul"),
+    ],
 )
 def test_a_bad_timer_is_one_line_and_sets_nothing(
     cli_env: dict[str, str], region: Region, args: list[str]

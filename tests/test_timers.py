@@ -93,6 +93,27 @@ def test_protect_start_in_rolled_back_transaction(tregion: Region, db_url: str, 
     assert [r["payload"] for r in _requests(conn)] == ["y"]
 
 
+def test_a_bad_start_time_is_invalid_value_and_sets_nothing(tregion: Region, conn: Conn) -> None:
+    """ctx.start's times: a string, a time without a zone, one past what UTC can hold or
+    over 100 years ahead, after and at both, an unstorable delay: InvalidValue (with a
+    short message), and no timer."""
+    far = dt.datetime(9999, 12, 31, 23, 59, 59, tzinfo=dt.timezone(-dt.timedelta(hours=1)))
+    cases: list[dict[str, Any]] = [
+        {"at": "2027-01-01T00:00:00Z"},
+        {"at": dt.datetime(2027, 1, 1)},
+        {"at": far},
+        {"at": dt.datetime.now(dt.UTC) + dt.timedelta(days=36600)},
+        {"at": dt.datetime.now(dt.UTC), "after": 3600},
+        {"after": 10**300},
+        {"after": "soon"},
+    ]
+    for kw in cases:
+        with pytest.raises(InvalidValue) as caught:
+            timers.start_in_transaction(conn, "test", "ECHO", None, **kw)
+        assert len(caught.value.message) < 200, caught.value.message
+    assert timers.list_timers(conn, "test") == []
+
+
 def test_timer_for_unknown_transaction_does_not_block_others(
     tregion: Region, conn: Conn, db_url: str
 ) -> None:

@@ -42,7 +42,10 @@ def parse_time(text: str) -> dt.datetime:
         raise click.BadParameter(f"{text!r} is not an ISO 8601 time") from None
     if when.tzinfo is None:
         raise click.BadParameter(f"{text!r} has no time zone: add Z or +HH:MM")
-    return when
+    try:
+        return timer_api.aware(when)
+    except InvalidValue as exc:
+        raise click.BadParameter(exc.message) from None
 
 
 def xr_conn(app: App) -> psycopg.Connection[Any]:
@@ -109,6 +112,10 @@ def schedule(
 @pass_app
 def cancel(app: App, reqid: str) -> None:
     """CANCEL the pending timer or schedule REQID."""
+    try:
+        check_timer_reqid(reqid)  # (no timer can have another name)
+    except InvalidValue as exc:
+        raise click.BadParameter(exc.message, param_hint="'REQID'") from None
     timer_api.cancel(xr_conn(app), app.settings.region, reqid)
     click.echo(f"cancelled {reqid}")
 
