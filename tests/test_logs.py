@@ -141,3 +141,43 @@ def test_a_forced_requeue_is_logged_per_request(db_url: str, capfd: Any, monkeyp
     requeued = [e for e in events if e["event"] == "request_requeued"]
     assert sorted(e["request_id"] for e in requeued) == ids
     assert all(e["sep"] == sep and e["why"] and e["level"] == "warning" for e in requeued)
+
+
+def test_a_failing_command_ends_with_a_json_line_under_log_format_json(
+    cli_env: dict[str, str],
+) -> None:
+    """With --log-format json (or its variable), the line a failing command ends with
+    is a JSON object too: a port in use, a usage error, a bad option of the group; in
+    text mode it stays `error: ...` / click's usage lines."""
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = str(busy.getsockname()[1])
+        cases = [
+            (["--log-format", "json", "listener", "--port", port], 1, "command_failed"),
+            (["--log-format=json", "region", "set", "--max-seps", "-3"], 2, "usage_error"),
+            (["--log-format", "json", "sep", "start", "--app", "nosuch.mod"], 2, "usage_error"),
+            (["--log-format", "json", "--region", "a/b", "status"], 2, "usage_error"),
+        ]
+        for args, code, event in cases:
+            out = subprocess.run(
+                [sys.executable, "-m", "dispatcher", *args],
+                env=cli_env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert out.returncode == code, (args, out.stderr)
+            lines = [json.loads(line) for line in out.stderr.strip().splitlines()]
+            assert lines[-1]["event"] == event and lines[-1]["error"], (args, lines[-1])
+            assert lines[-1]["level"] == "error" and lines[-1]["exit_code"] == code
+        text = subprocess.run(
+            [sys.executable, "-m", "dispatcher", "region", "set", "--max-seps", "-3"],
+            env=cli_env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert text.returncode == 2 and "Usage:" in text.stderr and "Error:" in text.stderr

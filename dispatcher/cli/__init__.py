@@ -6,11 +6,14 @@ builds the root group and registers them.
 
 from __future__ import annotations
 
+import datetime
+import itertools
+import json
 import os
 import re
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 import psycopg
@@ -201,15 +204,55 @@ for _module in (
     _module.register(cli)
 
 
+def _json_errors() -> bool:
+    """Are log lines JSON (--log-format json, or its variable or file setting, which
+    configure_logging put in the environment)? Then so is the last line of a command
+    that fails: every line of stderr is one JSON object (docs/operations.md)."""
+    if os.environ.get("DISPATCHER_LOG_FORMAT") == "json":
+        return True
+    argv = sys.argv[1:]
+    return "--log-format=json" in argv or any(
+        a == "--log-format" and b == "json" for a, b in itertools.pairwise(argv)
+    )
+
+
+def _fail(message: str, code: int, event: str = "command_failed", **more: Any) -> NoReturn:
+    """End the command with MESSAGE (one line: "error: ...", or a JSON event)."""
+    text = " ".join(message.split())
+    if _json_errors():
+        line = {
+            "timestamp": datetime.datetime.now(datetime.UTC).isoformat().replace("+00:00", "Z"),
+            "level": "error",
+            "event": event,
+            "error": text,
+            "exit_code": code,
+            **more,
+        }
+        click.echo(json.dumps(line, default=str), err=True)
+    else:
+        click.echo(f"error: {text}", err=True)
+    sys.exit(code)
+
+
 def main() -> None:
     try:
         cli.main(standalone_mode=False)
     except click.exceptions.Abort:
+        if _json_errors():
+            _fail("aborted", 130, "command_aborted")
         click.echo("aborted", err=True)
         sys.exit(130)
+    except click.UsageError as exc:
+        if not _json_errors():
+            exc.show()
+            sys.exit(exc.exit_code)
+        usage = exc.ctx.get_usage() if exc.ctx is not None else None
+        _fail(exc.format_message(), exc.exit_code, "usage_error", usage=usage)
     except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
+        if not _json_errors():
+            exc.show()
+            sys.exit(exc.exit_code)
+        _fail(exc.format_message(), exc.exit_code)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
@@ -217,18 +260,14 @@ def main() -> None:
     except Exception as exc:  # never a traceback for an operator (unless asked for)
         failure = _failure(exc)
         if failure is not None:
-            failure.show()
-            sys.exit(1)
+            _fail(failure.message, 1)
         if os.environ.get("DISPATCHER_DEBUG"):
             raise
         text = " ".join(str(exc).split())
         if isinstance(exc, OSError | ValueError) and text:
             # the system's or a value's own word (an address in use, a host unknown...)
-            click.echo(f"error: {text}", err=True)
-        else:
-            click.echo(
-                f"error: unexpected {type(exc).__name__}: {text} "
-                "(DISPATCHER_DEBUG=1 shows the traceback)",
-                err=True,
-            )
-        sys.exit(1)
+            _fail(text, 1)
+        _fail(
+            f"unexpected {type(exc).__name__}: {text} (DISPATCHER_DEBUG=1 shows the traceback)",
+            1,
+        )
