@@ -150,6 +150,8 @@ def test_sep_stop_of_a_busy_sep_lets_a_long_task_finish_once(region: Region, db_
             time.sleep(0.02)
         victim = region.request(e.request_id)["sep_id"]
         assert _run(db_url, "sep", "stop", str(victim)).exit_code == 0
+        listed = _run(db_url, "sep", "list").output
+        assert "busy (stopping)" in listed, listed  # (docs/state_machine.md)
         deadline = time.monotonic() + 30
         while region.request(e.request_id)["state"] not in ("done", "failed"):
             assert time.monotonic() < deadline

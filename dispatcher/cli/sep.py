@@ -86,7 +86,12 @@ def list_(app: App, as_json: bool) -> None:
         f"{'ID':>5} {'HOST':16} {'PID':>7} {'STATE':12} {'REQUEST':>9} {'TASKS':>8}  HEARTBEAT"
     )
     for r in rows:
-        state = r["state"] + (" (standby)" if r["standby"] else "")
+        state = r["state"]
+        if r["stop_requested"] and state == "busy":
+            state += " (stopping)"  # finishes its task, then drains and leaves
+        elif r["paused"] and state == "busy":
+            state += " (pausing)"
+        state += " (standby)" if r["standby"] else ""
         click.echo(
             f"{r['id']:>5} {r['host'][:16]:16} {r['pid']:>7} {state:12} "
             f"{_request_cell(r):>9} {r['tasks_run']:>8}  "
