@@ -100,6 +100,10 @@ def test_bad_timer_options_are_usage_errors(run) -> None:  # type: ignore[no-unt
         (("cancel", "bad/reqid"), "invalid REQID"),
         (("cancel", ""), "invalid REQID"),
         (("cancel", "r" * 300), "invalid REQID"),
+        (("tx", "define", "", "--program", "a:b"), "invalid transaction id"),
+        (("tx", "define", "X", "--program", "nocolon"), "invalid program"),
+        (("tx", "class", "set", "", "--max-active", "1"), "invalid class name"),
+        (("token", "create", "a\nb"), "invalid token name"),
     ]
     for argv, message in cases:
         code, _, err = run(*argv)

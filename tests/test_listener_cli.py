@@ -57,7 +57,7 @@ def test_token_create_stores_only_a_hash(env: dict[str, str], region: Region) ->
     listing = run(env, "token", "list")
     assert "alice" in listing.output and "ECHO" in listing.output and token not in listing.output
     bad = run(env, "token", "create", "no spaces allowed")
-    assert bad.exit_code == 1 and "invalid token name" in bad.output
+    assert bad.exit_code == 2 and "invalid token name" in bad.output  # a usage error
 
 
 def test_call_with_the_local_token(env: dict[str, str], address: str, tmp_path: Path) -> None:

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 import json
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 import psycopg
 
 from ..config import DEFAULT_REGION, Settings, load_settings
 from ..database import connect, database_url
+from ..errors import InvalidValue
 from ..gateway import RegionGateway, ops
 from ..migrate import ensure_schema
 from ..values import row_json_default
@@ -110,3 +113,21 @@ def json_text(value: Any, **options: Any) -> str:
 
 def echo_json(value: Any) -> None:
     click.echo(json_text(value, indent=2, sort_keys=True))
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def values_are_usage_errors(command: F) -> F:
+    """For a command whose every value is the operator's argument or option: a value
+    the region refuses (InvalidValue: a malformed name, a number out of range) is a
+    usage error (exit 2, click's usage line), like a value click itself refuses."""
+
+    @functools.wraps(command)
+    def checked(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except InvalidValue as exc:
+            raise click.UsageError(exc.message) from None
+
+    return checked  # type: ignore[return-value]

@@ -16,7 +16,7 @@ from ..gateway import ops
 from ..protocol import DEFAULT_PORT
 from ..seconds import Seconds
 from ..tokens import create_token, local_token
-from ._app import App, echo_json, json_text, pass_app, say
+from ._app import App, echo_json, json_text, pass_app, say, values_are_usage_errors
 from ._data import DATA_HELP, read_data
 
 DEFAULT_ADDRESS = f"127.0.0.1:{DEFAULT_PORT}"
@@ -362,6 +362,7 @@ def token() -> None:
     "past it is refused (too_many_sessions) [default: no limit].",
 )
 @pass_app
+@values_are_usage_errors
 def token_create(
     app: App, name: str, allow: tuple[str, ...], priority: int, max_sessions: int | None
 ) -> None:

@@ -8,7 +8,7 @@ from click.core import ParameterSource
 from ..gateway import ops
 from ..gateway.ops.transaction import TRANSACTION_FIELDS
 from ..seconds import Seconds
-from ._app import App, echo_json, pass_app
+from ._app import App, echo_json, pass_app, values_are_usage_errors
 
 
 @click.group("tx")
@@ -70,6 +70,7 @@ _FIELD_OF = {
     help="Hand a field you set back to the app: the next tx sync sets it (repeatable).",
 )
 @pass_app
+@values_are_usage_errors
 def define(
     app: App,
     transid: str,
@@ -202,6 +203,7 @@ def class_() -> None:
 @click.argument("name")
 @click.option("--max-active", type=click.IntRange(0, 2**31 - 1), required=True)
 @pass_app
+@values_are_usage_errors
 def class_set(app: App, name: str, max_active: int) -> None:
     """Create or resize transaction class NAME."""
     db = app.db()
