@@ -128,6 +128,8 @@ def _finite(text: str) -> float:
     return value
 
 
+# the longest integer read (Python's limit on converting digits, sys.get_int_max_str_digits)
+MAX_INT_DIGITS = 4300
 # how deep a JSON text may nest: about where the standard library stops (its recursion)
 MAX_PARSE_DEPTH = 990
 # a run of 19 digits or more: an integer orjson would read as a float (beyond 64 bits)
@@ -159,6 +161,10 @@ def parse_json(body: bytes) -> Any:
     except RecursionError:
         raise ChannelError("the JSON is nested too deeply to parse") from None
     except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError, int digit limit
+        if "integer string conversion" in str(exc):  # (Python's words, not the protocol's)
+            raise ChannelError(
+                f"an integer is longer than {MAX_INT_DIGITS:,} digits (docs/protocol.md)"
+            ) from None
         raise ChannelError(f"not JSON: {exc}") from None
 
 

@@ -133,7 +133,9 @@ def check_data(value: Any, what: str = "data") -> None:
             else:
                 stack.extend((item, f"{path}[{i}]", depth + 1) for i, item in enumerate(v))
         else:
-            raise InvalidValue(f"{what} holds a {type(v).__name__} at {path}: not JSON")
+            kind = type(v).__name__
+            article = "an" if kind[:1].lower() in "aeiou" else "a"
+            raise InvalidValue(f"{what} holds {article} {kind} at {path}: not JSON")
 
 
 def scrub(value: Any) -> Any:

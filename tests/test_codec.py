@@ -131,3 +131,13 @@ def test_ctx_start_refuses_a_reqid_shaped_like_a_clients_key() -> None:
     for bad in ("alice/k", "", "x" * 201, "a\x00b"):
         with pytest.raises(InvalidValue):
             ctx.start("ECHO", 1, reqid=bad)
+
+
+def test_an_integer_too_long_to_read_is_said_in_the_protocols_words() -> None:
+    """An integer of 4,301 digits is refused naming the limit of docs/protocol.md (not
+    Python's advice to raise it); 4,300 digits are read."""
+
+    with pytest.raises(ChannelError) as caught:
+        parse_json(b'{"a": ' + b"7" * 4301 + b"}")
+    assert "4,300 digits" in str(caught.value) and "sys." not in str(caught.value)
+    assert parse_json(b'{"a": ' + b"7" * 4300 + b"}")["a"] == int("7" * 4300)

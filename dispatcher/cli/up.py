@@ -92,8 +92,8 @@ def _wait_for_port(host: str, port: int, timeout: float, children: list[Child]) 
     "--web-port",
     type=click.IntRange(1, 65535),
     default=None,
-    help="Status page port, on the listener's host [env DISPATCHER_WEB_PORT; file: "
-    "web.port; default: 7390].",
+    help="Status page port, on web.host (127.0.0.1 unless configured: the page has no "
+    "login) [env DISPATCHER_WEB_PORT; file: web.port; default: 7390].",
 )
 @click.option(
     "--listeners",
