@@ -89,6 +89,17 @@ def check_reqid(reqid: str) -> None:
 
 
 _TIMER_REQID = re.compile(r"[A-Za-z0-9_.:@-]{1,64}")
+# what can name a transaction (the CHECK of dispatcher.transaction.transid)
+_TRANSID = re.compile(r"[A-Za-z0-9_.$#@-]{1,32}")
+
+
+def transid_problem(transid: str) -> str | None:
+    """Why no transaction can have the name TRANSID (1-32 letters, digits or _.$#@-),
+    in a short message; None when one could."""
+    if _TRANSID.fullmatch(transid) is not None:
+        return None
+    shown = transid if len(transid) <= 40 else transid[:40] + "..."
+    return f"no transaction {shown!r}: a transaction id is 1-32 letters, digits or _.$#@-"
 
 
 def check_timer_reqid(reqid: str) -> None:

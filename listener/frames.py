@@ -9,7 +9,7 @@ from dispatcher.channel import ChannelError, encode_frame
 from dispatcher.errors import DispatcherError, InvalidValue
 from dispatcher.protocol import MAX_FRAME, ProtocolError, encode, error
 from dispatcher.tokens import hash_token
-from dispatcher.values import MAX_KEY, check_data, check_text
+from dispatcher.values import MAX_KEY, check_data, check_text, transid_problem
 
 
 def failure_code(detail: dict[str, Any]) -> str:
@@ -102,6 +102,9 @@ def check_call(msg: dict[str, Any]) -> dict[str, Any] | None:
             check_text(transid, "the transid")
         except InvalidValue as exc:
             return error("invalid_value", exc.message)
+        unknown = transid_problem(transid)
+        if unknown is not None:  # (the database is not asked: no such name can exist)
+            return error("unknown_transaction", unknown)
     bad = check_key(msg.get("key"))
     if bad is None and msg["type"] == "call":
         bad = check_key(msg.get("routing_key"), "routing_key")

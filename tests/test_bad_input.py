@@ -392,6 +392,11 @@ def test_a_session_that_asks_for_no_accepted_frames_gets_only_the_outcome(
         assert failed["id"] == "b" and failed["request_id"] > 0
         w.send({"type": "call", "id": "u", "transid": "NOPE"})
         assert w.read()["code"] == "unknown_transaction"
+        for name in ("EC\nHO", "x" * 5000, ""):  # no transaction can have these names
+            w.send({"type": "call", "id": "n", "transid": name})
+            reply = w.read()
+            assert reply["code"] == "unknown_transaction" and reply["id"] == "n", reply
+            assert len(reply["message"]) < 150, reply  # (not the whole name back)
         _still_serves(w)
     with Wire(address) as w:
         assert w.hello(token, accepted=True)["accepted"] is True
