@@ -74,8 +74,9 @@ _TIMER = {
         "at": {"type": "string", "format": "date-time"},
         "cron": {"type": "string", "description": "five fields"},
         "tz": {"type": "string", "description": "time zone of cron (default UTC)"},
-        "reqid": {"type": "string", "minLength": 1, "maxLength": 200},
+        "reqid": {"type": "string", "pattern": "^[A-Za-z0-9_.:@-]{1,64}$"},
     },
+    "additionalProperties": False,
     "oneOf": [{"required": ["after"]}, {"required": ["at"]}, {"required": ["cron"]}],
 }
 

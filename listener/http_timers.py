@@ -71,12 +71,22 @@ def _time(text: str) -> dt.datetime:
         raise from_error(exc) from None
 
 
+TIMER_FIELDS = frozenset({"transid", "data", "reqid", "after", "at", "cron", "tz"})
+
+
 async def create_timer(front: HttpFront, request: web.Request) -> web.StreamResponse:
     """POST /v1/timers: START a transaction after a delay, at a time or on a schedule."""
     tok = await front.authorize(request)
     body = await front.json_body(request)
     if not isinstance(body, dict):
         raise Problem("bad_frame", "the body must be a JSON object")
+    unknown = sorted(set(body) - TIMER_FIELDS)
+    if unknown:  # (a misspelt 'after' must not START at once)
+        names = ", ".join(repr(k[:40]) for k in unknown[:5])
+        raise Problem(
+            "bad_frame",
+            f"unknown field(s) {names}: a timer has {', '.join(sorted(TIMER_FIELDS))}",
+        )
     transid = _text(body, "transid", required=True)
     assert transid is not None
     data = body.get("data")

@@ -293,6 +293,10 @@ def test_timers_create_and_cancel(front: Front) -> None:
         ({"transid": "ECHO", "after": 1, "reqid": "r" * 65}, 400, "invalid_value"),
         ({"transid": "ECHO", "after": 1, "tz": "UTC"}, 400, "bad_frame"),
         ({"transid": "NOSUCH", "after": 1}, 404, "unknown_transaction"),
+        ({"transid": "ECHO", "afer": 3600}, 400, "bad_frame"),  # misspelt: not at once
+        ({"transid": "ECHO", "after": 1, "priority": 9}, 400, "bad_frame"),
+        ({"transid": "ECHO", "at": "9999-12-31T23:59:59-01:00"}, 400, "invalid_value"),
+        ({"transid": "ECHO", "at": "2300-01-01T00:00:00Z"}, 400, "invalid_value"),
         ([1], 400, "bad_frame"),
     ]:
         problem(front.call("POST", "/v1/timers", body), status, code)
