@@ -9,7 +9,7 @@ import os
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
-__all__ = ["bound_port", "loop_factory", "run"]
+__all__ = ["bound_port", "cannot_listen", "loop_factory", "run"]
 
 T = TypeVar("T")
 
@@ -36,3 +36,12 @@ def bound_port(server: object, asked: int) -> int:
     is not an ``asyncio.Server`` but has the same ``sockets``; ASKED when it has none."""
     sockets = getattr(server, "sockets", None) or ()
     return int(sockets[0].getsockname()[1]) if sockets else asked
+
+
+def cannot_listen(what: str, host: str, port: int, exc: OSError) -> OSError:
+    """EXC (a bind that failed: a port in use, a host that is no address here) saying
+    which socket of WHAT it was: "cannot listen on HOST:PORT (WHAT): reason"."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    reason = reason.split("): ", 1)[-1] if reason.startswith("error while attempting") else reason
+    shown = f"[{host}]" if ":" in host else host
+    return OSError(f"cannot listen on {shown}:{port} ({what}): {reason}")

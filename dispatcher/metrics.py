@@ -26,6 +26,7 @@ from prometheus_client.metrics_core import (
 from prometheus_client.registry import Collector
 
 from .database import connect
+from .eventloop import cannot_listen
 from .gateway import Gateway, ops
 from .logs import get_logger
 
@@ -151,6 +152,9 @@ def serve_metrics(
     registry.register(RegionCollector(url, region))
     if extra is not None:
         registry.register(extra)
-    start_http_server(port, addr=addr, registry=registry)
+    try:
+        start_http_server(port, addr=addr, registry=registry)
+    except OSError as exc:
+        raise cannot_listen("the metrics", addr, port, exc) from None
     log.info("metrics_serving", address=f"http://{addr}:{port}/metrics")
     return registry

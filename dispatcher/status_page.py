@@ -41,7 +41,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from .errors import DatabaseUnavailable, DispatcherError, UnknownRegion
-from .eventloop import bound_port
+from .eventloop import bound_port, cannot_listen
 from .gateway import AsyncGateway, answered_within, ops
 from .logs import get_logger
 from .values import row_json_default
@@ -148,6 +148,7 @@ class StatusPage:
         self.region = region
         self.host = host
         self.port = port
+        self.started = False
         self.sample_every = sample_every
         self.window_s = window_s
         self.log = get_logger("web", region=region, pid=os.getpid())
@@ -242,9 +243,12 @@ class StatusPage:
             await self.runner.setup()
             site = web.TCPSite(self.runner, self.host, self.port, reuse_address=True)
             await site.start()
-        except BaseException:
+        except BaseException as exc:
             await self.close()
+            if isinstance(exc, OSError):
+                raise cannot_listen("the status page", self.host, self.port, exc) from None
             raise
+        self.started = True
         self.port = bound_port(site._server, self.port)  # port 0: the one chosen
         self.log.info("web_started", host=self.host, port=self.port)
 
@@ -260,7 +264,8 @@ class StatusPage:
         await self.pool.close()
         if self.xr_pool is not None:
             await self.xr_pool.close()
-        self.log.info("web_stopped")
+        if self.started:
+            self.log.info("web_stopped")
 
     # ------------------------------------------------------------ sampling
     async def _sample_forever(self) -> None:

@@ -31,7 +31,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from dispatcher.channel import ChannelError, parse_json
 from dispatcher.errors import DispatcherError
-from dispatcher.eventloop import bound_port
+from dispatcher.eventloop import bound_port, cannot_listen
 from dispatcher.gateway import AsyncGateway, Token, ops
 from dispatcher.logs import get_logger
 from dispatcher.values import MAX_DATA
@@ -144,6 +144,7 @@ class HttpFront:
         self.region = region
         self.host = host
         self.db_timeout = db_timeout  # for a connection, and for an answer to a statement
+        self.started = False
         self.log = get_logger("http", region=region, pid=os.getpid())
         self.stopping = asyncio.Event()
         kwargs = {
@@ -198,9 +199,12 @@ class HttpFront:
             await self.runner.setup()
             site = web.TCPSite(self.runner, self.host, self.state.port, reuse_address=True)
             await site.start()
-        except BaseException:
+        except BaseException as exc:
             await self.close()
+            if isinstance(exc, OSError):
+                raise cannot_listen("the HTTP front", self.host, self.state.port, exc) from None
             raise
+        self.started = True
         self.state.port = bound_port(site._server, self.state.port)
         self.log.info("http_started", host=self.host, port=self.port)
 
@@ -215,7 +219,8 @@ class HttpFront:
         await self.pool.close()
         if self.xr_pool is not None:
             await self.xr_pool.close()
-        self.log.info("http_stopped")
+        if self.started:
+            self.log.info("http_stopped")
 
     # ---------------------------------------------------- shared pieces
     @contextlib.asynccontextmanager

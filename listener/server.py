@@ -30,6 +30,7 @@ from uuid import UUID
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
+from dispatcher.eventloop import cannot_listen
 from dispatcher.logs import get_logger
 from dispatcher.processes import socket_dir
 from dispatcher.protocol import MAX_FRAME, error
@@ -122,14 +123,17 @@ class Listener:
         await self.pool.open(wait=False)
         await self.routing.start(self.channel_host, self._sockdir / "listener.sock")
         await self.health.register()
-        self._client_server = await asyncio.start_server(
-            self.clients.client,
-            self.host,
-            self.state.port,
-            ssl=self.tls,
-            limit=MAX_FRAME + 8,
-            reuse_port=self.reuse_port or None,  # several listeners on one port
-        )
+        try:
+            self._client_server = await asyncio.start_server(
+                self.clients.client,
+                self.host,
+                self.state.port,
+                ssl=self.tls,
+                limit=MAX_FRAME + 8,
+                reuse_port=self.reuse_port or None,  # several listeners on one port
+            )
+        except OSError as exc:
+            raise cannot_listen("the listener", self.host, self.state.port, exc) from None
         sock = self._client_server.sockets[0]
         self.state.port = int(sock.getsockname()[1])
         self._tasks = [

@@ -44,11 +44,7 @@ def web(app: App, host: str | None, port: int | None) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, page.stopping.set)
-        try:
-            await page.start()
-        except OSError as exc:
-            reason = exc.strerror or " ".join(str(exc).split())
-            raise click.ClickException(f"cannot listen on {host}:{port}: {reason}") from None
+        await page.start()  # (a port it cannot have: "cannot listen on HOST:PORT ...")
         shown = f"[{host}]" if ":" in host else host or "every interface"
         say(app, f"web on {shown}:{page.port}", "web_serving", host=host, port=page.port)
         try:
