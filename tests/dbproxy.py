@@ -53,7 +53,11 @@ class Proxy:
             except OSError:
                 client.close()
                 continue
-            with self.lock:
+            with self.lock:  # a connection accepted as the proxy stops goes with it
+                if self.server is not server:
+                    for c in (client, upstream):
+                        c.close()
+                    return
                 self.conns += [client, upstream]
             for a, b, late in ((client, upstream, False), (upstream, client, True)):
                 threading.Thread(target=self._pump, args=(a, b, late), daemon=True).start()
@@ -74,13 +78,14 @@ class Proxy:
                 pass
 
     def stop(self) -> None:
-        if self.server is not None:
+        with self.lock:
+            server, self.server = self.server, None
+        if server is not None:
             try:
-                self.server.shutdown(socket.SHUT_RDWR)  # wakes the thread in accept()
+                server.shutdown(socket.SHUT_RDWR)  # wakes the thread in accept()
             except OSError:
                 pass
-            self.server.close()
-            self.server = None
+            server.close()
         with self.lock:
             conns, self.conns = self.conns, []
         for s in conns:

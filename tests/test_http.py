@@ -5,8 +5,6 @@ of the sample app."""
 from __future__ import annotations
 
 import json
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,6 +19,7 @@ from listener.http import HttpFront
 from listener.http_openapi import openapi
 from sep.program import sync_app
 
+from .dbproxy import Proxy, through
 from .http_front import Reply, http, running_front
 from .seps import running_seps
 
@@ -330,89 +329,18 @@ def test_openapi_names_every_route(front: Front) -> None:
     assert served == documented
 
 
-class Proxy:
-    """A TCP proxy to the PostgreSQL server that can be cut and put back (the database
-    going away and coming back, seen from the HTTP front)."""
-
-    def __init__(self, host: str, port: int) -> None:
-        self.host, self.target_port = host, port
-        self.port = 0
-        self.server: socket.socket | None = None
-        self.conns: list[socket.socket] = []
-        self.lock = threading.Lock()
-
-    def start(self) -> None:
-        s = socket.socket()
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind(("127.0.0.1", self.port))
-        s.listen()
-        self.port = s.getsockname()[1]
-        self.server = s
-        threading.Thread(target=self._accept, args=(s,), daemon=True).start()
-
-    def _accept(self, server: socket.socket) -> None:
-        while True:
-            try:
-                client, _ = server.accept()
-            except OSError:
-                return
-            upstream = self._upstream()
-            with self.lock:  # a connection accepted as the proxy is cut goes with it
-                if self.server is not server:
-                    for c in (client, upstream):
-                        c.close()
-                    return
-                self.conns += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-    def _upstream(self) -> socket.socket:
-        if self.host.startswith("/"):  # a unix socket directory (the embedded server)
-            s = socket.socket(socket.AF_UNIX)
-            s.connect(f"{self.host}/.s.PGSQL.{self.target_port}")
-            return s
-        return socket.create_connection((self.host, self.target_port))
-
-    @staticmethod
-    def _pump(a: socket.socket, b: socket.socket) -> None:
-        try:
-            while data := a.recv(65536):
-                b.sendall(data)
-        except OSError:
-            pass
-        for s in (a, b):
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-    def cut(self) -> None:
-        assert self.server is not None
-        with self.lock:
-            self.server.close()
-            self.server = None
-            conns, self.conns = self.conns, []
-        for c in conns:
-            try:
-                c.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            c.close()
-
-
 def test_database_unavailable_and_back(region: Region, db_url: str) -> None:
     """The database goes away: 503 database_unavailable (retryable); it comes back:
     the same front answers again."""
     sync_app(region, APP)
     token = create_token(region, "tester")
-    info = psycopg.conninfo.conninfo_to_dict(db_url)
-    proxy = Proxy(str(info.get("host") or "127.0.0.1"), int(info.get("port") or 5432))
+    proxy = Proxy(db_url)
     proxy.start()
-    url = psycopg.conninfo.make_conninfo(db_url, host="127.0.0.1", port=str(proxy.port))
+    url = through(proxy, db_url)
     with running_front(url, "test", db_timeout=1.0) as server:
         f = Front(f"http://127.0.0.1:{server.port}", token, region, server)
         assert f.call("POST", "/v1/requests/ECHO", 1).status == 202
-        proxy.cut()
+        proxy.stop()
         for _ in range(3):
             r = f.call("POST", "/v1/requests/ECHO", 2)
             problem(r, 503, "database_unavailable")
@@ -425,7 +353,7 @@ def test_database_unavailable_and_back(region: Region, db_url: str) -> None:
                 break
             time.sleep(0.2)
         assert r.status == 202, r.body
-        proxy.cut()
+        proxy.stop()
     assert stored(region) == 2
 
 
