@@ -164,3 +164,49 @@ def test_a_server_killed_while_it_started_is_started_again(tmp_path: Path) -> No
         assert out.returncode == 0, out.stderr
         assert len(pid_file.read_text().splitlines()) == 8
         assert _dispatcher(env, "db", "stop").returncode == 0
+
+
+def test_up_outlives_its_database_killed_while_it_starts(tmp_path: Path) -> None:
+    """The embedded PostgreSQL killed again and again while up starts (its schema, its
+    region, the app's transactions): up starts it again and comes up, and the region
+    serves (it used to exit, stopping nothing it could)."""
+    port = free_port()
+    home = tmp_path / "home"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DISPATCHER_")}
+    env["DISPATCHER_HOME"] = str(home)
+    assert _dispatcher(env, "db", "url").returncode == 0  # initdb done: kills hit the start
+    assert _dispatcher(env, "db", "stop").returncode == 0
+    log_path = tmp_path / "up.log"
+    proc = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "dispatcher", "up", "--seps", "1", "--port", str(port)),
+            *("--no-http", "--no-web", "--no-monitor"),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=log_path.open("w"),
+    )
+    try:
+        killed = 0
+        until = time.monotonic() + 4.0
+        while time.monotonic() < until and proc.poll() is None:
+            try:
+                os.kill(_postmaster(home), signal.SIGKILL)
+                killed += 1
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.15)
+        assert killed >= 2, "the test never caught the server up"
+        assert _wait(lambda: "is up" in log_path.read_text() or proc.poll() is not None, 120)
+        assert proc.poll() is None, log_path.read_text()[-3000:]
+        address = ["--address", f"127.0.0.1:{port}"]
+        assert _wait(
+            lambda: _dispatcher(env, "call", "ECHO", "--data", "1", *address).returncode == 0, 60
+        ), log_path.read_text()[-3000:]
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        _dispatcher(env, "db", "stop")

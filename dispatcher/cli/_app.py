@@ -84,6 +84,16 @@ class App:
             self._conn.close()
             self._conn = None
 
+    def reset(self) -> None:
+        """Forget the connection and the URL: the next use finds the database again
+        (and starts the embedded server again, if it died)."""
+        try:
+            self.close()
+        except psycopg.Error:
+            self._conn = None
+        self._url = None
+        self._checked = False
+
 
 pass_app = click.make_pass_decorator(App)
 

@@ -16,13 +16,14 @@ import time
 from typing import Any
 
 import click
+import psycopg
 
 from sep.options import SEPConfig, click_options
 from sep.options import argv as sep_argv
 
 from ..config import DEFAULT_APP, DEFAULT_HOME, DEFAULT_REGION, Settings, masked_url
 from ..database import Backoff, database_url, embedded_running, stop_embedded
-from ..errors import DispatcherError
+from ..errors import DatabaseUnavailable, DispatcherError
 from ..gateway import ops
 from ..logs import get_logger
 from ..migrate import ensure_schema
@@ -30,6 +31,30 @@ from ..supervision import NEVER, Child, ProcessSupervisor
 from ._app import App, pass_app, say
 
 log = get_logger("dispatcher.up")
+# how long up keeps trying to start while its database goes away (an embedded server
+# killed as it came up is started again, as while up runs)
+STARTUP_DB_PATIENCE_S = 60.0
+
+
+def _database_gone(exc: BaseException) -> bool:
+    """Is EXC the database going away (not a fault of the region or the app)?"""
+    if isinstance(exc, DatabaseUnavailable | psycopg.OperationalError):
+        return True
+    sqlalchemy_exc = sys.modules.get("sqlalchemy.exc")  # (Alembic, migrating)
+    return sqlalchemy_exc is not None and isinstance(exc, sqlalchemy_exc.OperationalError)
+
+
+def _leave_as_found(app: App, settings: Settings, we_started_db: bool) -> None:
+    """Nothing started: leave the machine as it was (no embedded server that this up
+    started left running); a failure to stop it does not hide why up did not start."""
+    if not we_started_db:
+        return
+    app.close()
+    try:
+        stop_embedded(settings)
+    except Exception as exc:  # (pg_ctl refused: the server is not running, say)
+        log.warning("database_not_stopped", error=" ".join(str(exc).split()))
+
 
 SAMPLE_APP = DEFAULT_APP  # examples/sample.py
 
@@ -164,22 +189,41 @@ def up(
                     f"already up? choose another {flag}" + (f", or {off})" if off else ")")
                 ) from None
     we_started_db = not settings.database_url and not embedded_running(settings)
-    try:
-        url = app.url
-        ensure_schema(url, upgrade_older=True)
-        db = app.db(ensure=True)
-        from sep.program import AppError, sync_app
+    from sep.program import AppError, sync_app
 
+    backoff = Backoff(first=0.2, max_delay=2.0)
+    deadline = time.monotonic() + STARTUP_DB_PATIENCE_S
+    while True:
         try:
-            sync_app(db, app_module)  # before the listener accepts its first call
-        except AppError as exc:
-            raise click.UsageError(str(exc)) from None
-    except BaseException:
-        # nothing started: leave the machine as it was (no embedded server left running)
-        if we_started_db:
-            app.close()
-            stop_embedded(settings)
-        raise
+            url = app.url
+            ensure_schema(url, upgrade_older=True)
+            db = app.db(ensure=True)
+            try:
+                sync_app(db, app_module)  # before the listener accepts its first call
+            except AppError as exc:
+                raise click.UsageError(str(exc)) from None
+            break
+        except Exception as exc:
+            if settings.database_url or not _database_gone(exc):
+                _leave_as_found(app, settings, we_started_db)
+                raise
+            # the embedded server went away while up started (killed as it came up):
+            # started again, as while up runs, for a while
+            if time.monotonic() > deadline:
+                _leave_as_found(app, settings, we_started_db)
+                raise
+            delay = backoff.next_delay()
+            log.warning(
+                "database_unavailable",
+                error=" ".join(str(exc).split()),
+                retry_in_s=delay,
+                during="start",
+            )
+            app.reset()
+            time.sleep(delay)
+        except BaseException:
+            _leave_as_found(app, settings, we_started_db)
+            raise
     count = seps or max(2, os.cpu_count() or 2)
     info = db.run(ops.region.get_region(db.name))
     if info["max_seps"] < count:
