@@ -25,6 +25,7 @@ import os
 from collections.abc import AsyncIterator
 from typing import Any
 
+import psycopg
 from aiohttp import web
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
@@ -32,7 +33,7 @@ from psycopg_pool import AsyncConnectionPool
 from dispatcher.channel import ChannelError, parse_json
 from dispatcher.errors import DispatcherError
 from dispatcher.eventloop import bound_port, cannot_listen
-from dispatcher.gateway import AsyncGateway, Token, ops
+from dispatcher.gateway import AsyncGateway, Token, answered_within, ops
 from dispatcher.logs import get_logger
 from dispatcher.values import MAX_DATA
 
@@ -152,14 +153,34 @@ class HttpFront:
             "row_factory": dict_row,
             "application_name": "dispatcher-http",
         }
+
+        # a connection is checked as it is taken (one empty query): after a restart of
+        # the database the pool's idle connections are broken, and a request must not
+        # be answered database_unavailable for one of them while the database is back
+        async def check(conn: psycopg.AsyncConnection[Any]) -> None:
+            # (answered within db_timeout: a database that hangs hangs the check too)
+            await answered_within(AsyncConnectionPool.check_connection(conn), db_timeout)
+
         self.pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
-            url, min_size=1, max_size=max_pool, open=False, timeout=db_timeout, kwargs=kwargs
+            url,
+            min_size=1,
+            max_size=max_pool,
+            open=False,
+            timeout=db_timeout,
+            kwargs=kwargs,
+            check=check,
         )
         # timers live in the cross-region database when it is another one
         self.xr_pool: AsyncConnectionPool[Any] | None = None
         if xr_url is not None and xr_url != url:
             self.xr_pool = AsyncConnectionPool(
-                xr_url, min_size=1, max_size=4, open=False, timeout=db_timeout, kwargs=kwargs
+                xr_url,
+                min_size=1,
+                max_size=4,
+                open=False,
+                timeout=db_timeout,
+                kwargs=kwargs,
+                check=check,
             )
         self.state = ListenerState(region, self.pool, self.log, self.stopping, port)
         self.health = Health(self.state, heartbeat_interval=2.0, dead_after=10.0)

@@ -88,3 +88,21 @@ def test_the_listener_answers_database_unavailable_while_the_database_hangs(
                 break
             assert time.monotonic() < deadline
             time.sleep(0.5)
+
+
+def test_the_http_front_serves_at_once_after_the_database_restarted(
+    region: Region, db_url: str, proxy: Proxy
+) -> None:
+    """Every connection to the database cut and the database back at once (a restart):
+    the next request is served (202), not answered 503 for a broken pooled connection."""
+    token = create_token(region, "tester")
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    with running_front(through(proxy, db_url), "test", db_timeout=5.0) as front:
+        base = f"http://127.0.0.1:{front.port}"
+        for n in range(3):
+            assert http("POST", base + "/v1/requests/ECHO", b"1", headers).status == 202
+            proxy.stop()
+            proxy.start()
+            time.sleep(0.2)
+            r = http("POST", base + "/v1/requests/ECHO", str(n).encode(), headers)
+            assert r.status == 202, (n, r.body)
