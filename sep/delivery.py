@@ -46,6 +46,9 @@ MAX_BODY_BACK = 64 * 1024
 RETRY = {408, 429}
 
 
+# a host name (letters of any script, digits, "-", ".", "_") or an IP address (IPv6
+# without its brackets, as httpx gives it, with its zone)
+_HOST = re.compile(r"[\w.-]+|[0-9A-Fa-f:.]+(%[\w.~-]+)?")
 # RFC 9110 header names (tokens); values must not hold CR, LF, NUL or other controls
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
@@ -78,8 +81,13 @@ def describe(data: Any) -> dict[str, Any]:
     if not isinstance(url, str) or not url.startswith(("http://", "https://")):
         raise GiveUp(f"Url must be an http:// or https:// URL, not {_short(url)}")
     try:
-        if not httpx.URL(url).host:
+        parsed = httpx.URL(url)
+        if not parsed.host:
             raise httpx.InvalidURL("no host")
+        if not _HOST.fullmatch(parsed.host):
+            raise httpx.InvalidURL(f"no such host name {parsed.host!r}")
+        if parsed.port is not None and not 0 < parsed.port < 65536:
+            raise httpx.InvalidURL(f"port {parsed.port} is not 1-65535")
     except (httpx.InvalidURL, ValueError) as exc:  # (it would never succeed)
         raise GiveUp(f"Url {_short(url)} is not a valid URL: {exc}") from None
     method = _field(data, "Method", "method") or "POST"
@@ -161,7 +169,9 @@ def deliver(ctx: Any) -> Any:
         response = httpx.request(
             call["method"],
             call["url"],
-            headers=call["headers"],
+            # values as UTF-8 (obs-text to HTTP: "sent as they are"; httpx would refuse
+            # what is not ASCII)
+            headers={k.encode("ascii"): v.encode("utf-8") for k, v in call["headers"].items()},
             content=call["content"],
             timeout=call["timeout"],
         )

@@ -125,6 +125,9 @@ def test_describe_reads_the_seed_form_and_refuses_what_can_never_succeed() -> No
         {"Url": "http://x", "Timeout": 0},
         {"Url": "http://x", "Timeout": True},
         {"Url": "http://[::1"},
+        {"Url": "http://127.0.0.1:99999/x"},
+        {"Url": "http://127.0.0.1:-1/x"},
+        {"Url": "http://exa mple.com/"},
         {"Url": "http://"},
         {"Url": "http://x", "Header": {"X": "a\r\nInjected: 1"}},
         {"Url": "http://x", "Header": {"Bad\nName": "v"}},
@@ -141,12 +144,13 @@ def test_a_delivered_call_is_done_whatever_the_target_answers(
 ) -> None:
     """A 2xx whose body holds NULs and bytes that are not text is done at its first
     attempt (its result keeps U+FFFD for them: it used to be refused and the call made
-    again); a redirect fails at once (GiveUp), followed nowhere."""
+    again); a header value that is not ASCII is sent (as UTF-8); a redirect fails at
+    once (GiveUp), followed nowhere."""
     binary = Target([200], body=b'{"x": "\x00"}\x00\xff\xfe end')
     moved = Target([302])
     try:
         with running_seps(db_url, "test", 1, app=APP):
-            ok = _deliver(delivery, binary.url, "u-bin")
+            ok = _deliver(delivery, binary.url, "u-bin", Header={"X-Name": "café ☕"})
             redirect = _deliver(delivery, moved.url, "u-302")
             row = wait_final(delivery, ok)
             assert row["state"] == "done" and row["attempt"] == 1, row
@@ -154,6 +158,9 @@ def test_a_delivered_call_is_done_whatever_the_target_answers(
             assert row["result"]["body"].startswith('{"x": "\ufffd"}\ufffd')
             assert row["result"]["body"].endswith(" end")
             assert len(binary.calls) == 1
+            # a value that is not ASCII is sent as UTF-8 (http.server reads it as latin-1)
+            sent = binary.calls[0]["headers"]["X-Name"]
+            assert sent.encode("latin-1").decode("utf-8") == "café ☕"
             row = wait_final(delivery, redirect)
             assert row["state"] == "failed" and row["attempt"] == 1, row
             assert row["error"]["type"] == "GiveUp" and "302" in row["error"]["message"]
