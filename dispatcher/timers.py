@@ -97,6 +97,11 @@ def _short(value: Any) -> str:
 def delay_of(after: float | dt.timedelta) -> dt.timedelta:
     """AFTER (seconds or a timedelta) as a delay a timer can hold: finite, not negative,
     at most MAX_DELAY (else InvalidValue)."""
+    if isinstance(after, bool) or not isinstance(after, int | float | dt.timedelta):
+        raise InvalidValue(
+            f"a delay is seconds (a number) or a timedelta, not {type(after).__name__} "
+            f"{_short(after)}"
+        )
     try:
         delay = after if isinstance(after, dt.timedelta) else dt.timedelta(seconds=float(after))
     except (OverflowError, ValueError, TypeError):

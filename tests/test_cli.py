@@ -97,6 +97,7 @@ def test_bad_timer_options_are_usage_errors(run) -> None:  # type: ignore[no-unt
         (("start", "ECHO", "--cron", "* * * * *", "--tz", ""), "--tz: empty"),
         (("start", "ECHO", "--cron", "* * * * *", "--tz", "Mars/Olympus"), "unknown time zone"),
         (("sep", "stop", "1", "--all"), "not both"),
+        (("start", "ECHO", "--after", "36600d"), "at most 36,500 days"),
         (("cancel", "bad/reqid"), "invalid REQID"),
         (("cancel", ""), "invalid REQID"),
         (("cancel", "r" * 300), "invalid REQID"),

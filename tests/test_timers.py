@@ -106,6 +106,8 @@ def test_a_bad_start_time_is_invalid_value_and_sets_nothing(tregion: Region, con
         {"at": dt.datetime.now(dt.UTC), "after": 3600},
         {"after": 10**300},
         {"after": "soon"},
+        {"after": "5"},
+        {"after": True},
     ]
     for kw in cases:
         with pytest.raises(InvalidValue) as caught:

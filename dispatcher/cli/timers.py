@@ -30,9 +30,13 @@ def parse_delay(text: str) -> dt.timedelta:
     if not m:
         raise click.BadParameter(f"{text!r} is not a delay like 30s, 5m, 2h")
     try:
-        return dt.timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2)])
+        delay = dt.timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2)])
     except OverflowError:
         raise click.BadParameter(f"{text!r} is too long a delay") from None
+    try:
+        return timer_api.delay_of(delay)  # the bounds of every timer (100 years)
+    except InvalidValue as exc:
+        raise click.BadParameter(exc.message) from None
 
 
 def parse_time(text: str) -> dt.datetime:
