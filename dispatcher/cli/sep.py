@@ -83,7 +83,7 @@ def list_(app: App, as_json: bool) -> None:
         click.echo("no SEPs (start some with: dispatcher sep start --app MODULE)")
         return
     click.echo(
-        f"{'ID':>5} {'HOST':16} {'PID':>7} {'STATE':12} {'REQUEST':>9} {'TASKS':>8}  HEARTBEAT"
+        f"{'ID':>5} {'HOST':16} {'PID':>7} {'STATE':16} {'REQUEST':>9} {'TASKS':>8}  HEARTBEAT"
     )
     for r in rows:
         state = r["state"]
@@ -93,7 +93,7 @@ def list_(app: App, as_json: bool) -> None:
             state += " (pausing)"
         state += " (standby)" if r["standby"] else ""
         click.echo(
-            f"{r['id']:>5} {r['host'][:16]:16} {r['pid']:>7} {state:12} "
+            f"{r['id']:>5} {r['host'][:16]:16} {r['pid']:>7} {state:16} "
             f"{_request_cell(r):>9} {r['tasks_run']:>8}  "
             f"{r['heartbeat_at']:%H:%M:%S} ({r['heartbeat_age_s']:.0f} s ago)"
             + ("  SILENT: will be declared dead" if r["silent"] else "")
