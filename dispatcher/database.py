@@ -20,7 +20,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from .config import Settings
-from .errors import DatabaseUnavailable
+from .errors import DatabaseUnavailable, DispatcherError
 from .logs import get_logger
 
 __all__ = [
@@ -56,6 +56,7 @@ def database_url(settings: Settings) -> str:
         instances = getattr(getattr(ep, "PostgresServer", None), "_instances", {})
         instances.pop(settings.pgdata.expanduser().resolve(), None)
         clear_stale_pid_file(settings.pgdata)
+        _check_data_folder(settings.pgdata)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
@@ -76,9 +77,30 @@ def embedded_running(settings: Settings) -> bool:
     try:
         pid = int(pid_file.read_text().split("\n", 1)[0])
         os.kill(pid, 0)
-    except (ValueError, ProcessLookupError, PermissionError):
+    except (ValueError, ProcessLookupError, PermissionError, OSError):
         return False
-    return True
+    try:  # a server killed but not yet reaped by its parent is no server
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state not in ("Z", "X")
+
+
+def _check_data_folder(pgdata: Path) -> None:
+    """A data folder that initdb began and never finished (killed as it ran) cannot be
+    started, ever: say so, and what to do (DispatcherError: not a database that is
+    down for a while)."""
+    try:
+        begun = pgdata.is_dir() and any(pgdata.iterdir())
+    except OSError:
+        return
+    if begun and not (pgdata / "global" / "pg_control").exists():
+        raise DispatcherError(
+            f"the embedded PostgreSQL's data folder {pgdata} is incomplete: its creation "
+            "was interrupted (or is under way in another process)",
+            hint=f"if no other dispatcher command is starting, remove it (rm -r {pgdata}) "
+            "and run the command again: a fresh one is made",
+        )
 
 
 def clear_stale_pid_file(pgdata: Path) -> bool:

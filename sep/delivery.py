@@ -51,7 +51,7 @@ RETRY = {408, 429}
 _HOST = re.compile(r"[\w.-]+|[0-9A-Fa-f:.]+(%[\w.~-]+)?")
 # RFC 9110 header names (tokens); values must not hold CR, LF, NUL or other controls
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
-_BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")  # (C0 and C1 controls but tab)
 
 
 def _short(value: Any) -> str:
@@ -78,7 +78,7 @@ def describe(data: Any) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise GiveUp("a DELIVER request is a JSON object with at least Url")
     url = _field(data, "Url", "url")
-    if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+    if not isinstance(url, str) or not url.lower().startswith(("http://", "https://")):
         raise GiveUp(f"Url must be an http:// or https:// URL, not {_short(url)}")
     try:
         parsed = httpx.URL(url)

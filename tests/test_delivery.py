@@ -128,6 +128,7 @@ def test_describe_reads_the_seed_form_and_refuses_what_can_never_succeed() -> No
         {"Url": "http://127.0.0.1:99999/x"},
         {"Url": "http://127.0.0.1:-1/x"},
         {"Url": "http://exa mple.com/"},
+        {"Url": "http://x", "Header": {"X": "a\u0085b"}},
         {"Url": "http://"},
         {"Url": "http://x", "Header": {"X": "a\r\nInjected: 1"}},
         {"Url": "http://x", "Header": {"Bad\nName": "v"}},

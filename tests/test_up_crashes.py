@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -166,10 +167,11 @@ def test_a_server_killed_while_it_started_is_started_again(tmp_path: Path) -> No
         assert _dispatcher(env, "db", "stop").returncode == 0
 
 
-def test_up_outlives_its_database_killed_while_it_starts(tmp_path: Path) -> None:
+@pytest.mark.parametrize("after", [0.0, 2.0], ids=["from-the-start", "as-children-start"])
+def test_up_outlives_its_database_killed_while_it_starts(tmp_path: Path, after: float) -> None:
     """The embedded PostgreSQL killed again and again while up starts (its schema, its
-    region, the app's transactions): up starts it again and comes up, and the region
-    serves (it used to exit, stopping nothing it could)."""
+    region, the app's transactions, then its children): up starts it and them again,
+    comes up, and the region serves (it used to exit, with a traceback of pg_ctl)."""
     port = free_port()
     home = tmp_path / "home"
     env = {k: v for k, v in os.environ.items() if not k.startswith("DISPATCHER_")}
@@ -188,7 +190,8 @@ def test_up_outlives_its_database_killed_while_it_starts(tmp_path: Path) -> None
     )
     try:
         killed = 0
-        until = time.monotonic() + 4.0
+        time.sleep(after)
+        until = time.monotonic() + 6.0  # (through the start of its children too)
         while time.monotonic() < until and proc.poll() is None:
             try:
                 os.kill(_postmaster(home), signal.SIGKILL)
@@ -210,3 +213,19 @@ def test_up_outlives_its_database_killed_while_it_starts(tmp_path: Path) -> None
         except subprocess.TimeoutExpired:
             proc.kill()
         _dispatcher(env, "db", "stop")
+
+
+def test_a_data_folder_whose_creation_was_cut_short_is_a_clear_error(tmp_path: Path) -> None:
+    """initdb killed as it ran leaves a data folder that can never start: a command says
+    so in one line, with what to do (remove it), at once; once removed, a fresh one is
+    made."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DISPATCHER_")}
+    env["DISPATCHER_HOME"] = str(tmp_path / "home")
+    (tmp_path / "home" / "pgdata" / "base" / "1").mkdir(parents=True)  # as initdb left it
+    out = _dispatcher(env, "status")
+    assert out.returncode == 1, out
+    assert "is incomplete" in out.stderr and "rm -r" in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    shutil.rmtree(tmp_path / "home" / "pgdata")
+    assert _dispatcher(env, "db", "url").returncode == 0
+    assert _dispatcher(env, "db", "stop").returncode == 0

@@ -59,12 +59,28 @@ def _leave_as_found(app: App, settings: Settings, we_started_db: bool) -> None:
 SAMPLE_APP = DEFAULT_APP  # examples/sample.py
 
 
-def _wait_for_port(host: str, port: int, timeout: float, children: list[Child]) -> bool:
+def _wait_for_port(
+    host: str,
+    port: int,
+    timeout: float,
+    children: ProcessSupervisor,
+    watch: EmbeddedWatch | None,
+) -> bool:
+    """Wait until the listener answers on HOST:PORT. A child that exits meanwhile ends
+    the wait (a fault of the region or the app: said at once), unless the embedded
+    database was down or restarted since up began: then it is started again like any
+    child, and so is the database (up outlives its database killed as it starts)."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for c in children:
+    while time.monotonic() < deadline and not children.stopping:
+        if watch is not None:
+            watch.check()
+        for c in children.children:
             if c.proc is not None and c.proc.poll() is not None:
-                return False
+                if watch is not None and not embedded_running(watch.settings):
+                    watch.troubled = True  # (its child died of it: not a fault of ours)
+                if watch is None or not watch.troubled:
+                    return False
+        children.check()
         try:
             with socket.create_connection((host, port), timeout=0.5):
                 return True
@@ -193,6 +209,7 @@ def up(
 
     backoff = Backoff(first=0.2, max_delay=2.0)
     deadline = time.monotonic() + STARTUP_DB_PATIENCE_S
+    troubled_start = False  # the database went away while up started
     while True:
         try:
             url = app.url
@@ -213,6 +230,7 @@ def up(
                 _leave_as_found(app, settings, we_started_db)
                 raise
             delay = backoff.next_delay()
+            troubled_start = True
             log.warning(
                 "database_unavailable",
                 error=" ".join(str(exc).split()),
@@ -276,10 +294,13 @@ def up(
     if not no_monitor and isinstance(root, click.Group) and "monitor" in root.commands:
         children.add("monitor", [*py, "monitor", *metrics(1)], env)
 
+    watch = None if settings.database_url else EmbeddedWatch(app)
+    if watch is not None and troubled_start:
+        watch.troubled = True
     try:
         with children.stopping_on_signals():
             children.start_all()
-            if not _wait_for_port(host, port, 60, children.children):
+            if not _wait_for_port(host, port, 60, children, watch):
                 children.stopping = True
                 click.echo("error: the region did not come up (see the log above)", err=True)
             else:
@@ -311,7 +332,6 @@ def up(
                     status=None if no_web else f"http://{web_host}:{web_port}/",
                     database=masked_url(url),
                 )
-            watch = None if settings.database_url else EmbeddedWatch(app)
             while not children.stopping:
                 time.sleep(0.2)
                 if watch is not None:
@@ -321,8 +341,11 @@ def up(
         _stop_all(children)
         if we_started_db:
             app.close()
-            stop_embedded(settings)
-            log.info("database_stopped", pgdata=str(settings.pgdata))
+            try:
+                stop_embedded(settings)
+                log.info("database_stopped", pgdata=str(settings.pgdata))
+            except Exception as exc:  # (pg_ctl refused: the server had died, say)
+                log.warning("database_not_stopped", error=" ".join(str(exc).split()))
         say(app, "region stopped", "region_stopped", region=settings.region)
 
 
@@ -337,6 +360,7 @@ class EmbeddedWatch:
         self.next_check = time.monotonic() + every
         self.backoff = Backoff(first=0.5, max_delay=10.0)
         self.down_since: float | None = None
+        self.troubled = False  # the server was found down (or restarted) at least once
 
     def check(self) -> None:
         now = time.monotonic()
@@ -345,6 +369,7 @@ class EmbeddedWatch:
         self.next_check = now + self.every
         if embedded_running(self.settings):
             return
+        self.troubled = True
         if self.down_since is None:
             self.down_since = now
             log.warning("database_down", pgdata=str(self.settings.pgdata))
