@@ -42,7 +42,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from .errors import DatabaseUnavailable, DispatcherError, UnknownRegion
 from .eventloop import bound_port, cannot_listen
-from .gateway import AsyncGateway, answered_within, ops
+from .gateway import AsyncGateway, answered_within, checked_within, ops
 from .logs import get_logger
 from .values import row_json_default
 
@@ -158,7 +158,7 @@ class StatusPage:
             "row_factory": dict_row,
             "application_name": "dispatcher-web",
         }
-        check = AsyncConnectionPool.check_connection  # a connection the server lost: a new one
+        check = checked_within(QUERY_WAIT_S)  # a connection the server lost: a new one
 
         async def bounded(conn: Any) -> None:
             # a stuck database (a lock, a paused server) answers within QUERY_WAIT_S

@@ -25,7 +25,6 @@ import os
 from collections.abc import AsyncIterator
 from typing import Any
 
-import psycopg
 from aiohttp import web
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
@@ -33,7 +32,7 @@ from psycopg_pool import AsyncConnectionPool
 from dispatcher.channel import ChannelError, parse_json
 from dispatcher.errors import DispatcherError
 from dispatcher.eventloop import bound_port, cannot_listen
-from dispatcher.gateway import AsyncGateway, Token, answered_within, ops
+from dispatcher.gateway import AsyncGateway, Token, checked_within, ops
 from dispatcher.logs import get_logger
 from dispatcher.values import MAX_DATA
 
@@ -154,13 +153,9 @@ class HttpFront:
             "application_name": "dispatcher-http",
         }
 
-        # a connection is checked as it is taken (one empty query): after a restart of
-        # the database the pool's idle connections are broken, and a request must not
-        # be answered database_unavailable for one of them while the database is back
-        async def check(conn: psycopg.AsyncConnection[Any]) -> None:
-            # (answered within db_timeout: a database that hangs hangs the check too)
-            await answered_within(AsyncConnectionPool.check_connection(conn), db_timeout)
-
+        # a connection is checked as it is taken: a request is not answered
+        # database_unavailable for a connection broken by a restart that is over
+        check = checked_within(db_timeout)
         self.pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
             url,
             min_size=1,

@@ -29,7 +29,15 @@ from .records import (
     Task,
     Token,
 )
-from .runner import AsyncGateway, Gateway, InRegion, RegionGateway, answered_within, translated
+from .runner import (
+    AsyncGateway,
+    Gateway,
+    InRegion,
+    RegionGateway,
+    answered_within,
+    checked_within,
+    translated,
+)
 
 __all__ = [
     "AsyncGateway",
@@ -49,6 +57,7 @@ __all__ = [
     "Task",
     "Token",
     "answered_within",
+    "checked_within",
     "ops",
     "translated",
 ]

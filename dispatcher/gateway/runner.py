@@ -11,7 +11,7 @@ and nowhere else.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from typing import Any, Protocol, TypeVar
 
@@ -28,6 +28,7 @@ __all__ = [
     "InRegion",
     "RegionGateway",
     "answered_within",
+    "checked_within",
     "translated",
 ]
 
@@ -127,6 +128,20 @@ async def answered_within(work: Coroutine[Any, Any, T], seconds: float) -> T:
     except asyncio.CancelledError:
         task.cancel()
         raise
+
+
+def checked_within(
+    seconds: float,
+) -> Callable[[psycopg.AsyncConnection[Any]], Coroutine[Any, Any, None]]:
+    """A pool's ``check``: a connection taken from the pool answers an empty query within
+    SECONDS, else it is dropped (after a restart of the database the idle connections
+    are broken; a database that hangs would hang an unbounded check too)."""
+    from psycopg_pool import AsyncConnectionPool
+
+    async def check(conn: psycopg.AsyncConnection[Any]) -> None:
+        await answered_within(AsyncConnectionPool.check_connection(conn), seconds)
+
+    return check
 
 
 def _unwound(work: asyncio.Future[Any]) -> None:
