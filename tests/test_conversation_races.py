@@ -49,7 +49,7 @@ def test_output_that_comes_before_the_enqueue_answer_reaches_the_client(
     its receive timeout)."""
     token = create_token(region, "tester")
     with _region_with_a_late_listener(region, db_url) as (address, proxy):
-        for n in range(3):
+        for n in range(2):
             wire = Wire(address, timeout=20)
             assert wire.hello(token)["type"] == "welcome"
             busy = region.enqueue("T_NAP", 0.5).request_id  # the SEP is busy: the call queues

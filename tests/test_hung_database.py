@@ -99,7 +99,7 @@ def test_the_http_front_serves_at_once_after_the_database_restarted(
     headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
     with running_front(through(proxy, db_url), "test", db_timeout=5.0) as front:
         base = f"http://127.0.0.1:{front.port}"
-        for n in range(3):
+        for n in range(2):
             assert http("POST", base + "/v1/requests/ECHO", b"1", headers).status == 202
             proxy.stop()
             proxy.start()

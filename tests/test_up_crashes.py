@@ -191,7 +191,7 @@ def test_up_outlives_its_database_killed_while_it_starts(tmp_path: Path, after: 
     try:
         killed = 0
         time.sleep(after)
-        until = time.monotonic() + 6.0  # (through the start of its children too)
+        until = time.monotonic() + 4.0  # (through the start of its children too)
         while time.monotonic() < until and proc.poll() is None:
             try:
                 os.kill(_postmaster(home), signal.SIGKILL)
