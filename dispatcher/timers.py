@@ -19,7 +19,7 @@ import psycopg
 from . import cron
 from .errors import InvalidValue, UnknownTimer
 from .gateway import Gateway, ops
-from .values import check_data
+from .values import check_data, shortened
 
 __all__ = [
     "cancel",
@@ -74,7 +74,8 @@ def aware(when: dt.datetime) -> dt.datetime:
     clock; when a timer fires is the database's clock (docs/timers.md)."""
     if not isinstance(when, dt.datetime):
         raise InvalidValue(
-            f"a time is a datetime with a time zone, not {type(when).__name__} {_short(when)}"
+            f"a time is a datetime with a time zone, not {type(when).__name__} "
+            f"{shortened(repr(when), 40)}"
         )
     if when.tzinfo is None or when.utcoffset() is None:
         raise InvalidValue(f"time {when.isoformat()} has no time zone (add Z or +HH:MM)")
@@ -89,23 +90,20 @@ def aware(when: dt.datetime) -> dt.datetime:
     return when
 
 
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:40] + "..."
-
-
 def delay_of(after: float | dt.timedelta) -> dt.timedelta:
     """AFTER (seconds or a timedelta) as a delay a timer can hold: finite, not negative,
     at most MAX_DELAY (else InvalidValue)."""
     if isinstance(after, bool) or not isinstance(after, int | float | dt.timedelta):
         raise InvalidValue(
             f"a delay is seconds (a number) or a timedelta, not {type(after).__name__} "
-            f"{_short(after)}"
+            f"{shortened(repr(after), 40)}"
         )
     try:
         delay = after if isinstance(after, dt.timedelta) else dt.timedelta(seconds=float(after))
     except (OverflowError, ValueError, TypeError):
-        raise InvalidValue(f"{_short(after)} is not a delay this program can hold") from None
+        raise InvalidValue(
+            f"{shortened(repr(after), 40)} is not a delay this program can hold"
+        ) from None
     if delay < dt.timedelta(0):
         raise InvalidValue("a delay cannot be negative")
     if delay > MAX_DELAY:

@@ -93,12 +93,17 @@ _TIMER_REQID = re.compile(r"[A-Za-z0-9_.:@-]{1,64}")
 _TRANSID = re.compile(r"[A-Za-z0-9_.$#@-]{1,32}")
 
 
+def shortened(text: str, limit: int) -> str:
+    """TEXT cut to LIMIT characters and "..." when longer (a value shown in a message)."""
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def transid_problem(transid: str) -> str | None:
     """Why no transaction can have the name TRANSID (1-32 letters, digits or _.$#@-),
     in a short message; None when one could."""
     if _TRANSID.fullmatch(transid) is not None:
         return None
-    shown = transid if len(transid) <= 40 else transid[:40] + "..."
+    shown = shortened(transid, 40)
     return f"no transaction {shown!r}: a transaction id is 1-32 letters, digits or _.$#@-"
 
 

@@ -36,6 +36,8 @@ from typing import Any
 
 import httpx
 
+from dispatcher.values import shortened
+
 from .program import GiveUp, RetryLater, program
 
 __all__ = ["MAX_ATTEMPTS", "deliver", "describe"]
@@ -52,11 +54,6 @@ _HOST = re.compile(r"[\w.-]+|[0-9A-Fa-f:.]+(%[\w.~-]+)?")
 # RFC 9110 header names (tokens); values must not hold CR, LF, NUL or other controls
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")  # (C0 and C1 controls but tab)
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 200 else text[:200] + "..."
 
 
 def _text(value: str) -> str:
@@ -79,7 +76,7 @@ def describe(data: Any) -> dict[str, Any]:
         raise GiveUp("a DELIVER request is a JSON object with at least Url")
     url = _field(data, "Url", "url")
     if not isinstance(url, str) or not url.lower().startswith(("http://", "https://")):
-        raise GiveUp(f"Url must be an http:// or https:// URL, not {_short(url)}")
+        raise GiveUp(f"Url must be an http:// or https:// URL, not {shortened(repr(url), 200)}")
     try:
         parsed = httpx.URL(url)
         if not parsed.host:
@@ -89,7 +86,7 @@ def describe(data: Any) -> dict[str, Any]:
         if parsed.port is not None and not 0 < parsed.port < 65536:
             raise httpx.InvalidURL(f"port {parsed.port} is not 1-65535")
     except (httpx.InvalidURL, ValueError) as exc:  # (it would never succeed)
-        raise GiveUp(f"Url {_short(url)} is not a valid URL: {exc}") from None
+        raise GiveUp(f"Url {shortened(repr(url), 200)} is not a valid URL: {exc}") from None
     method = _field(data, "Method", "method") or "POST"
     if not isinstance(method, str) or method.upper() not in METHODS:
         raise GiveUp(f"Method must be one of {', '.join(METHODS)}, not {method!r}")
@@ -100,7 +97,9 @@ def describe(data: Any) -> dict[str, Any]:
         raise GiveUp("Header must be an object of strings")
     for name, value in headers.items():
         if not _TOKEN.fullmatch(name):
-            raise GiveUp(f"Header name {_short(name)} is not a valid HTTP header name")
+            raise GiveUp(
+                f"Header name {shortened(repr(name), 200)} is not a valid HTTP header name"
+            )
         if _BAD_VALUE.search(value):
             raise GiveUp(
                 f"Header {name} holds a line break or control character (not allowed in HTTP)"

@@ -45,14 +45,16 @@ def _database_gone(exc: BaseException) -> bool:
 
 
 def _leave_as_found(app: App, settings: Settings, we_started_db: bool) -> None:
-    """Nothing started: leave the machine as it was (no embedded server that this up
-    started left running); a failure to stop it does not hide why up did not start."""
+    """Leave the machine as up found it: stop the embedded server if this up started it
+    (when up stops, or when it could not start); a failure to stop it is a warning,
+    never what hides why up stopped."""
     if not we_started_db:
         return
     app.close()
     try:
         stop_embedded(settings)
-    except Exception as exc:  # (pg_ctl refused: the server is not running, say)
+        log.info("database_stopped", pgdata=str(settings.pgdata))
+    except Exception as exc:  # (pg_ctl refused: the server had died, say)
         log.warning("database_not_stopped", error=" ".join(str(exc).split()))
 
 
@@ -339,13 +341,7 @@ def up(
                 children.check()
     finally:
         _stop_all(children)
-        if we_started_db:
-            app.close()
-            try:
-                stop_embedded(settings)
-                log.info("database_stopped", pgdata=str(settings.pgdata))
-            except Exception as exc:  # (pg_ctl refused: the server had died, say)
-                log.warning("database_not_stopped", error=" ".join(str(exc).split()))
+        _leave_as_found(app, settings, we_started_db)
         say(app, "region stopped", "region_stopped", region=settings.region)
 
 
